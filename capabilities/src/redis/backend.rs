@@ -1,0 +1,247 @@
+//! One component's link to Redis: a lazily created `ConnectionManager` (reconnects by itself),
+//! a deadline on every call, and the mapping of Redis errors onto [`Error`] kinds.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, ProtocolVersion, RedisError, RedisResult, ServerErrorKind, Value};
+use tokio::time::Instant;
+
+use super::settings::Settings;
+use crate::error::{Error, Result};
+
+/// The longest pause between two tries of a refused connection within one call.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+pub(crate) struct Backend {
+    pub s: Settings,
+    client: redis::Client,
+    /// Created on first use (it needs a Tokio runtime; building a registry must not), and
+    /// replaced when authentication fails so a fixed password is picked up without a restart.
+    manager: Mutex<Option<ConnectionManager>>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("component", &self.s.label)
+            .field("addr", &self.s.addr)
+            .finish()
+    }
+}
+
+impl Backend {
+    pub fn new(s: Settings) -> Result<Self> {
+        let client = redis::Client::open(s.info.clone())
+            .map_err(|e| Error::InvalidArgument(format!("metadata.redisHost: {e}")))?;
+        Ok(Self {
+            s,
+            client,
+            manager: Mutex::new(None),
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.s.label
+    }
+
+    fn config(&self, response_timeout: Option<Duration>) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.s.dial_timeout))
+            .set_response_timeout(response_timeout)
+            // One connection attempt per reconnect: calls retry a refused connection themselves
+            // within their own deadline, so a down Redis fails each call quickly instead of
+            // queueing it behind a long backoff.
+            .set_number_of_retries(0)
+    }
+
+    /// The shared connection (multiplexed: concurrent calls pipeline on it).
+    pub fn manager(&self, what: &str, key: &str) -> Result<ConnectionManager> {
+        let mut slot = self.manager.lock();
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        let m = ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            self.config(Some(self.s.timeout)),
+        )
+        .map_err(|e| self.map_err(&e, what, key))?;
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+
+    /// A connection of its own, for blocking reads (XREADGROUP BLOCK) that would otherwise
+    /// stall every call queued behind them on the shared connection.
+    pub fn dedicated(
+        &self,
+        response_timeout: Duration,
+        what: &str,
+        key: &str,
+    ) -> Result<ConnectionManager> {
+        ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            self.config(Some(response_timeout)),
+        )
+        .map_err(|e| self.map_err(&e, what, key))
+    }
+
+    /// A client for a pub/sub connection: RESP2, which the crate's async `PubSub` speaks.
+    pub fn pubsub_client(&self) -> Result<redis::Client> {
+        let settings = self
+            .s
+            .info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP2);
+        redis::Client::open(self.s.info.clone().set_redis_settings(settings))
+            .map_err(|e| Error::InvalidArgument(format!("metadata.redisHost: {e}")))
+    }
+
+    /// Runs `f` on the shared connection within the component's timeout.
+    pub async fn call<T, F, Fut>(&self, what: &str, key: &str, f: F) -> Result<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = self.manager(what, key)?;
+        self.call_on(&conn, self.s.timeout, what, key, f).await
+    }
+
+    /// Runs `f` on `conn` within `timeout`. A refused connection, or a server still loading its
+    /// data after a restart, never ran the command, so it is tried again (with a short pause)
+    /// while the deadline allows: calls made while Redis restarts wait for it instead of failing.
+    pub async fn call_on<T, F, Fut>(
+        &self,
+        conn: &ConnectionManager,
+        timeout: Duration,
+        what: &str,
+        key: &str,
+        mut f: F,
+    ) -> Result<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let attempts = async {
+            let mut pause = Duration::from_millis(10);
+            loop {
+                match f(conn.clone()).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if never_ran(&e) && Instant::now() + pause < deadline => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, attempts).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.map_err(&e, what, key)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "{}: redis at {} did not answer within {timeout:?} ({what} {key:?})",
+                self.s.label, self.s.addr
+            ))),
+        }
+    }
+
+    /// PING within the timeout: what `/ready` asks.
+    pub async fn ping(&self) -> Result<()> {
+        let cmd = redis::cmd("PING");
+        self.call("ping", "", |mut c| {
+            let cmd = &cmd;
+            async move { cmd.query_async::<Value>(&mut c).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Maps a Redis error onto an error kind, naming the component, the address and the item.
+    pub fn map_err(&self, e: &RedisError, what: &str, key: &str) -> Error {
+        let (label, addr) = (&self.s.label, &self.s.addr);
+        if is_auth_failure(e) {
+            // Rebuild the connection on the next call: the manager does not retry a handshake
+            // that failed for a reason other than I/O.
+            *self.manager.lock() = None;
+        }
+        if is_unavailable(e) {
+            Error::Unavailable(format!(
+                "{label}: redis at {addr} is unavailable ({what} {key:?}): {e}"
+            ))
+        } else {
+            Error::Internal(format!(
+                "{label}: redis at {addr} failed ({what} {key:?}): {e}"
+            ))
+        }
+    }
+}
+
+/// The command certainly did not run: the connection was refused, or the server is loading.
+fn never_ran(e: &RedisError) -> bool {
+    e.is_connection_refusal() || e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
+}
+
+fn is_auth_failure(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
+fn is_unavailable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || is_auth_failure(e)
+        || matches!(
+            e.kind(),
+            ErrorKind::InvalidClientConfig
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        )
+}
+
+/// `true` for a server error with this code (`NOGROUP`, `BUSYGROUP`, …).
+pub(crate) fn has_code(e: &RedisError, code: &str) -> bool {
+    e.code() == Some(code)
+}
+
+// === Reply helpers (replies differ between RESP2 and RESP3) ===
+
+pub(crate) fn into_bytes(v: Value) -> Option<Bytes> {
+    match v {
+        Value::BulkString(b) => Some(Bytes::from(b)),
+        Value::SimpleString(s) => Some(Bytes::from(s)),
+        Value::VerbatimString { text, .. } => Some(Bytes::from(text)),
+        Value::Int(i) => Some(Bytes::from(i.to_string())),
+        Value::Okay => Some(Bytes::from_static(b"OK")),
+        _ => None,
+    }
+}
+
+pub(crate) fn into_string(v: Value) -> Option<String> {
+    into_bytes(v).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The elements of an array-like reply; a map's pairs are flattened (`k1 v1 k2 v2 …`).
+pub(crate) fn into_items(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        Value::Map(pairs) => Some(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        Value::Attribute { data, .. } => into_items(*data),
+        _ => None,
+    }
+}
+
+pub(crate) fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}

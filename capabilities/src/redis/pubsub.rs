@@ -1,0 +1,716 @@
+//! `pubsub.redis` on Redis Streams: a topic is a stream; a subscription reads it through the
+//! consumer group named by `consumerID`, so replicas of one app share its events and different
+//! apps each get all of them.
+//!
+//! Delivery (at-least-once):
+//! - publish = `XADD <topic> [MAXLEN ~ maxLenApprox] * data … contentType … metadata <json>`;
+//!   it returns once Redis has answered (durable as far as Redis' persistence is configured).
+//! - the group is created with `XGROUP CREATE <topic> <group> 0 MKSTREAM` (as Dapr does): a new
+//!   group starts at the beginning of the stream, so events published before the first
+//!   subscription are delivered, not lost. The price: a brand-new `consumerID` on a long-lived
+//!   topic receives the retained backlog — bound it with `maxLenApprox`.
+//! - a subscription first re-reads its own pending entries (`XREADGROUP … 0`: delivered before a
+//!   restart, never acknowledged), then reads new ones (`>`).
+//! - an entry is acknowledged (`XACK`) only after the app answers SUCCESS, or DROP (which first
+//!   copies it to the dead-letter topic when one is set; if that copy fails the entry stays
+//!   pending and is dropped again on its next delivery).
+//! - RETRY, no answer within `processingTimeout`, or a dropped delivery: the entry stays pending
+//!   and this subscription delivers it again after `redeliverInterval` (re-claiming it with
+//!   `XCLAIM` first, which resets its idle time and skips it if it was acknowledged meanwhile).
+//! - entries pending longer than `processingTimeout` with nobody working on them (their
+//!   consumer died, or a read reply was lost with its connection) are taken over by a reclaim
+//!   loop: `XAUTOCLAIM … <processingTimeout>` every `redeliverInterval`.
+//! - at most `concurrency` deliveries are outstanding per subscription (read → answered); the
+//!   reader stops reading while they are (backpressure); `queueDepth` bounds the channel.
+//! - NOGROUP (stream deleted, Redis restarted without persistence) → the group is created again
+//!   and reading continues; connection loss → reconnect and continue.
+//!
+//! Metadata: `consumerID` (default: the app id; a subscription's own `consumerID` metadata
+//! overrides it), `processingTimeout` (default 60s), `redeliverInterval` (default 15s),
+//! `maxLenApprox` (unset: no trimming), `queueDepth` (default 100), `concurrency` (default 10),
+//! plus the connection metadata of every Redis component. The consumer name inside the group is
+//! the consumer id, as in Dapr, so a restarted sidecar finds its own pending entries at once;
+//! stream keys are the topic names (no `keyPrefix`), so Dapr and Mecha sidecars can share
+//! topics. Needs Redis >= 6.2 (XAUTOCLAIM).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::backend::{has_code, into_bytes, into_items, into_string, Backend};
+use super::settings::Settings;
+use crate::error::{Error, Result};
+use crate::pubsub::{
+    Delivery, Message, Metadata, Outcome, PubSub, PublishRequest, SubscribeRequest, Subscription,
+};
+use crate::spec::{BuildContext, ComponentSpec};
+use crate::Health;
+
+const FIELD_DATA: &str = "data";
+const FIELD_CONTENT_TYPE: &str = "contentType";
+const FIELD_METADATA: &str = "metadata";
+
+/// How long one blocking read waits for new entries before asking again.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Pause after a failed read, doubling up to the maximum while Redis stays unreachable.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+struct Options {
+    consumer_id: String,
+    processing_timeout: Duration,
+    redeliver_interval: Duration,
+    max_len: Option<u64>,
+    queue_depth: usize,
+    concurrency: usize,
+}
+
+/// The Redis Streams pub/sub.
+#[derive(Debug, Clone)]
+pub struct RedisPubSub {
+    backend: Arc<Backend>,
+    opts: Arc<Options>,
+}
+
+impl RedisPubSub {
+    /// Parses the metadata; connects on first use.
+    pub fn new(spec: &ComponentSpec, ctx: &BuildContext) -> Result<Self> {
+        let consumer_id = spec.meta_string_or("consumerID", "").trim().to_owned();
+        let consumer_id = if consumer_id.is_empty() {
+            ctx.app_id.clone()
+        } else {
+            consumer_id
+        };
+        if consumer_id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "metadata.consumerID: is required when the app id is empty".to_owned(),
+            ));
+        }
+        let positive = |key: &str, default: u64| -> Result<usize> {
+            match spec.meta_u64(key, default)? {
+                0 => Err(Error::InvalidArgument(format!(
+                    "metadata.{key}: must be greater than 0"
+                ))),
+                n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            }
+        };
+        let max_len = match spec.meta_u64("maxLenApprox", 0)? {
+            0 => None,
+            n => Some(n),
+        };
+        let non_zero = |key: &str, default: Duration| -> Result<Duration> {
+            match spec.meta_duration(key, default)? {
+                d if d.is_zero() => Err(Error::InvalidArgument(format!(
+                    "metadata.{key}: must be greater than 0"
+                ))),
+                d => Ok(d),
+            }
+        };
+        let opts = Options {
+            consumer_id,
+            processing_timeout: non_zero("processingTimeout", Duration::from_secs(60))?,
+            redeliver_interval: non_zero("redeliverInterval", Duration::from_secs(15))?,
+            max_len,
+            queue_depth: positive("queueDepth", 100)?,
+            concurrency: positive("concurrency", 10)?,
+        };
+        Ok(Self {
+            backend: Arc::new(Backend::new(Settings::from_spec(spec, ctx)?)?),
+            opts: Arc::new(opts),
+        })
+    }
+
+    fn check_topic(&self, topic: &str) -> Result<()> {
+        if topic.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: topic is empty",
+                self.backend.label()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `XADD` with the event's fields; shared by publish and the dead-letter copy.
+fn xadd(
+    topic: &str,
+    max_len: Option<u64>,
+    data: &[u8],
+    content_type: &str,
+    metadata: Option<&[u8]>,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(topic);
+    if let Some(n) = max_len {
+        cmd.arg("MAXLEN").arg("~").arg(n);
+    }
+    cmd.arg("*").arg(FIELD_DATA).arg(data);
+    if !content_type.is_empty() {
+        cmd.arg(FIELD_CONTENT_TYPE).arg(content_type);
+    }
+    if let Some(m) = metadata {
+        cmd.arg(FIELD_METADATA).arg(m);
+    }
+    cmd
+}
+
+#[async_trait]
+impl Health for RedisPubSub {
+    async fn ping(&self) -> Result<()> {
+        self.backend.ping().await
+    }
+}
+
+#[async_trait]
+impl PubSub for RedisPubSub {
+    async fn publish(&self, req: PublishRequest) -> Result<()> {
+        self.check_topic(&req.topic)?;
+        let metadata = if req.metadata.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_vec(&req.metadata).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "{}: metadata of an event for topic {:?} cannot be encoded: {e}",
+                    self.backend.label(),
+                    req.topic
+                ))
+            })?)
+        };
+        let cmd = xadd(
+            &req.topic,
+            self.opts.max_len,
+            &req.data,
+            &req.content_type,
+            metadata.as_deref(),
+        );
+        let _id: Value = self
+            .backend
+            .call("publish to topic", &req.topic, |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<Subscription> {
+        self.check_topic(&req.topic)?;
+        let group = req
+            .metadata
+            .get("consumerID")
+            .map(|c| c.trim())
+            .filter(|c| !c.is_empty())
+            .unwrap_or(&self.opts.consumer_id)
+            .to_owned();
+        let (tx, rx) = mpsc::channel(self.opts.queue_depth);
+        let sub = Arc::new(Sub {
+            backend: self.backend.clone(),
+            opts: self.opts.clone(),
+            topic: req.topic,
+            consumer: group.clone(),
+            group,
+            dead_letter: req.dead_letter_topic.filter(|t| !t.is_empty()),
+            tx,
+            permits: Arc::new(Semaphore::new(self.opts.concurrency)),
+            in_flight: Mutex::new(HashSet::new()),
+        });
+        // Create the group now so events published after this returns are never missed. While
+        // Redis is down the subscription still starts, and the reader creates the group later.
+        match sub.ensure_group().await {
+            Ok(()) => {}
+            Err(e @ Error::Unavailable(_)) => {
+                tracing::warn!(error = %e, "subscription starts while redis is unreachable");
+            }
+            Err(e) => return Err(e),
+        }
+        let tasks = vec![
+            tokio::spawn(sub.clone().read_loop()),
+            tokio::spawn(sub.reclaim_loop()),
+        ];
+        Ok(Subscription::new(rx, Box::new(StopOnDrop(tasks))))
+    }
+}
+
+/// Stops a subscription's reader and reclaimer when the subscription is dropped. Deliveries in
+/// flight stay pending in Redis and are delivered again.
+struct StopOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// One stream entry. `fields` is `None` when the entry was trimmed or deleted while pending.
+struct Entry {
+    id: String,
+    fields: Option<Fields>,
+}
+
+/// An event as stored: kept raw so a dead-letter copy is byte-for-byte the original.
+#[derive(Default)]
+struct Fields {
+    data: Bytes,
+    content_type: String,
+    metadata: Option<Bytes>,
+}
+
+/// One live subscription: its reader, reclaimer and per-delivery waiters share this.
+struct Sub {
+    backend: Arc<Backend>,
+    opts: Arc<Options>,
+    topic: String,
+    group: String,
+    consumer: String,
+    dead_letter: Option<String>,
+    tx: mpsc::Sender<Delivery>,
+    permits: Arc<Semaphore>,
+    /// Entry ids handed to the app and not answered yet: never delivered twice at once.
+    in_flight: Mutex<HashSet<String>>,
+}
+
+enum Read {
+    Entries(Vec<Entry>),
+    /// The stream or the group is gone: create it again.
+    NoGroup,
+}
+
+impl Sub {
+    async fn ensure_group(&self) -> Result<()> {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(&self.topic)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM");
+        self.backend
+            .call("create consumer group for topic", &self.topic, |mut c| {
+                let cmd = &cmd;
+                async move {
+                    match cmd.query_async::<Value>(&mut c).await {
+                        Err(e) if has_code(&e, "BUSYGROUP") => Ok(()),
+                        other => other.map(drop),
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Waits for one delivery slot, then takes every other free one: how many entries to read.
+    async fn slots(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let first = self.permits.clone().acquire_owned().await.ok()?;
+        let mut slots = vec![first];
+        while let Ok(p) = self.permits.clone().try_acquire_owned() {
+            slots.push(p);
+        }
+        Some(slots)
+    }
+
+    async fn read_loop(self: Arc<Self>) {
+        let timeout = BLOCK + self.backend.s.timeout;
+        let conn = match self.backend.dedicated(timeout, "read topic", &self.topic) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "subscription reader cannot start");
+                return;
+            }
+        };
+        let mut failing = Failing::default();
+        // Own pending entries first (from a previous run of this consumer), then new ones.
+        let mut pending_from = Some("0".to_owned());
+        loop {
+            let Some(slots) = self.slots().await else {
+                return;
+            };
+            let read = self
+                .read(&conn, timeout, pending_from.as_deref(), slots.len())
+                .await;
+            match read {
+                Ok(Read::Entries(entries)) => {
+                    failing.recovered(&self);
+                    if entries.is_empty() && pending_from.is_some() {
+                        pending_from = None;
+                        continue;
+                    }
+                    for (entry, slot) in entries.into_iter().zip(slots) {
+                        if pending_from.is_some() {
+                            pending_from = Some(entry.id.clone());
+                        }
+                        if !self.dispatch(entry, slot).await {
+                            return;
+                        }
+                    }
+                }
+                Ok(Read::NoGroup) => {
+                    tracing::info!(topic = %self.topic, group = %self.group, "consumer group missing; creating it again");
+                    if let Err(e) = self.ensure_group().await {
+                        failing.failed(&e).await;
+                    }
+                    pending_from = Some("0".to_owned());
+                }
+                Err(e) => failing.failed(&e).await,
+            }
+            if self.tx.is_closed() {
+                return;
+            }
+        }
+    }
+
+    /// `XREADGROUP`: pending entries after `pending_from`, or new ones (blocking) when `None`.
+    async fn read(
+        &self,
+        conn: &ConnectionManager,
+        timeout: Duration,
+        pending_from: Option<&str>,
+        count: usize,
+    ) -> Result<Read> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if pending_from.is_none() {
+            cmd.arg("BLOCK").arg(BLOCK.as_millis() as u64);
+        }
+        cmd.arg("STREAMS")
+            .arg(&self.topic)
+            .arg(pending_from.unwrap_or(">"));
+        self.backend
+            .call_on(conn, timeout, "read topic", &self.topic, |mut c| {
+                let cmd = &cmd;
+                async move {
+                    match cmd.query_async::<Value>(&mut c).await {
+                        Ok(v) => Ok(Read::Entries(parse_read(v))),
+                        Err(e) if has_code(&e, "NOGROUP") => Ok(Read::NoGroup),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn reclaim_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.opts.redeliver_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let min_idle = self.opts.processing_timeout.as_millis() as u64;
+        loop {
+            tick.tick().await;
+            let mut cursor = "0-0".to_owned();
+            loop {
+                if self.tx.is_closed() {
+                    return;
+                }
+                // Claim only as many entries as can be delivered now.
+                let Some(slots) = self.slots().await else {
+                    return;
+                };
+                let mut cmd = redis::cmd("XAUTOCLAIM");
+                cmd.arg(&self.topic)
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg(min_idle)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(slots.len());
+                let res = self
+                    .backend
+                    .call("reclaim pending events of topic", &self.topic, |mut c| {
+                        let cmd = &cmd;
+                        async move {
+                            match cmd.query_async::<Value>(&mut c).await {
+                                Ok(v) => Ok(Some(parse_autoclaim(v))),
+                                Err(e) if has_code(&e, "NOGROUP") => Ok(None),
+                                Err(e) => Err(e),
+                            }
+                        }
+                    })
+                    .await;
+                match res {
+                    Ok(Some((next, entries))) => {
+                        for (entry, slot) in entries.into_iter().zip(slots) {
+                            if !self.dispatch(entry, slot).await {
+                                return;
+                            }
+                        }
+                        if next == "0-0" || next.is_empty() {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                    // The reader recreates the group.
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reclaim failed; trying again next interval");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one entry to the subscriber and spawns the wait for its answer. `false` when the
+    /// subscription is gone.
+    async fn dispatch(self: &Arc<Self>, entry: Entry, slot: OwnedSemaphorePermit) -> bool {
+        let Some(fields) = entry.fields else {
+            // Trimmed while pending: nothing left to deliver.
+            self.ack(&entry.id).await;
+            return true;
+        };
+        if !self.in_flight.lock().insert(entry.id.clone()) {
+            return true;
+        }
+        let (delivery, answer) = Delivery::new(self.message(&entry.id, &fields));
+        if self.tx.send(delivery).await.is_err() {
+            self.in_flight.lock().remove(&entry.id);
+            return false;
+        }
+        tokio::spawn(self.clone().settle(entry.id, fields, answer, slot));
+        true
+    }
+
+    fn message(&self, id: &str, fields: &Fields) -> Message {
+        let metadata = match &fields.metadata {
+            Some(raw) => serde_json::from_slice(raw).unwrap_or_else(|e| {
+                tracing::warn!(topic = %self.topic, id, error = %e, "event metadata is not a JSON object of strings; delivering without it");
+                Metadata::new()
+            }),
+            None => Metadata::new(),
+        };
+        Message {
+            id: id.to_owned(),
+            topic: self.topic.clone(),
+            data: fields.data.clone(),
+            content_type: fields.content_type.clone(),
+            metadata,
+        }
+    }
+
+    /// Waits for the subscriber's answer and acts on it. RETRY (or no answer in time, or the
+    /// delivery dropped) → delivered again after `redeliverInterval`, as long as the
+    /// subscription lives; once it is gone the entry stays pending in Redis for the next one.
+    async fn settle(
+        self: Arc<Self>,
+        id: String,
+        fields: Fields,
+        mut answer: oneshot::Receiver<Outcome>,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let mut slot = Some(slot);
+        loop {
+            let outcome = match tokio::time::timeout(self.opts.processing_timeout, answer).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) | Err(_) => Outcome::Retry,
+            };
+            match outcome {
+                Outcome::Success => self.ack(&id).await,
+                Outcome::Drop => {
+                    if self.copy_to_dead_letter(&id, &fields).await {
+                        self.ack(&id).await;
+                    }
+                }
+                Outcome::Retry => {
+                    // Free the slot while waiting, so retries do not starve new events.
+                    slot.take();
+                    tokio::time::sleep(self.opts.redeliver_interval).await;
+                    if self.tx.is_closed() {
+                        break;
+                    }
+                    let Ok(next_slot) = self.permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    if !self.claim(&id).await {
+                        break;
+                    }
+                    let (delivery, next_answer) = Delivery::new(self.message(&id, &fields));
+                    if self.tx.send(delivery).await.is_err() {
+                        break;
+                    }
+                    answer = next_answer;
+                    slot = Some(next_slot);
+                    continue;
+                }
+            }
+            break;
+        }
+        self.in_flight.lock().remove(&id);
+    }
+
+    /// Re-claims a pending entry for this consumer before delivering it again: resets its idle
+    /// time (so other consumers' reclaim leaves it alone) and tells whether it is still pending
+    /// (acknowledged elsewhere, or trimmed → `false`). While Redis is unreachable the entry is
+    /// delivered anyway: its acknowledgement will fail and it stays pending.
+    async fn claim(&self, id: &str) -> bool {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.topic)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(id)
+            .arg("JUSTID");
+        let res = self
+            .backend
+            .call("claim pending event of topic", &self.topic, |mut c| {
+                let cmd = &cmd;
+                async move {
+                    match cmd.query_async::<Value>(&mut c).await {
+                        Ok(v) => Ok(into_items(v).is_some_and(|ids| !ids.is_empty())),
+                        Err(e) if has_code(&e, "NOGROUP") => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await;
+        res.unwrap_or(true)
+    }
+
+    /// `true` when the event may be acknowledged: copied, or there is no dead-letter topic.
+    async fn copy_to_dead_letter(&self, id: &str, fields: &Fields) -> bool {
+        let Some(dl) = &self.dead_letter else {
+            return true;
+        };
+        let cmd = xadd(
+            dl,
+            self.opts.max_len,
+            &fields.data,
+            &fields.content_type,
+            fields.metadata.as_deref(),
+        );
+        let res = self
+            .backend
+            .call("publish to dead-letter topic", dl, |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async::<Value>(&mut c).await }
+            })
+            .await;
+        match res {
+            Ok(_) => true,
+            Err(e) => {
+                // Not acknowledged: the event is delivered again, and dropped again then.
+                tracing::warn!(topic = %self.topic, id, error = %e, "dead-letter copy failed; event stays pending");
+                false
+            }
+        }
+    }
+
+    async fn ack(&self, id: &str) {
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&self.topic).arg(&self.group).arg(id);
+        let res = self
+            .backend
+            .call("acknowledge event of topic", &self.topic, |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async::<Value>(&mut c).await }
+            })
+            .await;
+        if let Err(e) = res {
+            // Not acknowledged: the event is delivered again later (at-least-once).
+            tracing::warn!(topic = %self.topic, id, error = %e, "acknowledgement failed; event will be redelivered");
+        }
+    }
+}
+
+/// Logs a run of read failures once (and its end), pausing longer after each.
+#[derive(Default)]
+struct Failing {
+    pause: Option<Duration>,
+}
+
+impl Failing {
+    async fn failed(&mut self, e: &Error) {
+        let pause = match self.pause {
+            None => {
+                tracing::warn!(error = %e, "subscription cannot read; retrying");
+                RETRY_MIN
+            }
+            Some(p) => {
+                tracing::debug!(error = %e, "subscription still cannot read");
+                (p * 2).min(RETRY_MAX)
+            }
+        };
+        self.pause = Some(pause);
+        tokio::time::sleep(pause).await;
+    }
+
+    fn recovered(&mut self, sub: &Sub) {
+        if self.pause.take().is_some() {
+            tracing::info!(topic = %sub.topic, group = %sub.group, "subscription reads again");
+        }
+    }
+}
+
+// === Reply parsing (by hand: pending entries whose event was trimmed come back as nil, which
+// the crate's typed stream replies do not model) ===
+
+/// `XREADGROUP`: RESP2 `[[stream, entries]]`, RESP3 `{stream: entries}`, or nil on timeout.
+fn parse_read(v: Value) -> Vec<Entry> {
+    let mut out = Vec::new();
+    match v {
+        Value::Map(streams) => {
+            for (_, entries) in streams {
+                parse_entries(entries, &mut out);
+            }
+        }
+        Value::Array(streams) => {
+            for stream in streams {
+                if let Some(entries) = into_items(stream).and_then(|s| s.into_iter().nth(1)) {
+                    parse_entries(entries, &mut out);
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// `XAUTOCLAIM`: `[next cursor, entries, deleted ids]`.
+fn parse_autoclaim(v: Value) -> (String, Vec<Entry>) {
+    let mut items = into_items(v).unwrap_or_default().into_iter();
+    let next = items.next().and_then(into_string).unwrap_or_default();
+    let mut entries = Vec::new();
+    if let Some(claimed) = items.next() {
+        parse_entries(claimed, &mut entries);
+    }
+    (next, entries)
+}
+
+fn parse_entries(v: Value, out: &mut Vec<Entry>) {
+    for entry in into_items(v).unwrap_or_default() {
+        let Some(mut parts) = into_items(entry).map(Vec::into_iter) else {
+            continue;
+        };
+        let Some(id) = parts.next().and_then(into_string) else {
+            continue;
+        };
+        let fields = parts.next().and_then(into_items).map(parse_fields);
+        out.push(Entry { id, fields });
+    }
+}
+
+fn parse_fields(kv: Vec<Value>) -> Fields {
+    let mut fields = Fields::default();
+    let mut it = kv.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let (Some(k), Some(v)) = (into_string(k), into_bytes(v)) else {
+            continue;
+        };
+        match k.as_str() {
+            FIELD_DATA => fields.data = v,
+            FIELD_CONTENT_TYPE => fields.content_type = String::from_utf8_lossy(&v).into_owned(),
+            FIELD_METADATA => fields.metadata = Some(v),
+            _ => {}
+        }
+    }
+    fields
+}

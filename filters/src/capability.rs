@@ -1,0 +1,146 @@
+//! The capability filter: terminates runtime APIs (Layotto's `spec.proto.runtime.v1.Runtime`
+//! today, Dapr's next) in-process.
+//!
+//! A request whose path starts with one of the configured API prefixes is handed, over the
+//! [`grpc_bridge`](crate::grpc_bridge), to that API's tonic service (an adapter from
+//! `mecha-api` over the building blocks); anything else continues down the chain.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::protocols::http::server::Session as HttpSession;
+use pingora::proxy::Session;
+use tower::util::BoxCloneSyncService;
+
+use crate::chain::{Decision, HttpFilter, RequestCtx};
+use crate::grpc_bridge::{self, CallOptions, RequestBody};
+use crate::metrics::GrpcMetrics;
+
+/// A tonic service behind the bridge, type-erased so one filter can hold several APIs.
+pub type GrpcService =
+    BoxCloneSyncService<http::Request<RequestBody>, http::Response<tonic::body::Body>, Infallible>;
+
+/// One runtime API the filter terminates.
+pub struct GrpcApi {
+    /// Metric label, e.g. `layotto`.
+    pub name: &'static str,
+    /// `/package.Service/`, e.g. `/spec.proto.runtime.v1.Runtime/`.
+    pub prefix: &'static str,
+    pub service: GrpcService,
+    /// Methods whose requests stream (client- or bidi-streaming).
+    pub streaming_request_methods: &'static [&'static str],
+    pub metrics: Arc<GrpcMetrics>,
+}
+
+/// Terminates the configured runtime APIs.
+pub struct CapabilityFilter {
+    apis: Vec<GrpcApi>,
+    max_request_message: usize,
+}
+
+impl CapabilityFilter {
+    pub fn new(apis: Vec<GrpcApi>, max_request_message: usize) -> Self {
+        Self {
+            apis,
+            max_request_message,
+        }
+    }
+}
+
+#[async_trait]
+impl HttpFilter for CapabilityFilter {
+    fn name(&self) -> &'static str {
+        "capability"
+    }
+
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Decision> {
+        let started = std::time::Instant::now();
+        let path = session.req_header().uri.path();
+        let Some((api, method)) = self
+            .apis
+            .iter()
+            .find_map(|a| path.strip_prefix(a.prefix).map(|m| (a, m)))
+        else {
+            return Ok(Decision::Continue);
+        };
+        let method_index = api.metrics.method_index(method);
+        let streaming_request = api.streaming_request_methods.contains(&method);
+
+        if session.req_header().method != http::Method::POST {
+            session
+                .respond_error_with_body(
+                    405,
+                    Bytes::from_static(b"gRPC methods are called with POST\n"),
+                )
+                .await?;
+            return Ok(Decision::Responded);
+        }
+        let HttpSession::H2(h2) = session.as_downstream_mut() else {
+            // gRPC needs HTTP/2 trailers; say so instead of a confusing framing error.
+            session
+                .respond_error_with_body(
+                    505,
+                    Bytes::from_static(
+                        b"gRPC needs HTTP/2: connect with h2c (prior knowledge) to this port\n",
+                    ),
+                )
+                .await?;
+            return Ok(Decision::Responded);
+        };
+        let opts = CallOptions {
+            max_request_message: self.max_request_message,
+            streaming_request,
+        };
+        let result = grpc_bridge::serve(h2, api.service.clone(), opts).await;
+        let code = match &result {
+            Ok(o) => o.code,
+            Err(_) => tonic::Code::Unknown,
+        };
+        api.metrics
+            .record(method_index, code, started.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            let method = api.metrics.method_name(method_index);
+            tracing::debug!(api = api.name, method, error = %e, "grpc exchange ended early");
+        }
+        Ok(Decision::Responded)
+    }
+}
+
+/// Layotto's `Runtime` methods, as metric labels.
+pub const LAYOTTO_METHODS: &[&str] = mecha_api::layotto::METHODS;
+
+/// Layotto's `spec.proto.runtime.v1.Runtime` over `registry`, ready for the filter.
+pub fn layotto_api(
+    registry: Arc<mecha_capabilities::Registry>,
+    app_id: &str,
+    max_message: usize,
+    metrics: Arc<GrpcMetrics>,
+) -> GrpcApi {
+    GrpcApi {
+        name: "layotto",
+        prefix: mecha_api::layotto::SERVICE_PREFIX,
+        service: BoxCloneSyncService::new(mecha_api::layotto::server(
+            registry,
+            app_id,
+            max_message,
+        )),
+        streaming_request_methods: mecha_api::layotto::STREAMING_REQUEST_METHODS,
+        metrics,
+    }
+}
+
+/// Delivers pub/sub events to the app's `AppCallback` gRPC service until `shutdown` turns true.
+pub async fn run_app_callback(
+    registry: Arc<mecha_capabilities::Registry>,
+    app_id: String,
+    endpoint: String,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    mecha_api::callback::run_app_callback(registry, app_id, endpoint, shutdown).await
+}

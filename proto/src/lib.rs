@@ -1,0 +1,15 @@
+//! Wire types for Mecha's public APIs, generated at build time from the `.proto` files under
+//! `proto/proto/` (no hand-written logic lives here).
+//!
+//! - [`runtime::v1`]: Layotto's `spec.proto.runtime.v1` API — the `Runtime` service the sidecar
+//!   serves, the `AppCallback` service the app implements, and the `Lifecycle` service
+//!   (dynamic component configuration).
+
+pub mod runtime {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("spec.proto.runtime.v1");
+    }
+}
+
+pub use runtime::v1 as layotto;

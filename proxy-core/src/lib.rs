@@ -1,0 +1,23 @@
+//! Mecha's data plane on Pingora.
+//!
+//! - [`config`]: the YAML schema, parsing and validation (every error with its path).
+//! - [`snapshot`]: the immutable [`Snapshot`](snapshot::Snapshot) built from a config — component
+//!   registry and one filter chain per listener — published through `ArcSwap`.
+//! - [`proxy`]: the Pingora `ProxyHttp` of a listener: load the Snapshot once, run the chain.
+//! - [`admin`]: `/healthz`, `/ready`, Layotto's `/actuator/health/*`, `/metrics`.
+//! - [`server`]: bootstrap (one Pingora service per listener, admin, background tasks) and
+//!   SIGTERM draining.
+//!
+//! Dependency direction: binary → proxy-core → filters → api → capabilities → proto.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+
+pub use config::Config;
+pub use server::{run, StartError};

@@ -1,0 +1,68 @@
+//! The process-wide Prometheus registry and the metric families registered once at start
+//! (Snapshots are rebuilt on config changes; their filters record into these).
+
+use std::sync::Arc;
+
+use mecha_filters::metrics::GrpcMetrics;
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub layotto: Arc<GrpcMetrics>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("");
+        let layotto = Arc::new(GrpcMetrics::register(
+            &mut registry,
+            "layotto",
+            mecha_filters::capability::LAYOTTO_METHODS,
+        ));
+        Self { registry, layotto }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Resident set size of this process in bytes, from `/proc/self/status` (Linux).
+pub fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Established TCP connections whose local port is `port`, from `/proc/net/tcp{,6}`.
+/// Pingora has no per-connection hook for a live gauge; the kernel's table is the truth.
+pub fn established_connections(port: u16) -> u64 {
+    let mut n = 0;
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(table) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in table.lines().skip(1) {
+            let mut cols = line.split_whitespace();
+            let (Some(_sl), Some(local), Some(_rem), Some(state)) =
+                (cols.next(), cols.next(), cols.next(), cols.next())
+            else {
+                continue;
+            };
+            // state 01 = ESTABLISHED; local is HEXADDR:HEXPORT
+            if state != "01" {
+                continue;
+            }
+            let Some((_, p)) = local.rsplit_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() == Some(port) {
+                n += 1;
+            }
+        }
+    }
+    n
+}

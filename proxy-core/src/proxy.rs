@@ -1,0 +1,116 @@
+//! The Pingora `ProxyHttp` of a listener: loads the current Snapshot once per request and runs
+//! the listener's filter chain in the `request_filter` phase.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use mecha_filters::{Decision, RequestCtx};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use tokio::sync::Notify;
+
+use crate::snapshot::Snapshot;
+
+/// Process-wide state the admin endpoints and shutdown share with the listeners.
+#[derive(Debug, Default)]
+pub struct ProcessState {
+    /// Set on SIGTERM: readiness fails so traffic moves away while requests finish.
+    pub draining: AtomicBool,
+    inflight: AtomicUsize,
+    idle: Notify,
+}
+
+impl ProcessState {
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Waits until no request is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.inflight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self.clone())
+    }
+}
+
+/// Counts one request in flight until dropped (with the request's context).
+#[derive(Debug)]
+pub struct InflightGuard(Arc<ProcessState>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// One listener's proxy logic.
+pub struct ListenerProxy {
+    pub index: usize,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub process: Arc<ProcessState>,
+}
+
+pub struct Ctx {
+    snapshot: Arc<Snapshot>,
+    req: RequestCtx,
+    _inflight: Option<InflightGuard>,
+}
+
+#[async_trait]
+impl ProxyHttp for ListenerProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            snapshot: self.snapshot.load_full(),
+            req: RequestCtx::default(),
+            _inflight: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx._inflight = Some(self.process.enter());
+        let Some(chain) = ctx.snapshot.chains.get(self.index) else {
+            session.respond_error(503).await?;
+            return Ok(true);
+        };
+        match chain.on_request(session, &mut ctx.req).await? {
+            Decision::Responded => Ok(true),
+            Decision::Continue => {
+                // No filter answered and this listener has no router (the mesh router is a
+                // later filter): a clear 404 naming the path.
+                let body = format!(
+                    "no route: {} {} is not served by this listener\n",
+                    session.req_header().method,
+                    session.req_header().uri.path()
+                );
+                session
+                    .respond_error_with_body(404, Bytes::from(body))
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // request_filter answers every request; reaching here is a bug, not a client error.
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "listener has no upstream",
+        ))
+    }
+}

@@ -1,0 +1,189 @@
+//! Process bootstrap: Snapshot → Pingora server with one proxy service per listener, the admin
+//! service and background tasks → run until SIGTERM (drain) or SIGINT (fast exit).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{ListenerProxy, ProcessState};
+use crate::snapshot::Snapshot;
+
+/// Why the process could not start; printed by the binary, which then exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid config:\n  {}", .0.join("\n  "))]
+    Config(Vec<String>),
+    #[error("{what} {addr}: cannot listen: {source}")]
+    Bind {
+        what: String,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Binds and releases every address first, so a taken port is a clear error before anything
+/// listens (Pingora itself panics on a failed bind, after other listeners are up).
+fn check_addresses(config: &Config) -> Result<(), StartError> {
+    let mut all: Vec<(String, String)> = config
+        .listeners
+        .iter()
+        .map(|l| (format!("listeners.{}", l.name), l.address.clone()))
+        .collect();
+    if let Some(a) = &config.admin.address {
+        all.push(("admin".to_owned(), a.clone()));
+    }
+    for (what, addr) in all {
+        let sa: SocketAddr = addr
+            .parse()
+            .map_err(|e| StartError::Config(vec![format!("{what}: {addr:?}: {e}")]))?;
+        TcpListener::bind(sa).map_err(|source| StartError::Bind { what, addr, source })?;
+    }
+    Ok(())
+}
+
+/// Runs the sidecar until shutdown. Returns only after a signal (or an error at start).
+pub fn run(config: Config) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let snapshot = Snapshot::build(config.clone(), &metrics).map_err(StartError::Config)?;
+    check_addresses(&config)?;
+    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let process = Arc::new(ProcessState::default());
+
+    let conf = ServerConf {
+        threads: config.threads,
+        // Draining happens in our signal watch (below), which returns only once requests
+        // are done or the drain time is up; after that Pingora need not wait again.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    for (index, l) in config.listeners.iter().enumerate() {
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        let proxy = ListenerProxy {
+            index,
+            snapshot: snapshot.clone(),
+            process: process.clone(),
+        };
+        let mut svc = ProxyServiceBuilder::new(&server.configuration, proxy)
+            .name(format!("listener {}", l.name))
+            .server_options(opts)
+            .build();
+        svc.add_tcp(&l.address);
+        server.add_service(svc);
+    }
+
+    if let Some(addr) = &config.admin.address {
+        let admin = AdminApp {
+            snapshot: snapshot.clone(),
+            metrics,
+            process: process.clone(),
+        };
+        let mut svc = Service::new("admin".to_owned(), admin);
+        svc.add_tcp(addr);
+        svc.threads = Some(1);
+        server.add_service(svc);
+    }
+
+    if let Some(endpoint) = &config.app.grpc_callback {
+        let task = AppCallbackTask {
+            snapshot: snapshot.clone(),
+            app_id: config.app.id.clone(),
+            endpoint: endpoint.clone(),
+        };
+        let mut svc = background_service("app callback", task);
+        svc.threads = Some(1);
+        server.add_service(svc);
+    }
+
+    tracing::info!(
+        listeners = ?config.listeners.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
+        admin = ?config.admin.address,
+        components = config.components.len(),
+        "mecha starting"
+    );
+    let drain = Duration::from_secs(config.shutdown.drain_seconds);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnTerm { process, drain }),
+    });
+    Ok(())
+}
+
+/// Delivers pub/sub events to the app's `AppCallback` service.
+struct AppCallbackTask {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    app_id: String,
+    endpoint: String,
+}
+
+#[async_trait]
+impl BackgroundService for AppCallbackTask {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let registry = self.snapshot.load_full().registry.clone();
+        mecha_filters::capability::run_app_callback(
+            registry,
+            self.app_id.clone(),
+            self.endpoint.clone(),
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// SIGTERM: stop being ready, wait for in-flight requests (at most `drain`), then let Pingora
+/// close the listeners. SIGINT: exit now. SIGQUIT (Pingora's upgrade signal) drains too.
+struct DrainOnTerm {
+    process: Arc<ProcessState>,
+    drain: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainOnTerm {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                return ShutdownSignal::FastShutdown;
+            }
+            _ = term.recv() => {}
+            _ = quit.recv() => {}
+        }
+        self.process.draining.store(true, Ordering::Release);
+        tracing::info!(inflight = self.process.inflight(), drain = ?self.drain, "draining");
+        if tokio::time::timeout(self.drain, self.process.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                inflight = self.process.inflight(),
+                "drain time is up; closing remaining requests"
+            );
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}

@@ -1,0 +1,75 @@
+//! The one immutable view of config the data plane reads.
+//!
+//! A [`Snapshot`] is built from a validated [`Config`] (components instantiated, filter chains
+//! assembled) and published through an `ArcSwap`; each request loads the current one once and
+//! keeps it to the end, so a swap never changes a request midway and removed components finish
+//! their in-flight calls (they are `Arc`s).
+
+use std::sync::Arc;
+
+use mecha_capabilities::Registry;
+use mecha_filters::{CapabilityFilter, FilterChain, GrpcApi, HttpFilter};
+
+use crate::config::{build_context, Config, FilterConfig};
+use crate::metrics::Metrics;
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    /// One chain per listener, in `config.listeners` order.
+    pub chains: Vec<FilterChain>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("listeners", &self.config.listeners.len())
+            .field("chains", &self.chains)
+            .field("registry", &self.registry)
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Instantiates components and filter chains; returns every problem with its path.
+    pub fn build(config: Config, metrics: &Metrics) -> Result<Self, Vec<String>> {
+        let registry = Arc::new(Registry::build(
+            &config.components,
+            &build_context(&config),
+        )?);
+        let mut chains = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
+            for f in &listener.filters {
+                match f {
+                    FilterConfig::Capability {
+                        apis,
+                        max_request_message_bytes,
+                    } => {
+                        let mut grpc: Vec<GrpcApi> = Vec::new();
+                        for api in apis {
+                            if api == "layotto" {
+                                grpc.push(mecha_filters::capability::layotto_api(
+                                    registry.clone(),
+                                    &config.app.id,
+                                    *max_request_message_bytes,
+                                    metrics.layotto.clone(),
+                                ));
+                            }
+                        }
+                        filters.push(Arc::new(CapabilityFilter::new(
+                            grpc,
+                            *max_request_message_bytes,
+                        )));
+                    }
+                }
+            }
+            chains.push(FilterChain::new(filters));
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            registry,
+            chains,
+        })
+    }
+}

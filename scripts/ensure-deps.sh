@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing Mecha needs on Debian/Ubuntu when it is missing:
+#   cmake (Pingora's zlib-ng build), a C compiler, redis-server (the Redis component tests).
+# As root with apt-get it installs them; otherwise it says exactly what to install and fails.
+# Usage: scripts/ensure-deps.sh [build|test|bench]
+set -euo pipefail
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have cargo || { echo "error: cargo not found: install Rust (https://rustup.rs), then re-run" >&2; exit 1; }
+have cmake || need+=(cmake)
+have cc || need+=(build-essential)
+case "${1:-build}" in
+  test) have redis-server || need+=(redis-server) ;;
+  bench) have redis-server || need+=(redis-server); have h2load || need+=(nghttp2-client)
+         have redis-benchmark || need+=(redis-tools) ;;
+esac
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && have apt-get; then
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+else
+  echo "error: missing packages: ${need[*]}" >&2
+  echo "install them (Debian/Ubuntu: sudo apt-get install ${need[*]}) and re-run" >&2
+  exit 1
+fi

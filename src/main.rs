@@ -1,0 +1,97 @@
+//! `mecha`: the command line. Parses arguments, loads config, starts the sidecar — nothing else
+//! (the data plane lives in `mecha-proxy-core`).
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mecha_proxy_core::config::{self, Config, DEFAULT_YAML};
+
+#[derive(Parser)]
+#[command(
+    name = "mecha",
+    version,
+    about = "Service-mesh data plane and multi-runtime capability sidecar"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (on the embedded default config unless -c is given).
+    Run {
+        /// YAML config file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file: print every error with its path; exit non-zero when invalid.
+    Validate {
+        /// YAML config file.
+        file: PathBuf,
+    },
+    /// Print the embedded default config.
+    DefaultConfig,
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    let (name, text) = match path {
+        None => ("embedded default".to_owned(), DEFAULT_YAML.to_owned()),
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?,
+        ),
+    };
+    config::load(&text).map_err(|errs| format!("{name}: invalid config:\n  {}", errs.join("\n  ")))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::DefaultConfig => {
+            print!("{DEFAULT_YAML}");
+            ExitCode::SUCCESS
+        }
+        Command::Validate { file } => match load(Some(&file)) {
+            Ok(cfg) => {
+                println!(
+                    "{}: valid ({} listeners, {} components)",
+                    file.display(),
+                    cfg.listeners.len(),
+                    cfg.components.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("MECHA_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match mecha_proxy_core::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mecha: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
