@@ -17,8 +17,7 @@ use mecha_capabilities::redis::{
 };
 use mecha_capabilities::sequencer::{Increment, Sequencer};
 use mecha_capabilities::state::{
-    Concurrency, DeleteRequest, SetRequest, StateOptions, StateStore, TransactionOp,
-    TTL_METADATA,
+    Concurrency, DeleteRequest, SetRequest, StateOptions, StateStore, TransactionOp, TTL_METADATA,
 };
 use mecha_capabilities::{BuildContext, ComponentSpec, Error, Health};
 use redis::Commands;
@@ -39,7 +38,11 @@ fn set(key: &str, value: &str, etag: Option<&str>) -> SetRequest {
 }
 
 fn del(key: &str, etag: Option<&str>) -> DeleteRequest {
-    DeleteRequest { key: key.to_owned(), etag: etag.map(str::to_owned), ..DeleteRequest::default() }
+    DeleteRequest {
+        key: key.to_owned(),
+        etag: etag.map(str::to_owned),
+        ..DeleteRequest::default()
+    }
 }
 
 fn state() -> RedisState {
@@ -47,7 +50,12 @@ fn state() -> RedisState {
 }
 
 async fn etag_of(s: &RedisState, key: &str) -> String {
-    s.get(key, &no_meta()).await.expect("get").expect("exists").etag.expect("etag")
+    s.get(key, &no_meta())
+        .await
+        .expect("get")
+        .expect("exists")
+        .etag
+        .expect("etag")
 }
 
 // === construction ===
@@ -84,7 +92,10 @@ fn bad_metadata_is_rejected_with_its_key() {
             _ => RedisSequencer::new(&spec, &ctx).err(),
         };
         let err = err.unwrap_or_else(|| panic!("{kind} {key}={value} accepted"));
-        assert!(err.to_string().starts_with(&format!("metadata.{key}:")), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!("metadata.{key}:")),
+            "{err}"
+        );
     }
 }
 
@@ -95,37 +106,69 @@ async fn state_etags_first_write_and_errors_name_store_and_key() {
     let s = state();
     s.set(set("k", "v1", None)).await.expect("first set");
     let e1 = etag_of(&s, "k").await;
-    s.set(set("k", "v2", Some(&e1))).await.expect("set with current etag");
+    s.set(set("k", "v2", Some(&e1)))
+        .await
+        .expect("set with current etag");
     let e2 = etag_of(&s, "k").await;
     assert_ne!(e1, e2);
 
-    let err = s.set(set("k", "v3", Some(&e1))).await.expect_err("stale etag");
+    let err = s
+        .set(set("k", "v3", Some(&e1)))
+        .await
+        .expect_err("stale etag");
     assert!(matches!(err, Error::EtagMismatch(_)), "{err:?}");
-    assert!(err.to_string().contains("\"statestore\"") && err.to_string().contains("\"k\""), "{err}");
-    let err = s.set(set("k", "v3", Some("not-a-number"))).await.expect_err("bad etag");
+    assert!(
+        err.to_string().contains("\"statestore\"") && err.to_string().contains("\"k\""),
+        "{err}"
+    );
+    let err = s
+        .set(set("k", "v3", Some("not-a-number")))
+        .await
+        .expect_err("bad etag");
     assert!(matches!(err, Error::EtagInvalid(_)), "{err:?}");
-    assert!(err.to_string().contains("\"statestore\"") && err.to_string().contains("\"k\""), "{err}");
+    assert!(
+        err.to_string().contains("\"statestore\"") && err.to_string().contains("\"k\""),
+        "{err}"
+    );
     // An empty ETag means none (Dapr): last-write.
-    s.set(set("k", "v4", Some(""))).await.expect("empty etag = none");
+    s.set(set("k", "v4", Some("")))
+        .await
+        .expect("empty etag = none");
 
     let first = |key: &str| SetRequest {
-        options: StateOptions { concurrency: Concurrency::FirstWrite, ..StateOptions::default() },
+        options: StateOptions {
+            concurrency: Concurrency::FirstWrite,
+            ..StateOptions::default()
+        },
         ..set(key, "f", None)
     };
-    s.set(first("fw")).await.expect("first-write on an absent key");
-    let err = s.set(first("fw")).await.expect_err("first-write on an existing key");
+    s.set(first("fw"))
+        .await
+        .expect("first-write on an absent key");
+    let err = s
+        .set(first("fw"))
+        .await
+        .expect_err("first-write on an existing key");
     assert!(matches!(err, Error::EtagMismatch(_)), "{err:?}");
 
     let e = etag_of(&s, "k").await;
-    let err = s.delete(del("k", Some(&e1))).await.expect_err("stale delete");
+    let err = s
+        .delete(del("k", Some(&e1)))
+        .await
+        .expect_err("stale delete");
     assert!(matches!(err, Error::EtagMismatch(_)), "{err:?}");
-    s.delete(del("k", Some(&e))).await.expect("delete with etag");
+    s.delete(del("k", Some(&e)))
+        .await
+        .expect("delete with etag");
     assert!(s.get("k", &no_meta()).await.expect("get").is_none());
     // Deleted and written again: the old ETag never matches the new item.
     s.set(set("k", "again", None)).await.expect("recreate");
     let err = s.set(set("k", "x", Some(&e))).await.expect_err("ABA");
     assert!(matches!(err, Error::EtagMismatch(_)), "{err:?}");
-    let err = s.delete(del("missing", Some("1"))).await.expect_err("etag on a missing key");
+    let err = s
+        .delete(del("missing", Some("1")))
+        .await
+        .expect_err("etag on a missing key");
     assert!(matches!(err, Error::EtagMismatch(_)), "{err:?}");
 }
 
@@ -135,15 +178,25 @@ async fn state_keys_carry_the_prefix_and_use_daprs_hash_layout() {
     let prefix = unique("app");
     let s = RedisState::new(
         &ComponentSpec::new("statestore", "state.redis").with("redisHost", &host),
-        &BuildContext { app_id: prefix.clone() },
+        &BuildContext {
+            app_id: prefix.clone(),
+        },
     )
     .expect("valid");
     s.set(set("order", "data-1", None)).await.expect("set");
     let mut conn = raw(&host);
     let data: String = conn.hget(format!("{prefix}||order"), "data").expect("hget");
     assert_eq!(data, "data-1");
-    let version: String = conn.hget(format!("{prefix}||order"), "version").expect("hget");
-    assert_eq!(Some(version), s.get("order", &no_meta()).await.expect("get").and_then(|v| v.etag));
+    let version: String = conn
+        .hget(format!("{prefix}||order"), "version")
+        .expect("hget");
+    assert_eq!(
+        Some(version),
+        s.get("order", &no_meta())
+            .await
+            .expect("get")
+            .and_then(|v| v.etag)
+    );
 }
 
 #[tokio::test]
@@ -151,22 +204,38 @@ async fn state_bulk_get_reports_per_key_errors() {
     let host = shared_host();
     let prefix = unique("bulk");
     let s = RedisState::new(
-        &ComponentSpec::new("statestore", "state.redis").with("redisHost", &host).with("keyPrefix", &prefix),
+        &ComponentSpec::new("statestore", "state.redis")
+            .with("redisHost", &host)
+            .with("keyPrefix", &prefix),
         &ctx(),
     )
     .expect("valid");
     s.set(set("a", "1", None)).await.expect("set a");
     s.set(set("b", "2", None)).await.expect("set b");
     // A key holding another type fails on its own.
-    let _: () = raw(&host).set(format!("{prefix}||wrong"), "plain string").expect("raw set");
-    let keys: Vec<String> = ["a", "missing", "wrong", "b"].iter().map(|k| (*k).to_owned()).collect();
+    let _: () = raw(&host)
+        .set(format!("{prefix}||wrong"), "plain string")
+        .expect("raw set");
+    let keys: Vec<String> = ["a", "missing", "wrong", "b"]
+        .iter()
+        .map(|k| (*k).to_owned())
+        .collect();
     let items = s.bulk_get(&keys, &no_meta()).await.expect("bulk get");
     assert_eq!(items.len(), 4);
-    assert_eq!(items[0].value.as_ref().map(|v| v.data.clone()), Some(Bytes::from("1")));
+    assert_eq!(
+        items[0].value.as_ref().map(|v| v.data.clone()),
+        Some(Bytes::from("1"))
+    );
     assert!(items[1].value.is_none() && items[1].error.is_none());
     let err = items[2].error.as_deref().expect("per-key error");
-    assert!(err.contains("\"wrong\"") && err.contains("\"statestore\""), "{err}");
-    assert_eq!(items[3].value.as_ref().map(|v| v.data.clone()), Some(Bytes::from("2")));
+    assert!(
+        err.contains("\"wrong\"") && err.contains("\"statestore\""),
+        "{err}"
+    );
+    assert_eq!(
+        items[3].value.as_ref().map(|v| v.data.clone()),
+        Some(Bytes::from("2"))
+    );
 }
 
 #[tokio::test]
@@ -174,7 +243,9 @@ async fn state_transaction_is_all_or_nothing() {
     let host = shared_host();
     let prefix = unique("tx");
     let s = RedisState::new(
-        &ComponentSpec::new("statestore", "state.redis").with("redisHost", &host).with("keyPrefix", &prefix),
+        &ComponentSpec::new("statestore", "state.redis")
+            .with("redisHost", &host)
+            .with("keyPrefix", &prefix),
         &ctx(),
     )
     .expect("valid");
@@ -189,18 +260,32 @@ async fn state_transaction_is_all_or_nothing() {
         TransactionOp::Upsert(set("b", "b2", Some(&stale))),
         TransactionOp::Delete(del("c", None)),
     ];
-    let err = s.transact(ops, &no_meta()).await.expect_err("stale etag aborts");
+    let err = s
+        .transact(ops, &no_meta())
+        .await
+        .expect_err("stale etag aborts");
     assert!(matches!(err, Error::EtagMismatch(_)), "{err:?}");
     assert!(err.to_string().contains("\"b\""), "{err}");
     let a = s.get("a", &no_meta()).await.expect("get").expect("a");
     assert_eq!(a.data, Bytes::from("a0"));
 
     // A key of another type aborts before anything is written (a script error half-way would not).
-    let _: () = raw(&host).set(format!("{prefix}||plain"), "x").expect("raw set");
-    let ops = vec![TransactionOp::Upsert(set("a", "a2", None)), TransactionOp::Upsert(set("plain", "p", None))];
-    let err = s.transact(ops, &no_meta()).await.expect_err("wrong type aborts");
+    let _: () = raw(&host)
+        .set(format!("{prefix}||plain"), "x")
+        .expect("raw set");
+    let ops = vec![
+        TransactionOp::Upsert(set("a", "a2", None)),
+        TransactionOp::Upsert(set("plain", "p", None)),
+    ];
+    let err = s
+        .transact(ops, &no_meta())
+        .await
+        .expect_err("wrong type aborts");
     assert!(err.to_string().contains("\"plain\""), "{err}");
-    assert_eq!(s.get("a", &no_meta()).await.expect("get").expect("a").data, Bytes::from("a0"));
+    assert_eq!(
+        s.get("a", &no_meta()).await.expect("get").expect("a").data,
+        Bytes::from("a0")
+    );
 
     // Operations on one key apply in order; a valid transaction applies everything.
     let current = etag_of(&s, "b").await;
@@ -210,9 +295,17 @@ async fn state_transaction_is_all_or_nothing() {
         TransactionOp::Upsert(set("c", "c3", None)),
         TransactionOp::Delete(del("c", None)),
     ];
-    s.transact(ops, &no_meta()).await.expect("valid transaction");
-    assert_eq!(s.get("a", &no_meta()).await.expect("get").expect("a").data, Bytes::from("a3"));
-    assert_eq!(s.get("b", &no_meta()).await.expect("get").expect("b").data, Bytes::from("b3"));
+    s.transact(ops, &no_meta())
+        .await
+        .expect("valid transaction");
+    assert_eq!(
+        s.get("a", &no_meta()).await.expect("get").expect("a").data,
+        Bytes::from("a3")
+    );
+    assert_eq!(
+        s.get("b", &no_meta()).await.expect("get").expect("b").data,
+        Bytes::from("b3")
+    );
     assert!(s.get("c", &no_meta()).await.expect("get").is_none());
 }
 
@@ -225,17 +318,36 @@ async fn state_ttl_expires_reports_and_is_reset_by_writes() {
         r
     };
     s.set(with_ttl("short", "1")).await.expect("set with ttl");
-    let v = s.get("short", &no_meta()).await.expect("get").expect("not expired yet");
+    let v = s
+        .get("short", &no_meta())
+        .await
+        .expect("get")
+        .expect("not expired yet");
     assert!(v.metadata.contains_key("ttlExpireTime"), "{:?}", v.metadata);
 
     s.set(with_ttl("kept", "1")).await.expect("set with ttl");
-    s.set(with_ttl("kept", "-1")).await.expect("-1 removes the ttl");
-    s.set(with_ttl("rewritten", "1")).await.expect("set with ttl");
-    s.set(set("rewritten", "v2", None)).await.expect("a write without ttl does not expire");
-    assert!(s.get("kept", &no_meta()).await.expect("get").expect("kept").metadata.is_empty());
+    s.set(with_ttl("kept", "-1"))
+        .await
+        .expect("-1 removes the ttl");
+    s.set(with_ttl("rewritten", "1"))
+        .await
+        .expect("set with ttl");
+    s.set(set("rewritten", "v2", None))
+        .await
+        .expect("a write without ttl does not expire");
+    assert!(s
+        .get("kept", &no_meta())
+        .await
+        .expect("get")
+        .expect("kept")
+        .metadata
+        .is_empty());
 
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert!(s.get("short", &no_meta()).await.expect("get").is_none(), "expired");
+    assert!(
+        s.get("short", &no_meta()).await.expect("get").is_none(),
+        "expired"
+    );
     assert!(s.get("kept", &no_meta()).await.expect("get").is_some());
     assert!(s.get("rewritten", &no_meta()).await.expect("get").is_some());
 
@@ -247,27 +359,62 @@ async fn state_ttl_expires_reports_and_is_reset_by_writes() {
 // === lock ===
 
 fn lock_req(resource: &str, owner: &str, secs: i32) -> LockRequest {
-    LockRequest { resource_id: resource.to_owned(), owner: owner.to_owned(), expire_secs: secs }
+    LockRequest {
+        resource_id: resource.to_owned(),
+        owner: owner.to_owned(),
+        expire_secs: secs,
+    }
 }
 
 #[tokio::test]
 async fn lock_ownership_and_expiry() {
-    let l = RedisLock::new(&spec("lockstore", "lock.redis", &shared_host()), &ctx()).expect("valid");
+    let l =
+        RedisLock::new(&spec("lockstore", "lock.redis", &shared_host()), &ctx()).expect("valid");
     assert!(l.try_lock(lock_req("r", "alice", 10)).await.expect("lock"));
     assert!(!l.try_lock(lock_req("r", "bob", 10)).await.expect("held"));
-    assert!(!l.try_lock(lock_req("r", "alice", 10)).await.expect("not re-entrant"));
-    assert_eq!(l.unlock("r", "bob").await.expect("unlock"), LockStatus::LockBelongToOthers);
-    assert_eq!(l.keep_alive(lock_req("r", "bob", 10)).await.expect("ka"), LockStatus::LockBelongToOthers);
-    assert_eq!(l.keep_alive(lock_req("r", "alice", 10)).await.expect("ka"), LockStatus::Success);
-    assert_eq!(l.unlock("r", "alice").await.expect("unlock"), LockStatus::Success);
-    assert_eq!(l.unlock("r", "alice").await.expect("unlock"), LockStatus::LockUnexist);
-    assert_eq!(l.keep_alive(lock_req("r", "alice", 10)).await.expect("ka"), LockStatus::LockUnexist);
+    assert!(!l
+        .try_lock(lock_req("r", "alice", 10))
+        .await
+        .expect("not re-entrant"));
+    assert_eq!(
+        l.unlock("r", "bob").await.expect("unlock"),
+        LockStatus::LockBelongToOthers
+    );
+    assert_eq!(
+        l.keep_alive(lock_req("r", "bob", 10)).await.expect("ka"),
+        LockStatus::LockBelongToOthers
+    );
+    assert_eq!(
+        l.keep_alive(lock_req("r", "alice", 10)).await.expect("ka"),
+        LockStatus::Success
+    );
+    assert_eq!(
+        l.unlock("r", "alice").await.expect("unlock"),
+        LockStatus::Success
+    );
+    assert_eq!(
+        l.unlock("r", "alice").await.expect("unlock"),
+        LockStatus::LockUnexist
+    );
+    assert_eq!(
+        l.keep_alive(lock_req("r", "alice", 10)).await.expect("ka"),
+        LockStatus::LockUnexist
+    );
 
-    assert!(l.try_lock(lock_req("short", "alice", 1)).await.expect("lock"));
+    assert!(l
+        .try_lock(lock_req("short", "alice", 1))
+        .await
+        .expect("lock"));
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert!(l.try_lock(lock_req("short", "bob", 1)).await.expect("expired, free again"));
+    assert!(l
+        .try_lock(lock_req("short", "bob", 1))
+        .await
+        .expect("expired, free again"));
 
-    let err = l.try_lock(lock_req("r", "alice", 0)).await.expect_err("zero expiry");
+    let err = l
+        .try_lock(lock_req("r", "alice", 0))
+        .await
+        .expect_err("zero expiry");
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     let err = l.unlock("", "alice").await.expect_err("empty resource");
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
@@ -293,18 +440,34 @@ async fn sequencer_strong_is_increasing_across_sidecars_and_honours_bigger_than(
     let mut last = 0;
     for i in 0..20 {
         let s = if i % 2 == 0 { &a } else { &b };
-        let id = s.next_id("order", Increment::Strong, &no_meta()).await.expect("id");
+        let id = s
+            .next_id("order", Increment::Strong, &no_meta())
+            .await
+            .expect("id");
         assert!(id > last, "{id} after {last}");
         last = id;
     }
     let first_order_id = last - 19;
-    assert_eq!(first_order_id, 1001, "biggerThan.order=1000 → ids start at 1001");
+    assert_eq!(
+        first_order_id, 1001,
+        "biggerThan.order=1000 → ids start at 1001"
+    );
 
     // Call metadata can raise the floor too.
     let mut meta = no_meta();
     meta.insert("biggerThan.other".to_owned(), "50".to_owned());
-    assert_eq!(b.next_id("other", Increment::Strong, &meta).await.expect("id"), 51);
-    assert_eq!(b.next_id("other", Increment::Strong, &no_meta()).await.expect("id"), 52);
+    assert_eq!(
+        b.next_id("other", Increment::Strong, &meta)
+            .await
+            .expect("id"),
+        51
+    );
+    assert_eq!(
+        b.next_id("other", Increment::Strong, &no_meta())
+            .await
+            .expect("id"),
+        52
+    );
 }
 
 #[tokio::test]
@@ -325,15 +488,25 @@ async fn sequencer_weak_segments_are_increasing_and_disjoint() {
     let mut seen = std::collections::HashSet::new();
     let (mut last_a, mut last_b) = (0, 0);
     for _ in 0..25 {
-        let ia = a.next_id("k", Increment::Weak, &no_meta()).await.expect("id");
-        let ib = b.next_id("k", Increment::Weak, &no_meta()).await.expect("id");
+        let ia = a
+            .next_id("k", Increment::Weak, &no_meta())
+            .await
+            .expect("id");
+        let ib = b
+            .next_id("k", Increment::Weak, &no_meta())
+            .await
+            .expect("id");
         assert!(ia > last_a && ib > last_b);
         (last_a, last_b) = (ia, ib);
-        assert!(seen.insert(ia) && seen.insert(ib), "ids are unique across sidecars");
+        assert!(
+            seen.insert(ia) && seen.insert(ib),
+            "ids are unique across sidecars"
+        );
     }
     // 50 ids in segments of 10: a single sidecar reserved 3 segments, never more.
-    let counter: i64 =
-        raw(&host).get(format!("{prefix}||sequencer||k")).expect("counter");
+    let counter: i64 = raw(&host)
+        .get(format!("{prefix}||sequencer||k"))
+        .expect("counter");
     assert!(counter <= 60, "{counter}");
 }
 
@@ -372,33 +545,76 @@ async fn configuration_changes_by_another_sidecar_are_pushed() {
         .expect("valid")
     };
     let (here, there) = (build(), build());
-    here.save("app", vec![item("a", "1", "g1"), item("b", "2", "g2")], &no_meta()).await.expect("save");
+    here.save(
+        "app",
+        vec![item("a", "1", "g1"), item("b", "2", "g2")],
+        &no_meta(),
+    )
+    .await
+    .expect("save");
     let all = here.get(&query("app", "", &[])).await.expect("get");
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].tags.get("t").map(String::as_str), Some("1"));
     let g1 = here.get(&query("app", "g1", &[])).await.expect("get");
     assert_eq!(g1.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a"]);
 
-    let mut sub = here.subscribe(query("app", "", &["a"])).await.expect("subscribe");
+    let mut sub = here
+        .subscribe(query("app", "", &["a"]))
+        .await
+        .expect("subscribe");
     // Another sidecar changes b (not selected) then a (selected).
-    there.save("app", vec![item("b", "22", "g2")], &no_meta()).await.expect("save b");
-    there.save("app", vec![item("a", "11", "g1")], &no_meta()).await.expect("save a");
-    let change = tokio::time::timeout(WAIT, sub.next()).await.expect("pushed").expect("open");
+    there
+        .save("app", vec![item("b", "22", "g2")], &no_meta())
+        .await
+        .expect("save b");
+    there
+        .save("app", vec![item("a", "11", "g1")], &no_meta())
+        .await
+        .expect("save a");
+    let change = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("pushed")
+        .expect("open");
     assert_eq!(change.app_id, "app");
     assert_eq!(change.items.len(), 1);
-    assert_eq!((change.items[0].key.as_str(), change.items[0].content.as_str()), ("a", "11"));
+    assert_eq!(
+        (
+            change.items[0].key.as_str(),
+            change.items[0].content.as_str()
+        ),
+        ("a", "11")
+    );
     assert_eq!(change.items[0].group, "g1");
 
-    there.delete(&query("app", "", &["a"])).await.expect("delete");
-    let change = tokio::time::timeout(WAIT, sub.next()).await.expect("pushed").expect("open");
+    there
+        .delete(&query("app", "", &["a"]))
+        .await
+        .expect("delete");
+    let change = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("pushed")
+        .expect("open");
     assert_eq!(change.items[0].key, "a");
     assert!(change.items[0].content.is_empty());
-    assert_eq!(change.items[0].metadata.get("deleted").map(String::as_str), Some("true"));
-    assert!(here.get(&query("app", "", &["a"])).await.expect("get").is_empty());
+    assert_eq!(
+        change.items[0].metadata.get("deleted").map(String::as_str),
+        Some("true")
+    );
+    assert!(here
+        .get(&query("app", "", &["a"]))
+        .await
+        .expect("get")
+        .is_empty());
 
-    let err = here.delete(&query("app", "", &[])).await.expect_err("delete needs keys");
+    let err = here
+        .delete(&query("app", "", &[]))
+        .await
+        .expect_err("delete needs keys");
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
-    let err = here.get(&query("", "", &[])).await.expect_err("app id required");
+    let err = here
+        .get(&query("", "", &[]))
+        .await
+        .expect_err("app id required");
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
 }
 
@@ -430,11 +646,17 @@ fn publish(topic: &str, data: &str) -> PublishRequest {
 }
 
 fn sub_req(topic: &str) -> SubscribeRequest {
-    SubscribeRequest { topic: topic.to_owned(), ..SubscribeRequest::default() }
+    SubscribeRequest {
+        topic: topic.to_owned(),
+        ..SubscribeRequest::default()
+    }
 }
 
 async fn next(sub: &mut Subscription) -> mecha_capabilities::pubsub::Delivery {
-    tokio::time::timeout(WAIT, sub.next()).await.expect("a delivery in time").expect("open")
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("open")
 }
 
 #[tokio::test]
@@ -473,10 +695,17 @@ async fn pubsub_round_trip_keeps_fields_and_events_published_before_subscribing(
 
 /// The only consumer group of a topic.
 fn ps_group(host: &str, topic: &str) -> String {
-    let groups: redis::Value =
-        redis::cmd("XINFO").arg("GROUPS").arg(topic).query(&mut raw(host)).expect("xinfo");
-    let redis::Value::Array(groups) = groups else { panic!("groups: {groups:?}") };
-    let Some(redis::Value::Array(fields)) = groups.first() else { panic!("no group") };
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(topic)
+        .query(&mut raw(host))
+        .expect("xinfo");
+    let redis::Value::Array(groups) = groups else {
+        panic!("groups: {groups:?}")
+    };
+    let Some(redis::Value::Array(fields)) = groups.first() else {
+        panic!("no group")
+    };
     let name = fields
         .chunks(2)
         .find(|kv| matches!(&kv[0], redis::Value::BulkString(k) if k == b"name"))
@@ -512,12 +741,20 @@ async fn pubsub_drop_goes_to_the_dead_letter_topic() {
     let host = shared_host();
     let ps = pubsub(&host, &[]);
     let (topic, dead) = (unique("topic"), unique("dead"));
-    let mut dl = ps.subscribe(sub_req(&dead)).await.expect("subscribe dead letter");
+    let mut dl = ps
+        .subscribe(sub_req(&dead))
+        .await
+        .expect("subscribe dead letter");
     let mut sub = ps
-        .subscribe(SubscribeRequest { dead_letter_topic: Some(dead.clone()), ..sub_req(&topic) })
+        .subscribe(SubscribeRequest {
+            dead_letter_topic: Some(dead.clone()),
+            ..sub_req(&topic)
+        })
         .await
         .expect("subscribe");
-    ps.publish(publish(&topic, "poison")).await.expect("publish");
+    ps.publish(publish(&topic, "poison"))
+        .await
+        .expect("publish");
     next(&mut sub).await.ack(Outcome::Drop);
     let d = next(&mut dl).await;
     assert_eq!(d.message.data, Bytes::from("poison"));
@@ -534,7 +771,9 @@ async fn pubsub_bounds_outstanding_deliveries() {
     let topic = unique("topic");
     let mut sub = ps.subscribe(sub_req(&topic)).await.expect("subscribe");
     for i in 0..5 {
-        ps.publish(publish(&topic, &i.to_string())).await.expect("publish");
+        ps.publish(publish(&topic, &i.to_string()))
+            .await
+            .expect("publish");
     }
     let a = next(&mut sub).await;
     let b = next(&mut sub).await;
@@ -568,7 +807,9 @@ async fn pubsub_consumer_ids_fan_out_and_share_within_a_group() {
         .await
         .expect("subscribe");
     for i in 0..4 {
-        app1.publish(publish(&topic, &i.to_string())).await.expect("publish");
+        app1.publish(publish(&topic, &i.to_string()))
+            .await
+            .expect("publish");
     }
     let mut got2 = Vec::new();
     for _ in 0..4 {
@@ -595,7 +836,9 @@ async fn pubsub_max_len_trims_the_stream() {
     let ps = pubsub(&host, &[("maxLenApprox", "10")]);
     let topic = unique("topic");
     for i in 0..500 {
-        ps.publish(publish(&topic, &i.to_string())).await.expect("publish");
+        ps.publish(publish(&topic, &i.to_string()))
+            .await
+            .expect("publish");
     }
     let len: i64 = raw(&host).xlen(&topic).expect("xlen");
     assert!(len < 500, "trimmed, got {len}");

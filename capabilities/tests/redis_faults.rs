@@ -27,11 +27,17 @@ const WAIT: Duration = Duration::from_secs(15);
 const FAIL_WITHIN: Duration = Duration::from_millis(1500);
 
 fn spec(name: &str, kind: &str, host: &str) -> ComponentSpec {
-    ComponentSpec::new(name, kind).with("redisHost", host).with("keyPrefix", &unique("f"))
+    ComponentSpec::new(name, kind)
+        .with("redisHost", host)
+        .with("keyPrefix", &unique("f"))
 }
 
 fn set(key: &str, value: &str) -> SetRequest {
-    SetRequest { key: key.to_owned(), value: Bytes::from(value.to_owned()), ..SetRequest::default() }
+    SetRequest {
+        key: key.to_owned(),
+        value: Bytes::from(value.to_owned()),
+        ..SetRequest::default()
+    }
 }
 
 fn no_meta() -> HashMap<String, String> {
@@ -51,7 +57,10 @@ async fn assert_unavailable<T: std::fmt::Debug>(
     let err = res.expect_err(what);
     assert!(matches!(err, Error::Unavailable(_)), "{what}: {err:?}");
     let msg = err.to_string();
-    assert!(msg.contains(&format!("{name:?}")) && msg.contains(addr), "{what}: {msg}");
+    assert!(
+        msg.contains(&format!("{name:?}")) && msg.contains(addr),
+        "{what}: {msg}"
+    );
     assert!(took <= FAIL_WITHIN, "{what} took {took:?}: {msg}");
 }
 
@@ -61,50 +70,89 @@ async fn redis_down_fails_fast_with_unavailable_and_the_same_objects_recover() {
     let host = server.host();
     let state = RedisState::new(&spec("statestore", "state.redis", &host), &ctx()).expect("state");
     let lock = RedisLock::new(&spec("lockstore", "lock.redis", &host), &ctx()).expect("lock");
-    let seq = RedisSequencer::new(&spec("sequencer", "sequencer.redis", &host), &ctx()).expect("seq");
+    let seq =
+        RedisSequencer::new(&spec("sequencer", "sequencer.redis", &host), &ctx()).expect("seq");
     let cfg = RedisConfigStore::new(&spec("configstore", "configuration.redis", &host), &ctx())
         .expect("cfg");
     let ps = RedisPubSub::new(&spec("pubsub", "pubsub.redis", &host), &ctx()).expect("pubsub");
     let topic = unique("topic");
 
     state.set(set("k", "before")).await.expect("set while up");
-    let id1 = seq.next_id("s", Increment::Strong, &no_meta()).await.expect("id while up");
-    ps.publish(PublishRequest { topic: topic.clone(), ..PublishRequest::default() })
+    let id1 = seq
+        .next_id("s", Increment::Strong, &no_meta())
         .await
-        .expect("publish while up");
+        .expect("id while up");
+    ps.publish(PublishRequest {
+        topic: topic.clone(),
+        ..PublishRequest::default()
+    })
+    .await
+    .expect("publish while up");
 
     server.stop();
-    let lock_req =
-        LockRequest { resource_id: "r".to_owned(), owner: "o".to_owned(), expire_secs: 5 };
-    let query = ConfigQuery { app_id: "app".to_owned(), ..ConfigQuery::default() };
+    let lock_req = LockRequest {
+        resource_id: "r".to_owned(),
+        owner: "o".to_owned(),
+        expire_secs: 5,
+    };
+    let query = ConfigQuery {
+        app_id: "app".to_owned(),
+        ..ConfigQuery::default()
+    };
     // Twice: the first call after the drop and a later one (reconnect attempts in between).
     for _ in 0..2 {
         assert_unavailable("get", "statestore", &host, state.get("k", &no_meta())).await;
         assert_unavailable("set", "statestore", &host, state.set(set("k", "x"))).await;
         assert_unavailable("ping", "statestore", &host, state.ping()).await;
         assert_unavailable("lock", "lockstore", &host, lock.try_lock(lock_req.clone())).await;
-        assert_unavailable("next id", "sequencer", &host, seq.next_id("s", Increment::Strong, &no_meta()))
-            .await;
+        assert_unavailable(
+            "next id",
+            "sequencer",
+            &host,
+            seq.next_id("s", Increment::Strong, &no_meta()),
+        )
+        .await;
         assert_unavailable("config get", "configstore", &host, cfg.get(&query)).await;
-        assert_unavailable("config subscribe", "configstore", &host, cfg.subscribe(query.clone()))
-            .await;
-        let publish = PublishRequest { topic: topic.clone(), ..PublishRequest::default() };
+        assert_unavailable(
+            "config subscribe",
+            "configstore",
+            &host,
+            cfg.subscribe(query.clone()),
+        )
+        .await;
+        let publish = PublishRequest {
+            topic: topic.clone(),
+            ..PublishRequest::default()
+        };
         assert_unavailable("publish", "pubsub", &host, ps.publish(publish)).await;
     }
 
     server.start_again();
     // The same objects, not rebuilt; the data survived (AOF).
-    let v = state.get("k", &no_meta()).await.expect("get after restart").expect("persisted");
+    let v = state
+        .get("k", &no_meta())
+        .await
+        .expect("get after restart")
+        .expect("persisted");
     assert_eq!(v.data, Bytes::from("before"));
-    state.set(set("k", "after")).await.expect("set after restart");
+    state
+        .set(set("k", "after"))
+        .await
+        .expect("set after restart");
     state.ping().await.expect("ping after restart");
     assert!(lock.try_lock(lock_req).await.expect("lock after restart"));
-    let id2 = seq.next_id("s", Increment::Strong, &no_meta()).await.expect("id after restart");
+    let id2 = seq
+        .next_id("s", Increment::Strong, &no_meta())
+        .await
+        .expect("id after restart");
     assert!(id2 > id1, "{id2} after {id1}");
     cfg.get(&query).await.expect("config after restart");
-    ps.publish(PublishRequest { topic, ..PublishRequest::default() })
-        .await
-        .expect("publish after restart");
+    ps.publish(PublishRequest {
+        topic,
+        ..PublishRequest::default()
+    })
+    .await
+    .expect("publish after restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,16 +167,24 @@ async fn a_redis_that_never_answers_times_out_within_the_call_timeout() {
     .expect("state");
     let started = Instant::now();
     let err = state.get("k", &no_meta()).await.expect_err("no answer");
-    assert!(started.elapsed() < Duration::from_millis(800), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
-    assert!(err.to_string().contains(&host) && err.to_string().contains("\"k\""), "{err}");
+    assert!(
+        err.to_string().contains(&host) && err.to_string().contains("\"k\""),
+        "{err}"
+    );
 
     // And nothing listening at all.
     let nothing = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").to_string()
     };
-    let state = RedisState::new(&spec("statestore", "state.redis", &nothing), &ctx()).expect("state");
+    let state =
+        RedisState::new(&spec("statestore", "state.redis", &nothing), &ctx()).expect("state");
     assert_unavailable("get", "statestore", &nothing, state.get("k", &no_meta())).await;
 }
 
@@ -144,11 +200,18 @@ fn pubsub(host: &str, group: &str, extra: &[(&str, &str)]) -> RedisPubSub {
 }
 
 fn event(topic: &str, data: &str) -> PublishRequest {
-    PublishRequest { topic: topic.to_owned(), data: Bytes::from(data.to_owned()), ..Default::default() }
+    PublishRequest {
+        topic: topic.to_owned(),
+        data: Bytes::from(data.to_owned()),
+        ..Default::default()
+    }
 }
 
 fn sub_req(topic: &str) -> SubscribeRequest {
-    SubscribeRequest { topic: topic.to_owned(), ..SubscribeRequest::default() }
+    SubscribeRequest {
+        topic: topic.to_owned(),
+        ..SubscribeRequest::default()
+    }
 }
 
 /// Receives (and acknowledges) until `want` distinct payloads were seen, or fails after `WAIT`.
@@ -175,12 +238,18 @@ async fn unacknowledged_events_of_a_dropped_consumer_go_to_its_successor_at_once
     let first = pubsub(&host, &group, &extra);
     let mut sub = first.subscribe(sub_req(&topic)).await.expect("subscribe");
     for i in 0..5 {
-        first.publish(event(&topic, &i.to_string())).await.expect("publish");
+        first
+            .publish(event(&topic, &i.to_string()))
+            .await
+            .expect("publish");
     }
     let mut ids = HashSet::new();
     let mut held = Vec::new();
     for _ in 0..5 {
-        let d = tokio::time::timeout(WAIT, sub.next()).await.expect("delivery").expect("open");
+        let d = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("delivery")
+            .expect("open");
         ids.insert(d.message.id.clone());
         held.push(d);
     }
@@ -190,7 +259,10 @@ async fn unacknowledged_events_of_a_dropped_consumer_go_to_its_successor_at_once
     drop(held);
 
     let second = pubsub(&host, &group, &extra);
-    let mut sub = second.subscribe(sub_req(&topic)).await.expect("subscribe again");
+    let mut sub = second
+        .subscribe(sub_req(&topic))
+        .await
+        .expect("subscribe again");
     let mut again = HashSet::new();
     while again.len() < 5 {
         let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
@@ -211,11 +283,16 @@ async fn no_acknowledged_publish_is_lost_across_a_redis_crash() {
     let ps = pubsub(&host, &group, &[]);
     let mut want = HashSet::new();
     for i in 0..200 {
-        ps.publish(event(&topic, &format!("e{i}"))).await.expect("publish");
+        ps.publish(event(&topic, &format!("e{i}")))
+            .await
+            .expect("publish");
         want.insert(format!("e{i}"));
     }
     server.restart(); // SIGKILL, then start on the same data directory
-    let mut sub = ps.subscribe(sub_req(&topic)).await.expect("subscribe after the crash");
+    let mut sub = ps
+        .subscribe(sub_req(&topic))
+        .await
+        .expect("subscribe after the crash");
     receive_all(&mut sub, &want).await;
 }
 
@@ -235,7 +312,9 @@ async fn a_live_subscription_survives_a_redis_restart() {
     server.restart();
     let after: HashSet<String> = (0..20).map(|i| format!("after{i}")).collect();
     for e in &after {
-        ps.publish(event(&topic, e)).await.expect("publish after restart");
+        ps.publish(event(&topic, e))
+            .await
+            .expect("publish after restart");
     }
     receive_all(&mut sub, &after).await;
 }
@@ -251,14 +330,23 @@ async fn a_deleted_stream_and_group_are_recreated() {
     receive_all(&mut sub, &HashSet::from(["one".to_owned()])).await;
 
     // The stream (and its group) vanish, as after a restart without persistence: NOGROUP.
-    let _: i64 = redis::cmd("DEL").arg(&topic).query(&mut raw(&host)).expect("del");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&topic)
+        .query(&mut raw(&host))
+        .expect("del");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    ps.publish(event(&topic, "two")).await.expect("publish to a new stream");
+    ps.publish(event(&topic, "two"))
+        .await
+        .expect("publish to a new stream");
     receive_all(&mut sub, &HashSet::from(["two".to_owned()])).await;
 
     // Only the group destroyed: recreated at the start of the stream (at-least-once).
-    let _: i64 =
-        redis::cmd("XGROUP").arg("DESTROY").arg(&topic).arg(&group).query(&mut raw(&host)).expect("destroy");
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&topic)
+        .arg(&group)
+        .query(&mut raw(&host))
+        .expect("destroy");
     ps.publish(event(&topic, "three")).await.expect("publish");
     receive_all(&mut sub, &HashSet::from(["three".to_owned()])).await;
 }
@@ -283,24 +371,42 @@ async fn configuration_subscription_survives_a_redis_restart() {
         content: content.to_owned(),
         ..ConfigItem::default()
     };
-    here.save("app", vec![item("v1")], &no_meta()).await.expect("save");
-    let query = ConfigQuery { app_id: "app".to_owned(), ..ConfigQuery::default() };
+    here.save("app", vec![item("v1")], &no_meta())
+        .await
+        .expect("save");
+    let query = ConfigQuery {
+        app_id: "app".to_owned(),
+        ..ConfigQuery::default()
+    };
     let mut sub = here.subscribe(query).await.expect("subscribe");
 
     server.restart();
     // Saved by another sidecar, likely before the subscription reconnected: the resync after
     // reconnecting pushes it anyway.
     let deadline = Instant::now() + WAIT;
-    while there.save("app", vec![item("v2")], &no_meta()).await.is_err() {
+    while there
+        .save("app", vec![item("v2")], &no_meta())
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "redis did not come back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let change = tokio::time::timeout(WAIT, sub.next()).await.expect("pushed").expect("open");
+    let change = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("pushed")
+        .expect("open");
     assert_eq!(change.items.len(), 1);
     assert_eq!(change.items[0].content, "v2");
 
     // And live notices flow again.
-    there.save("app", vec![item("v3")], &no_meta()).await.expect("save");
-    let change = tokio::time::timeout(WAIT, sub.next()).await.expect("pushed").expect("open");
+    there
+        .save("app", vec![item("v3")], &no_meta())
+        .await
+        .expect("save");
+    let change = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("pushed")
+        .expect("open");
     assert_eq!(change.items[0].content, "v3");
 }

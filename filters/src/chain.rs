@@ -12,11 +12,12 @@ use async_trait::async_trait;
 use pingora::proxy::Session;
 
 /// Per-request state carried through the phases.
-#[derive(Debug)]
 pub struct RequestCtx {
     pub started: Instant,
     /// The filter that answered, for logs and metrics.
     pub responded_by: Option<&'static str>,
+    /// Set by the router when the request goes upstream.
+    pub routed: Option<crate::router::Routed>,
 }
 
 impl Default for RequestCtx {
@@ -24,6 +25,7 @@ impl Default for RequestCtx {
         Self {
             started: Instant::now(),
             responded_by: None,
+            routed: None,
         }
     }
 }

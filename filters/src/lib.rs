@@ -7,8 +7,10 @@
 //! - [`grpc_bridge`]: Pingora h2 session ↔ tower service (framing by tonic; deadlines and the
 //!   message-size limit here).
 //! - [`metrics`]: per-method API metrics with label sets fixed at build time.
+//! - [`router`]: the router filter — route match, direct responses, redirects, and the upstream
+//!   phases (endpoint pick, timeouts, retries, outlier feedback, route metrics, access log).
 //!
-//! Dependency direction: proxy-core → filters → api → capabilities → proto.
+//! Dependency direction: proxy-core → filters → {api → capabilities → proto, mesh}.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +18,7 @@ pub mod capability;
 pub mod chain;
 pub mod grpc_bridge;
 pub mod metrics;
+pub mod router;
 
 pub use capability::{CapabilityFilter, GrpcApi, GrpcService};
 pub use chain::{Decision, FilterChain, HttpFilter, RequestCtx};

@@ -22,6 +22,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use mecha_capabilities::{BuildContext, ComponentSpec, Registry};
+use mecha_mesh::config::{ClusterConfig, RouterConfig};
 use serde::Deserialize;
 
 /// The embedded default config: runtime API on 127.0.0.1:34904, admin on 127.0.0.1:34999,
@@ -44,6 +45,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub components: Vec<ComponentSpec>,
+    /// Upstream clusters the router filters send to.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
 }
 
 fn default_threads() -> usize {
@@ -138,6 +142,8 @@ pub enum FilterConfig {
         #[serde(default = "default_max_message")]
         max_request_message_bytes: usize,
     },
+    /// Routes to clusters (the last filter of a chain).
+    Router(RouterConfig),
 }
 
 fn default_apis() -> Vec<String> {
@@ -251,10 +257,32 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                         ));
                     }
                 }
+                FilterConfig::Router(rc) => {
+                    if j + 1 != l.filters.len() {
+                        errors.push(format!(
+                            "listeners[{i}].filters[{j}]: the router must be the last filter"
+                        ));
+                    }
+                    let names: HashSet<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
+                    if let Err(errs) = mecha_mesh::RouteTable::build(
+                        &format!("listeners[{i}].filters[{j}]"),
+                        rc,
+                        &|c| names.contains(c),
+                    ) {
+                        errors.extend(errs);
+                    }
+                }
             }
         }
     }
     if let Err(errs) = Registry::build(&cfg.components, &build_context(cfg)) {
+        errors.extend(errs);
+    }
+    // Metrics handles made here are throw-away: validation only.
+    if let Err(errs) = mecha_mesh::build_clusters(
+        &cfg.clusters,
+        &mecha_mesh::metrics::MeshMetrics::register(&mut prometheus_client::registry::Registry::default()),
+    ) {
         errors.extend(errs);
     }
     errors

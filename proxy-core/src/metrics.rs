@@ -4,22 +4,26 @@
 use std::sync::Arc;
 
 use mecha_filters::metrics::GrpcMetrics;
+use mecha_mesh::metrics::MeshMetrics;
 use prometheus_client::registry::Registry;
 
 pub struct Metrics {
     pub registry: Registry,
     pub layotto: Arc<GrpcMetrics>,
+    pub mesh: MeshMetrics,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("");
+        // No prefix: `with_prefix("")` would print every name with a leading `_`.
+        let mut registry = Registry::default();
         let layotto = Arc::new(GrpcMetrics::register(
             &mut registry,
             "layotto",
             mecha_filters::capability::LAYOTTO_METHODS,
         ));
-        Self { registry, layotto }
+        let mesh = MeshMetrics::register(&mut registry);
+        Self { registry, layotto, mesh }
     }
 }
 

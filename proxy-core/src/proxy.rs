@@ -7,7 +7,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use mecha_filters::router::Router;
 use mecha_filters::{Decision, RequestCtx};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::FailToProxy;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use tokio::sync::Notify;
@@ -90,9 +93,10 @@ impl ProxyHttp for ListenerProxy {
         };
         match chain.on_request(session, &mut ctx.req).await? {
             Decision::Responded => Ok(true),
+            // The router chose a cluster: Pingora proxies upstream.
+            Decision::Continue if ctx.req.routed.is_some() => Ok(false),
             Decision::Continue => {
-                // No filter answered and this listener has no router (the mesh router is a
-                // later filter): a clear 404 naming the path.
+                // No filter answered and this listener has no router: a clear 404.
                 let body = format!(
                     "no route: {} {} is not served by this listener\n",
                     session.req_header().method,
@@ -106,11 +110,91 @@ impl ProxyHttp for ListenerProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        // request_filter answers every request; reaching here is a bug, not a client error.
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "listener has no upstream",
-        ))
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        match ctx.req.routed.as_mut() {
+            Some(routed) => Router::upstream_peer(routed).await,
+            // request_filter answers every unrouted request; reaching here is a bug.
+            None => Err(Error::explain(ErrorType::InternalError, "listener has no upstream")),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        match ctx.req.routed.as_mut() {
+            Some(routed) => Router::fail_to_connect(routed, session, e),
+            None => e,
+        }
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("peer: {peer}"));
+        match ctx.req.routed.as_mut() {
+            Some(routed) => Router::error_while_proxy(routed, session, e),
+            None => e,
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        match ctx.req.routed.as_ref() {
+            Some(routed) => Router::upstream_request(routed, upstream_request),
+            None => Ok(()),
+        }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        match ctx.req.routed.as_mut() {
+            Some(routed) => Router::upstream_response(routed, session, upstream_response),
+            None => Ok(()),
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        match ctx.req.routed.as_ref() {
+            Some(routed) => Router::response_headers(routed, upstream_response),
+            None => Ok(()),
+        }
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        Router::fail_to_proxy(ctx.req.routed.as_mut(), session, e).await
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(routed) = ctx.req.routed.as_mut() {
+            Router::logging(routed, session, ctx.req.started);
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        // Failures are answered, counted in metrics and (when on) in the access log; Pingora's
+        // own error line per failed request would flood the log under a failing upstream.
+        true
     }
 }

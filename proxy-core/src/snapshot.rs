@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use mecha_capabilities::Registry;
+use mecha_filters::router::{Router, RouterFilter};
 use mecha_filters::{CapabilityFilter, FilterChain, GrpcApi, HttpFilter};
 
 use crate::config::{build_context, Config, FilterConfig};
@@ -16,6 +17,7 @@ use crate::metrics::Metrics;
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
+    pub clusters: mecha_mesh::Clusters,
     /// One chain per listener, in `config.listeners` order.
     pub chains: Vec<FilterChain>,
 }
@@ -31,21 +33,16 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
-    /// Instantiates components and filter chains; returns every problem with its path.
+    /// Instantiates components, clusters and filter chains; returns every problem with its path.
     pub fn build(config: Config, metrics: &Metrics) -> Result<Self, Vec<String>> {
-        let registry = Arc::new(Registry::build(
-            &config.components,
-            &build_context(&config),
-        )?);
+        let registry = Arc::new(Registry::build(&config.components, &build_context(&config))?);
+        let clusters = mecha_mesh::build_clusters(&config.clusters, &metrics.mesh)?;
         let mut chains = Vec::with_capacity(config.listeners.len());
-        for listener in &config.listeners {
+        for (i, listener) in config.listeners.iter().enumerate() {
             let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
-            for f in &listener.filters {
+            for (j, f) in listener.filters.iter().enumerate() {
                 match f {
-                    FilterConfig::Capability {
-                        apis,
-                        max_request_message_bytes,
-                    } => {
+                    FilterConfig::Capability { apis, max_request_message_bytes } => {
                         let mut grpc: Vec<GrpcApi> = Vec::new();
                         for api in apis {
                             if api == "layotto" {
@@ -62,14 +59,20 @@ impl Snapshot {
                             *max_request_message_bytes,
                         )));
                     }
+                    FilterConfig::Router(rc) => {
+                        let table = mecha_mesh::RouteTable::build(
+                            &format!("listeners[{i}].filters[{j}]"),
+                            rc,
+                            &|c| clusters.contains_key(c),
+                        )?;
+                        let router =
+                            Router::new(table, clusters.clone(), &metrics.mesh, rc.access_log);
+                        filters.push(Arc::new(RouterFilter(Arc::new(router))));
+                    }
                 }
             }
             chains.push(FilterChain::new(filters));
         }
-        Ok(Self {
-            config: Arc::new(config),
-            registry,
-            chains,
-        })
+        Ok(Self { config: Arc::new(config), registry, clusters, chains })
     }
 }

@@ -11,7 +11,7 @@
 //! | `pubsub.memory`               | [`MemoryPubSub`]      | `queueDepth`, `concurrency`, `processingTimeout`, `redeliverInterval`, `publishTimeout` |
 //! | `lock.memory`                 | [`MemoryLock`]        | —                                          |
 //! | `sequencer.memory`            | [`MemorySequencer`]   | `biggerThan.<key>`                         |
-//! | `configuration.memory`        | [`MemoryConfigStore`] | `subscriberBuffer`                         |
+//! | `configuration.memory`        | [`MemoryConfigStore`] | —                                          |
 //! | `secretstores.local.env`      | [`EnvSecretStore`]    | `prefix`                                   |
 //! | `secretstores.local.file`     | [`FileSecretStore`]   | `secretsFile`, `nestedSeparator`, `multiValued` |
 //! | `hello.helloworld`            | [`HelloWorld`]        | `hello`                                    |

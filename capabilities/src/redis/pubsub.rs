@@ -9,19 +9,23 @@
 //!   group starts at the beginning of the stream, so events published before the first
 //!   subscription are delivered, not lost. The price: a brand-new `consumerID` on a long-lived
 //!   topic receives the retained backlog — bound it with `maxLenApprox`.
-//! - a subscription first re-reads its own pending entries (`XREADGROUP … 0`: delivered before a
-//!   restart, never acknowledged), then reads new ones (`>`).
-//! - an entry is acknowledged (`XACK`) only after the app answers SUCCESS, or DROP (which first
-//!   copies it to the dead-letter topic when one is set; if that copy fails the entry stays
-//!   pending and is dropped again on its next delivery).
+//! - in one process, the subscriptions of one topic with one consumer id share a reader, and
+//!   each of them receives every event (the building block's fan-out); an entry is
+//!   acknowledged once all of them have finished with it.
+//! - a reader first re-reads its consumer's own pending entries (`XREADGROUP … 0`: delivered
+//!   before a restart, never acknowledged), then reads new ones (`>`).
+//! - an entry is finished for a subscription when it answers SUCCESS, or DROP (copied first to
+//!   its dead-letter topic when it has one; if that copy fails the entry stays pending and is
+//!   dropped again on its next delivery). Then the entry is acknowledged (`XACK`).
 //! - RETRY, no answer within `processingTimeout`, or a dropped delivery: the entry stays pending
-//!   and this subscription delivers it again after `redeliverInterval` (re-claiming it with
+//!   and is delivered to that subscription again after `redeliverInterval` (re-claiming it with
 //!   `XCLAIM` first, which resets its idle time and skips it if it was acknowledged meanwhile).
 //! - entries pending longer than `processingTimeout` with nobody working on them (their
 //!   consumer died, or a read reply was lost with its connection) are taken over by a reclaim
 //!   loop: `XAUTOCLAIM … <processingTimeout>` every `redeliverInterval`.
-//! - at most `concurrency` deliveries are outstanding per subscription (read → answered); the
-//!   reader stops reading while they are (backpressure); `queueDepth` bounds the channel.
+//! - at most `concurrency` deliveries are outstanding per subscription (handed out, not yet
+//!   answered); the reader waits while they are, and reads at most `concurrency` entries ahead
+//!   (backpressure, not buffering); `queueDepth` bounds the subscription's channel.
 //! - NOGROUP (stream deleted, Redis restarted without persistence) → the group is created again
 //!   and reading continues; connection loss → reconnect and continue.
 //!
@@ -33,7 +37,8 @@
 //! stream keys are the topic names (no `keyPrefix`), so Dapr and Mecha sidecars can share
 //! topics. Needs Redis >= 6.2 (XAUTOCLAIM).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,11 +79,27 @@ struct Options {
     concurrency: usize,
 }
 
+/// (topic, consumer group)
+type ReaderKey = (String, String);
+
 /// The Redis Streams pub/sub.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisPubSub {
     backend: Arc<Backend>,
     opts: Arc<Options>,
+    /// The live readers of this component, one per (topic, group), each shared by the local
+    /// subscriptions of that pair.
+    readers: Arc<Mutex<HashMap<ReaderKey, Arc<Reader>>>>,
+    next_outlet: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for RedisPubSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPubSub")
+            .field("backend", &self.backend)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisPubSub {
@@ -126,6 +147,8 @@ impl RedisPubSub {
         Ok(Self {
             backend: Arc::new(Backend::new(Settings::from_spec(spec, ctx)?)?),
             opts: Arc::new(opts),
+            readers: Arc::default(),
+            next_outlet: Arc::default(),
         })
     }
 
@@ -161,6 +184,27 @@ fn xadd(
         cmd.arg(FIELD_METADATA).arg(m);
     }
     cmd
+}
+
+/// `XGROUP CREATE <topic> <group> 0 MKSTREAM`; an existing group is fine.
+async fn ensure_group(backend: &Backend, topic: &str, group: &str) -> Result<()> {
+    let mut cmd = redis::cmd("XGROUP");
+    cmd.arg("CREATE")
+        .arg(topic)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM");
+    backend
+        .call("create consumer group for topic", topic, |mut c| {
+            let cmd = &cmd;
+            async move {
+                match cmd.query_async::<Value>(&mut c).await {
+                    Err(e) if has_code(&e, "BUSYGROUP") => Ok(()),
+                    other => other.map(drop),
+                }
+            }
+        })
+        .await
 }
 
 #[async_trait]
@@ -211,45 +255,89 @@ impl PubSub for RedisPubSub {
             .filter(|c| !c.is_empty())
             .unwrap_or(&self.opts.consumer_id)
             .to_owned();
-        let (tx, rx) = mpsc::channel(self.opts.queue_depth);
-        let sub = Arc::new(Sub {
-            backend: self.backend.clone(),
-            opts: self.opts.clone(),
-            topic: req.topic,
-            consumer: group.clone(),
-            group,
-            dead_letter: req.dead_letter_topic.filter(|t| !t.is_empty()),
-            tx,
-            permits: Arc::new(Semaphore::new(self.opts.concurrency)),
-            in_flight: Mutex::new(HashSet::new()),
-        });
         // Create the group now so events published after this returns are never missed. While
         // Redis is down the subscription still starts, and the reader creates the group later.
-        match sub.ensure_group().await {
+        match ensure_group(&self.backend, &req.topic, &group).await {
             Ok(()) => {}
             Err(e @ Error::Unavailable(_)) => {
                 tracing::warn!(error = %e, "subscription starts while redis is unreachable");
             }
             Err(e) => return Err(e),
         }
-        let tasks = vec![
-            tokio::spawn(sub.clone().read_loop()),
-            tokio::spawn(sub.reclaim_loop()),
-        ];
-        Ok(Subscription::new(rx, Box::new(StopOnDrop(tasks))))
+        let (tx, rx) = mpsc::channel(self.opts.queue_depth);
+        let outlet = Arc::new(Outlet {
+            id: self.next_outlet.fetch_add(1, Ordering::Relaxed),
+            tx,
+            permits: Arc::new(Semaphore::new(self.opts.concurrency)),
+            dead_letter: req.dead_letter_topic.filter(|t| !t.is_empty()),
+        });
+        let key = (req.topic, group);
+        let reader = {
+            let mut readers = self.readers.lock();
+            let reader = readers.entry(key.clone()).or_insert_with(|| {
+                let reader = Arc::new(Reader {
+                    backend: self.backend.clone(),
+                    opts: self.opts.clone(),
+                    topic: key.0.clone(),
+                    consumer: key.1.clone(),
+                    group: key.1.clone(),
+                    outlets: Mutex::default(),
+                    in_flight: Mutex::default(),
+                    tasks: Mutex::default(),
+                });
+                reader.start();
+                reader
+            });
+            reader.outlets.lock().push(outlet.clone());
+            reader.clone()
+        };
+        let leave = Leave {
+            readers: self.readers.clone(),
+            key,
+            reader,
+            outlet: outlet.id,
+        };
+        Ok(Subscription::new(rx, Box::new(leave)))
     }
 }
 
-/// Stops a subscription's reader and reclaimer when the subscription is dropped. Deliveries in
-/// flight stay pending in Redis and are delivered again.
-struct StopOnDrop(Vec<JoinHandle<()>>);
+/// Detaches a subscription from its reader when dropped; the last one stops the reader.
+/// Deliveries in flight stay pending in Redis and are delivered again.
+struct Leave {
+    readers: Arc<Mutex<HashMap<ReaderKey, Arc<Reader>>>>,
+    key: ReaderKey,
+    reader: Arc<Reader>,
+    outlet: u64,
+}
 
-impl Drop for StopOnDrop {
+impl Drop for Leave {
     fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
+        // The registry lock is held throughout, so a concurrent subscribe either joins this
+        // reader before it stops or starts a new one after.
+        let mut readers = self.readers.lock();
+        let empty = {
+            let mut outlets = self.reader.outlets.lock();
+            outlets.retain(|o| o.id != self.outlet);
+            outlets.is_empty()
+        };
+        if empty {
+            self.reader.stop();
+            if readers
+                .get(&self.key)
+                .is_some_and(|r| Arc::ptr_eq(r, &self.reader))
+            {
+                readers.remove(&self.key);
+            }
         }
     }
+}
+
+/// One subscription's side: where its deliveries go, and its bound on outstanding ones.
+struct Outlet {
+    id: u64,
+    tx: mpsc::Sender<Delivery>,
+    permits: Arc<Semaphore>,
+    dead_letter: Option<String>,
 }
 
 /// One stream entry. `fields` is `None` when the entry was trimmed or deleted while pending.
@@ -266,18 +354,29 @@ struct Fields {
     metadata: Option<Bytes>,
 }
 
-/// One live subscription: its reader, reclaimer and per-delivery waiters share this.
-struct Sub {
+/// One entry being handled by the local subscriptions. It is acknowledged once every
+/// subscription it was delivered to has finished with it (SUCCESS, or DROP handled).
+struct FanOut {
+    id: String,
+    fields: Fields,
+    delivered: AtomicUsize,
+    finished: AtomicUsize,
+    /// Settle tasks still running, plus the dispatcher itself until it has handed the entry to
+    /// every subscription: the last one out acknowledges.
+    running: AtomicUsize,
+}
+
+/// Reads one (topic, group) for the local subscriptions: XREADGROUP, the reclaim loop, XACK.
+struct Reader {
     backend: Arc<Backend>,
     opts: Arc<Options>,
     topic: String,
     group: String,
     consumer: String,
-    dead_letter: Option<String>,
-    tx: mpsc::Sender<Delivery>,
-    permits: Arc<Semaphore>,
-    /// Entry ids handed to the app and not answered yet: never delivered twice at once.
+    outlets: Mutex<Vec<Arc<Outlet>>>,
+    /// Entries read or reclaimed and not finished yet: never handed out twice at once.
     in_flight: Mutex<HashSet<String>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 enum Read {
@@ -286,35 +385,20 @@ enum Read {
     NoGroup,
 }
 
-impl Sub {
-    async fn ensure_group(&self) -> Result<()> {
-        let mut cmd = redis::cmd("XGROUP");
-        cmd.arg("CREATE")
-            .arg(&self.topic)
-            .arg(&self.group)
-            .arg("0")
-            .arg("MKSTREAM");
-        self.backend
-            .call("create consumer group for topic", &self.topic, |mut c| {
-                let cmd = &cmd;
-                async move {
-                    match cmd.query_async::<Value>(&mut c).await {
-                        Err(e) if has_code(&e, "BUSYGROUP") => Ok(()),
-                        other => other.map(drop),
-                    }
-                }
-            })
-            .await
+impl Reader {
+    fn start(self: &Arc<Self>) {
+        let tasks = vec![
+            tokio::spawn(self.clone().read_loop()),
+            tokio::spawn(self.clone().reclaim_loop()),
+        ];
+        *self.tasks.lock() = tasks;
     }
 
-    /// Waits for one delivery slot, then takes every other free one: how many entries to read.
-    async fn slots(&self) -> Option<Vec<OwnedSemaphorePermit>> {
-        let first = self.permits.clone().acquire_owned().await.ok()?;
-        let mut slots = vec![first];
-        while let Ok(p) = self.permits.clone().try_acquire_owned() {
-            slots.push(p);
+    /// Stops reading; also ends the tasks' hold on `self`.
+    fn stop(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
         }
-        Some(slots)
     }
 
     async fn read_loop(self: Arc<Self>) {
@@ -330,11 +414,13 @@ impl Sub {
         // Own pending entries first (from a previous run of this consumer), then new ones.
         let mut pending_from = Some("0".to_owned());
         loop {
-            let Some(slots) = self.slots().await else {
-                return;
-            };
             let read = self
-                .read(&conn, timeout, pending_from.as_deref(), slots.len())
+                .read(
+                    &conn,
+                    timeout,
+                    pending_from.as_deref(),
+                    self.opts.concurrency,
+                )
                 .await;
             match read {
                 Ok(Read::Entries(entries)) => {
@@ -343,26 +429,26 @@ impl Sub {
                         pending_from = None;
                         continue;
                     }
-                    for (entry, slot) in entries.into_iter().zip(slots) {
-                        if pending_from.is_some() {
-                            pending_from = Some(entry.id.clone());
-                        }
-                        if !self.dispatch(entry, slot).await {
-                            return;
-                        }
+                    if pending_from.is_some() {
+                        pending_from = entries.last().map(|e| e.id.clone());
+                    }
+                    // Claimed as in flight before waiting for delivery slots, so the reclaim
+                    // loop does not hand them out a second time meanwhile.
+                    self.in_flight
+                        .lock()
+                        .extend(entries.iter().map(|e| e.id.clone()));
+                    for entry in entries {
+                        self.dispatch(entry).await;
                     }
                 }
                 Ok(Read::NoGroup) => {
                     tracing::info!(topic = %self.topic, group = %self.group, "consumer group missing; creating it again");
-                    if let Err(e) = self.ensure_group().await {
+                    if let Err(e) = ensure_group(&self.backend, &self.topic, &self.group).await {
                         failing.failed(&e).await;
                     }
                     pending_from = Some("0".to_owned());
                 }
                 Err(e) => failing.failed(&e).await,
-            }
-            if self.tx.is_closed() {
-                return;
             }
         }
     }
@@ -401,6 +487,7 @@ impl Sub {
             .await
     }
 
+    /// Takes over entries pending longer than `processingTimeout` that nobody here works on.
     async fn reclaim_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.opts.redeliver_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -409,13 +496,6 @@ impl Sub {
             tick.tick().await;
             let mut cursor = "0-0".to_owned();
             loop {
-                if self.tx.is_closed() {
-                    return;
-                }
-                // Claim only as many entries as can be delivered now.
-                let Some(slots) = self.slots().await else {
-                    return;
-                };
                 let mut cmd = redis::cmd("XAUTOCLAIM");
                 cmd.arg(&self.topic)
                     .arg(&self.group)
@@ -423,7 +503,7 @@ impl Sub {
                     .arg(min_idle)
                     .arg(&cursor)
                     .arg("COUNT")
-                    .arg(slots.len());
+                    .arg(self.opts.concurrency);
                 let res = self
                     .backend
                     .call("reclaim pending events of topic", &self.topic, |mut c| {
@@ -439,9 +519,9 @@ impl Sub {
                     .await;
                 match res {
                     Ok(Some((next, entries))) => {
-                        for (entry, slot) in entries.into_iter().zip(slots) {
-                            if !self.dispatch(entry, slot).await {
-                                return;
+                        for entry in entries {
+                            if self.in_flight.lock().insert(entry.id.clone()) {
+                                self.dispatch(entry).await;
                             }
                         }
                         if next == "0-0" || next.is_empty() {
@@ -460,24 +540,36 @@ impl Sub {
         }
     }
 
-    /// Hands one entry to the subscriber and spawns the wait for its answer. `false` when the
-    /// subscription is gone.
-    async fn dispatch(self: &Arc<Self>, entry: Entry, slot: OwnedSemaphorePermit) -> bool {
+    /// Hands one entry (already marked in flight) to every subscription, waiting for a
+    /// delivery slot in each (backpressure), and spawns the wait for each answer.
+    async fn dispatch(self: &Arc<Self>, entry: Entry) {
         let Some(fields) = entry.fields else {
             // Trimmed while pending: nothing left to deliver.
             self.ack(&entry.id).await;
-            return true;
-        };
-        if !self.in_flight.lock().insert(entry.id.clone()) {
-            return true;
-        }
-        let (delivery, answer) = Delivery::new(self.message(&entry.id, &fields));
-        if self.tx.send(delivery).await.is_err() {
             self.in_flight.lock().remove(&entry.id);
-            return false;
+            return;
+        };
+        let fan = Arc::new(FanOut {
+            id: entry.id,
+            fields,
+            delivered: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            running: AtomicUsize::new(1),
+        });
+        let outlets = self.outlets.lock().clone();
+        for outlet in outlets {
+            let Ok(slot) = outlet.permits.clone().acquire_owned().await else {
+                continue;
+            };
+            let (delivery, answer) = Delivery::new(self.message(&fan.id, &fan.fields));
+            if outlet.tx.send(delivery).await.is_err() {
+                continue; // that subscription is gone
+            }
+            fan.delivered.fetch_add(1, Ordering::SeqCst);
+            fan.running.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(self.clone().settle(outlet, fan.clone(), answer, slot));
         }
-        tokio::spawn(self.clone().settle(entry.id, fields, answer, slot));
-        true
+        self.finish(&fan, false).await;
     }
 
     fn message(&self, id: &str, fields: &Fields) -> Message {
@@ -497,58 +589,70 @@ impl Sub {
         }
     }
 
-    /// Waits for the subscriber's answer and acts on it. RETRY (or no answer in time, or the
-    /// delivery dropped) → delivered again after `redeliverInterval`, as long as the
-    /// subscription lives; once it is gone the entry stays pending in Redis for the next one.
+    /// Waits for one subscription's answer and acts on it. RETRY (or no answer in time, or the
+    /// delivery dropped) → delivered to it again after `redeliverInterval`, as long as it lives;
+    /// once it is gone the entry stays pending in Redis for the next consumer.
     async fn settle(
         self: Arc<Self>,
-        id: String,
-        fields: Fields,
+        outlet: Arc<Outlet>,
+        fan: Arc<FanOut>,
         mut answer: oneshot::Receiver<Outcome>,
         slot: OwnedSemaphorePermit,
     ) {
         let mut slot = Some(slot);
-        loop {
+        let done = loop {
             let outcome = match tokio::time::timeout(self.opts.processing_timeout, answer).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(_)) | Err(_) => Outcome::Retry,
             };
             match outcome {
-                Outcome::Success => self.ack(&id).await,
-                Outcome::Drop => {
-                    if self.copy_to_dead_letter(&id, &fields).await {
-                        self.ack(&id).await;
-                    }
-                }
+                Outcome::Success => break true,
+                Outcome::Drop => break self.copy_to_dead_letter(&outlet, &fan).await,
                 Outcome::Retry => {
                     // Free the slot while waiting, so retries do not starve new events.
                     slot.take();
                     tokio::time::sleep(self.opts.redeliver_interval).await;
-                    if self.tx.is_closed() {
-                        break;
+                    if outlet.tx.is_closed() {
+                        break false;
                     }
-                    let Ok(next_slot) = self.permits.clone().acquire_owned().await else {
-                        break;
+                    let Ok(next_slot) = outlet.permits.clone().acquire_owned().await else {
+                        break false;
                     };
-                    if !self.claim(&id).await {
-                        break;
+                    if !self.claim(&fan.id).await {
+                        break false;
                     }
-                    let (delivery, next_answer) = Delivery::new(self.message(&id, &fields));
-                    if self.tx.send(delivery).await.is_err() {
-                        break;
+                    let (delivery, next_answer) = Delivery::new(self.message(&fan.id, &fan.fields));
+                    if outlet.tx.send(delivery).await.is_err() {
+                        break false;
                     }
                     answer = next_answer;
                     slot = Some(next_slot);
-                    continue;
                 }
             }
-            break;
+        };
+        drop(slot);
+        self.finish(&fan, done).await;
+    }
+
+    /// One holder of `fan` is through (`done`: its subscription finished with the entry). The
+    /// last one acknowledges the entry if every subscription it reached finished with it;
+    /// otherwise the entry stays pending and the reclaim loop brings it back.
+    async fn finish(&self, fan: &FanOut, done: bool) {
+        if done {
+            fan.finished.fetch_add(1, Ordering::SeqCst);
         }
-        self.in_flight.lock().remove(&id);
+        if fan.running.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        let delivered = fan.delivered.load(Ordering::SeqCst);
+        if delivered > 0 && fan.finished.load(Ordering::SeqCst) == delivered {
+            self.ack(&fan.id).await;
+        }
+        self.in_flight.lock().remove(&fan.id);
     }
 
     /// Re-claims a pending entry for this consumer before delivering it again: resets its idle
-    /// time (so other consumers' reclaim leaves it alone) and tells whether it is still pending
+    /// time (so no reclaim loop takes it meanwhile) and tells whether it is still pending
     /// (acknowledged elsewhere, or trimmed → `false`). While Redis is unreachable the entry is
     /// delivered anyway: its acknowledgement will fail and it stays pending.
     async fn claim(&self, id: &str) -> bool {
@@ -575,17 +679,19 @@ impl Sub {
         res.unwrap_or(true)
     }
 
-    /// `true` when the event may be acknowledged: copied, or there is no dead-letter topic.
-    async fn copy_to_dead_letter(&self, id: &str, fields: &Fields) -> bool {
-        let Some(dl) = &self.dead_letter else {
+    /// `true` when the subscription is finished with a dropped event: copied to its dead-letter
+    /// topic, or it has none.
+    async fn copy_to_dead_letter(&self, outlet: &Outlet, fan: &FanOut) -> bool {
+        let Some(dl) = &outlet.dead_letter else {
             return true;
         };
+        let f = &fan.fields;
         let cmd = xadd(
             dl,
             self.opts.max_len,
-            &fields.data,
-            &fields.content_type,
-            fields.metadata.as_deref(),
+            &f.data,
+            &f.content_type,
+            f.metadata.as_deref(),
         );
         let res = self
             .backend
@@ -597,8 +703,8 @@ impl Sub {
         match res {
             Ok(_) => true,
             Err(e) => {
-                // Not acknowledged: the event is delivered again, and dropped again then.
-                tracing::warn!(topic = %self.topic, id, error = %e, "dead-letter copy failed; event stays pending");
+                // Not acknowledged: the event comes back, and is dropped again then.
+                tracing::warn!(topic = %self.topic, id = %fan.id, error = %e, "dead-letter copy failed; event stays pending");
                 false
             }
         }
@@ -643,7 +749,7 @@ impl Failing {
         tokio::time::sleep(pause).await;
     }
 
-    fn recovered(&mut self, sub: &Sub) {
+    fn recovered(&mut self, sub: &Reader) {
         if self.pause.take().is_some() {
             tracing::info!(topic = %sub.topic, group = %sub.group, "subscription reads again");
         }

@@ -44,7 +44,10 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 /// A name no other test (in this or a parallel run) uses: `<what>-<pid>-<n>-<nanos>`.
 pub fn unique(what: &str) -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{what}-{}-{n}-{nanos}", std::process::id())
 }
 
@@ -64,7 +67,10 @@ fn redis_server_bin() -> String {
         if found() {
             return;
         }
-        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
         assert!(
             root,
             "redis-server is not installed and we are not root to install it: install it, set \
@@ -80,7 +86,10 @@ fn redis_server_bin() -> String {
         };
         if !apt(&["install", "-y", "-q", "redis-server"]) {
             assert!(apt(&["update", "-q"]), "apt-get update failed");
-            assert!(apt(&["install", "-y", "-q", "redis-server"]), "apt-get install redis-server failed");
+            assert!(
+                apt(&["install", "-y", "-q", "redis-server"]),
+                "apt-get install redis-server failed"
+            );
         }
     });
     "redis-server".to_owned()
@@ -95,7 +104,9 @@ fn free_port() -> u16 {
 
 /// `true` once the server answers PING with PONG (not LOADING: AOF replay is done).
 fn answers_ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     if s.write_all(b"PING\r\n").is_err() {
         return false;
@@ -116,7 +127,11 @@ impl RedisServer {
         for _ in 0..5 {
             let dir = std::env::temp_dir().join(unique("mecha-redis-test"));
             std::fs::create_dir_all(&dir).expect("create redis test dir");
-            let mut server = Self { port: free_port(), dir, watchdog: None };
+            let mut server = Self {
+                port: free_port(),
+                dir,
+                watchdog: None,
+            };
             if server.spawn() {
                 return server;
             }
@@ -135,8 +150,22 @@ impl RedisServer {
             .arg(WATCHDOG)
             .arg(redis_server_bin())
             .args(["--port", &port, "--bind", "127.0.0.1", "--dir", &dir])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
-            .args(["--protected-mode", "no", "--daemonize", "no", "--logfile", "redis.log"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args([
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                "redis.log",
+            ])
             .env("MECHA_REDIS_DIR", &dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -209,7 +238,11 @@ pub fn shared_host() -> String {
 
 /// A plain redis-rs connection for looking behind a component's back.
 pub fn raw(host: &str) -> redis::Connection {
-    let url = if host.contains("://") { host.to_owned() } else { format!("redis://{host}") };
+    let url = if host.contains("://") {
+        host.to_owned()
+    } else {
+        format!("redis://{host}")
+    };
     redis::Client::open(url)
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
         .expect("raw redis connection")
@@ -217,9 +250,13 @@ pub fn raw(host: &str) -> redis::Connection {
 
 /// A component spec on `host` with a unique key prefix (isolates parallel tests).
 pub fn spec(name: &str, kind: &str, host: &str) -> ComponentSpec {
-    ComponentSpec::new(name, kind).with("redisHost", host).with("keyPrefix", &unique("t"))
+    ComponentSpec::new(name, kind)
+        .with("redisHost", host)
+        .with("keyPrefix", &unique("t"))
 }
 
 pub fn ctx() -> BuildContext {
-    BuildContext { app_id: "test-app".to_owned() }
+    BuildContext {
+        app_id: "test-app".to_owned(),
+    }
 }

@@ -1,0 +1,143 @@
+# Turns benches/run.sh's results.tsv into the RESULTS.md tables.
+# Rows: group scenario target round rps p50_ms p99_ms mean_ms cpu_us_per_req ok failed cpu_share
+#       rss  group target idle_kib=… peak_kib=… [errors=…]
+#       cold target "summary runs=… ready_ms_median=… … idle_rss_kib_median=…"
+# Variables: rounds, redis_status, cold_note.
+
+function kv(s, k,    n, i, a, p) {
+  n = split(s, a, /[ \t]+/)
+  for (i = 1; i <= n; i++) { split(a[i], p, "="); if (p[1] == k) return p[2] }
+  return ""
+}
+# mean over the rounds of column c for (g, s, t); sets LIST to "a / b"
+function mean(g, s, t, c,    r, sum, n, v) {
+  sum = 0; n = 0; LIST = ""
+  for (r = 1; r <= rounds; r++) {
+    if (!((g, s, t, r, c) in V)) continue
+    v = V[g, s, t, r, c]
+    if (v == "nan" || v == "") continue
+    sum += v; n++
+    LIST = LIST (LIST == "" ? "" : " / ") fmt(v, c)
+  }
+  return n ? sum / n : ""
+}
+function fmt(v, c) {
+  if (c == "rps") return sprintf("%.0f", v)
+  if (c == "cpu") return sprintf("%.1f", v)
+  if (c == "share") return sprintf("%.3f", v)
+  return sprintf("%.2f", v)
+}
+function unit(c) {
+  if (c == "rps") return " req/s"
+  if (c == "cpu") return " µs"
+  if (c == "share") return " cores"
+  return " ms"
+}
+function cell(m, c, list) {
+  if (m == "") return "n/a"
+  return fmt(m, c) unit(c) (rounds > 1 ? " (" list ")" : "")
+}
+# target: ">=0.9" or "<=1.2" or "-"
+function row(label, refname, g, s, rt, mt, c, target,    rm, rl, mm, ml, ratio, met, op, lim) {
+  rm = mean(g, s, rt, c); rl = LIST
+  mm = mean(g, s, mt, c); ml = LIST
+  ratio = (rm != "" && mm != "" && rm > 0) ? mm / rm : ""
+  met = "—"
+  if (target != "-" && ratio != "") {
+    op = substr(target, 1, 2); lim = substr(target, 3) + 0
+    met = ((op == ">=" && ratio >= lim) || (op == "<=" && ratio <= lim)) ? "yes" : "**no**"
+  }
+  printf "| %s | %s | %s | %s | %s | %s | %s |\n", label, refname, cell(rm, c, rl), cell(mm, c, ml),
+    (ratio == "" ? "n/a" : sprintf("%.2f×", ratio)),
+    (target == "-" ? "—" : (substr(target, 1, 2) == ">=" ? "≥ " : "≤ ") substr(target, 3) "×"), met
+}
+function header(title) {
+  print ""
+  print "### " title
+  print ""
+  print "| scenario | reference | reference figure | mecha figure | ratio | target | met? |"
+  print "| --- | --- | --- | --- | --- | --- | --- |"
+}
+function failures(g,    k, n, parts, tot) {
+  tot = 0
+  for (k in F) { split(k, parts, SUBSEP); if (parts[1] == g) tot += F[k] }
+  return tot
+}
+
+$1 == "rss" { RSS[$2, $3, "idle"] = kv($4, "idle_kib"); RSS[$2, $3, "peak"] = kv($5, "peak_kib")
+              if (NF >= 6) ERR[$2] = kv($6, "errors"); next }
+$1 == "cold" { COLD[$2] = $3; next }
+{
+  g = $1; s = $2; t = $3; r = $4
+  V[g, s, t, r, "rps"] = $5; V[g, s, t, r, "p50"] = $6; V[g, s, t, r, "p99"] = $7
+  V[g, s, t, r, "mean"] = $8; V[g, s, t, r, "cpu"] = $9; V[g, s, t, r, "share"] = $12
+  F[g, s, t, r] = $11 + 0
+  SEEN[g] = 1
+}
+END {
+  if (SEEN["mem"]) {
+    header("Capability API, in-memory components: saturation (bare tonic vs Mecha)")
+    for (i = 1; i <= 2; i++) {
+      s = (i == 1 ? "SayHello" : "GetState")
+      row(s " throughput", "bare tonic", "mem", s, "bare-tonic", "mecha", "rps", ">=0.9")
+      row(s " p50 latency", "bare tonic", "mem", s, "bare-tonic", "mecha", "p50", "-")
+      row(s " p99 latency", "bare tonic", "mem", s, "bare-tonic", "mecha", "p99", "<=1.2")
+      row(s " server CPU per request", "bare tonic", "mem", s, "bare-tonic", "mecha", "cpu", "-")
+    }
+    print ""
+    printf "Failed requests (h2load): %d. Non-OK gRPC statuses counted by Mecha's /metrics: %s.\n", failures("mem") + failures("mem-rate"), (ERR["mem"] == "" ? "n/a" : ERR["mem"])
+  }
+  if (SEEN["mem-rate"]) {
+    header("Capability API, in-memory components: latency at a fixed rate (bare tonic vs Mecha)")
+    for (i = 1; i <= 2; i++) {
+      s = (i == 1 ? "SayHello" : "GetState")
+      row(s " p50 latency", "bare tonic", "mem-rate", s, "bare-tonic", "mecha", "p50", "-")
+      row(s " p99 latency", "bare tonic", "mem-rate", s, "bare-tonic", "mecha", "p99", "<=1.2")
+      row(s " server CPU (cores busy)", "bare tonic", "mem-rate", s, "bare-tonic", "mecha", "share", "-")
+    }
+  }
+  if (("mecha" in COLD) || (("mem", "mecha", "idle") in RSS)) {
+    header("Start-up and memory")
+    mc = COLD["mecha"]; bc = COLD["bare-tonic"]
+    if (mc != "") {
+      m = kv(mc, "ready_ms_median") + 0; b = kv(bc, "ready_ms_median") + 0
+      printf "| cold start, exec → /ready 200, embedded default %s(median of %s; min %s, max %s) | bare tonic, exec → port accepts | %.2f ms | %.2f ms | %.2f× | ≤ 20 ms | %s |\n",
+        (cold_note == "" ? "" : cold_note " "), kv(mc, "runs"), kv(mc, "ready_ms_min"), kv(mc, "ready_ms_max"), b, m, (b > 0 ? m / b : 0), (m <= 20 ? "yes" : "**no**")
+      m = kv(mc, "idle_rss_kib_median") / 1024; b = kv(bc, "idle_rss_kib_median") / 1024
+      printf "| idle RSS 0.5 s after ready, embedded default (median) | bare tonic, idle | %.1f MiB | %.1f MiB | %.2f× | ≤ 10 MiB | %s |\n",
+        b, m, (b > 0 ? m / b : 0), (m <= 10 ? "yes" : "**no**")
+    }
+    b = RSS["mem", "bare-tonic", "idle"] / 1024; m = RSS["mem", "mecha", "idle"] / 1024
+    if (m > 0) printf "| idle RSS, benchmark config, after the pre-check calls | bare tonic | %.1f MiB | %.1f MiB | %.2f× | ≤ 10 MiB | %s |\n", b, m, (b > 0 ? m / b : 0), (m <= 10 ? "yes" : "**no**")
+    b = RSS["mem", "bare-tonic", "peak"] / 1024; m = RSS["mem", "mecha", "peak"] / 1024
+    if (m > 0) printf "| peak RSS under load (VmHWM after every in-memory run) | bare tonic | %.1f MiB | %.1f MiB | %.2f× | ≤ 20 MiB | %s |\n", b, m, (b > 0 ? m / b : 0), (m <= 20 ? "yes" : "**no**")
+  }
+  print ""
+  print "### Redis-backed (issue 4): Mecha vs the same work sent straight to Redis"
+  print ""
+  print "Redis: " redis_status "."
+  if (SEEN["redis"]) {
+    print ""
+    print "| scenario | reference | reference figure | mecha figure | ratio | target | met? |"
+    print "| --- | --- | --- | --- | --- | --- | --- |"
+    row("GetState throughput", "`GET` direct (redis-benchmark)", "redis", "GetState", "GET", "mecha", "rps", ">=0.6")
+    row("GetState p99", "`GET` direct", "redis", "GetState", "GET", "mecha", "p99", "<=1.5")
+    row("GetState throughput", "`HMGET key data version` direct", "redis", "GetState", "HMGET", "mecha", "rps", ">=0.6")
+    row("GetState p99", "`HMGET` direct", "redis", "GetState", "HMGET", "mecha", "p99", "<=1.5")
+    row("GetState throughput", "bare tonic, same state.redis", "redis", "GetState", "bare-tonic", "mecha", "rps", "-")
+    row("GetState p99", "bare tonic, same state.redis", "redis", "GetState", "bare-tonic", "mecha", "p99", "-")
+    row("GetState Mecha CPU per request", "bare tonic, same state.redis", "redis", "GetState", "bare-tonic", "mecha", "cpu", "-")
+    row("SaveState throughput", "`SET` direct", "redis", "SaveState", "SET", "mecha", "rps", ">=0.6")
+    row("SaveState p99", "`SET` direct", "redis", "SaveState", "SET", "mecha", "p99", "<=1.5")
+    row("SaveState throughput", "`EVALSHA` of Mecha's state_set.lua direct", "redis", "SaveState", "EVALSHA", "mecha", "rps", ">=0.6")
+    row("SaveState p99", "`EVALSHA` state_set.lua direct", "redis", "SaveState", "EVALSHA", "mecha", "p99", "<=1.5")
+    row("SaveState throughput", "bare tonic, same state.redis", "redis", "SaveState", "bare-tonic", "mecha", "rps", "-")
+    row("SaveState p99", "bare tonic, same state.redis", "redis", "SaveState", "bare-tonic", "mecha", "p99", "-")
+    row("PublishEvent throughput", "`XADD … MAXLEN ~ 10000 * data … contentType …` direct", "redis", "PublishEvent", "XADD", "mecha", "rps", ">=0.6")
+    row("PublishEvent p99", "`XADD` direct", "redis", "PublishEvent", "XADD", "mecha", "p99", "<=1.5")
+    row("PublishEvent throughput", "bare tonic, same pubsub.redis", "redis", "PublishEvent", "bare-tonic", "mecha", "rps", "-")
+    row("PublishEvent p99", "bare tonic, same pubsub.redis", "redis", "PublishEvent", "bare-tonic", "mecha", "p99", "-")
+    print ""
+    printf "Failed requests (h2load): %d. Non-OK gRPC statuses counted by Mecha's /metrics: %s. Mecha peak RSS (VmHWM): %.1f MiB.\n", failures("redis"), (ERR["redis"] == "" ? "n/a" : ERR["redis"]), RSS["redis", "mecha", "peak"] / 1024
+  }
+}

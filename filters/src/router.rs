@@ -1,0 +1,453 @@
+//! The router filter: the last filter of a chain. Matches the request to a route, answers
+//! direct responses and redirects itself, and otherwise chooses the cluster; the proxy's
+//! upstream phases ([`Router::upstream_peer`] and friends, called from `proxy-core`) then pick
+//! the endpoint, apply timeouts and retries, feed outlier detection and record metrics.
+//!
+//! Proxy-generated errors are gRPC statuses when the request is gRPC (UNAVAILABLE,
+//! DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), plain HTTP statuses otherwise.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
+use mecha_mesh::cluster::{RequestSlot, RetrySlot};
+use mecha_mesh::config::UpstreamProtocol;
+use mecha_mesh::metrics::{MeshMetrics, RouteMetrics};
+use mecha_mesh::{Action, AttemptResult, Cluster, Clusters, Endpoint, PickError, RouteTable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, Session};
+use pingora::{Error, ErrorType};
+use rand::Rng;
+
+use crate::chain::{Decision, HttpFilter, RequestCtx};
+
+/// Default bound on connecting plus each wait for upstream bytes, when a route sets none
+/// (Envoy's default route timeout is 15 s).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A compiled route table with its clusters and per-route metrics.
+pub struct Router {
+    table: RouteTable,
+    clusters: Clusters,
+    /// Parallel to `table.virtual_hosts[v].routes[r]`.
+    route_metrics: Vec<Vec<RouteMetrics>>,
+    access_log: bool,
+}
+
+/// Per-request routing state, kept in the request context between phases.
+pub struct Routed {
+    router: Arc<Router>,
+    route: (usize, usize),
+    cluster: Arc<Cluster>,
+    _slot: RequestSlot,
+    endpoint: Option<Endpoint>,
+    attempts: u32,
+    retry_slot: Option<RetrySlot>,
+    grpc: bool,
+    hash_key: Vec<u8>,
+    status: u16,
+}
+
+impl Routed {
+    pub fn cluster_name(&self) -> &str {
+        &self.cluster.name
+    }
+}
+
+impl Router {
+    pub fn new(table: RouteTable, clusters: Clusters, metrics: &MeshMetrics, access_log: bool) -> Self {
+        let route_metrics = table
+            .virtual_hosts
+            .iter()
+            .map(|vh| vh.routes.iter().map(|r| metrics.route(&r.label)).collect())
+            .collect();
+        Self { table, clusters, route_metrics, access_log }
+    }
+}
+
+/// The filter wrapper: holds the router for the chain.
+pub struct RouterFilter(pub Arc<Router>);
+
+fn is_grpc(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Proxy-generated error: a gRPC trailers-only status for gRPC requests, else HTTP.
+async fn respond_error(
+    session: &mut Session,
+    grpc: bool,
+    http_status: u16,
+    message: &str,
+    extra: Option<(&'static str, &'static str)>,
+) -> pingora::Result<()> {
+    if grpc {
+        let code = match http_status {
+            504 => tonic::Code::DeadlineExceeded,
+            429 => tonic::Code::ResourceExhausted,
+            404 => tonic::Code::Unimplemented,
+            _ => tonic::Code::Unavailable,
+        };
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header("content-type", "application/grpc")?;
+        resp.insert_header("grpc-status", (code as i32).to_string())?;
+        resp.insert_header("grpc-message", message.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_"))?;
+        if let Some((k, v)) = extra {
+            resp.insert_header(k, v)?;
+        }
+        session.write_response_header(Box::new(resp), true).await?;
+        return Ok(());
+    }
+    let body = Bytes::from(format!("{message}\n"));
+    let mut resp = ResponseHeader::build(http_status, Some(4))?;
+    resp.insert_header("content-type", "text/plain")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if let Some((k, v)) = extra {
+        resp.insert_header(k, v)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl HttpFilter for RouterFilter {
+    fn name(&self) -> &'static str {
+        "router"
+    }
+
+    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Decision> {
+        let router = &self.0;
+        let req = session.req_header();
+        let grpc = is_grpc(req);
+        let authority = req
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let Some(idx) = router.table.find_index(authority, path, &req.method, &req.headers) else {
+            let msg = format!("no route for {} {}{}", req.method, authority, path);
+            respond_error(session, grpc, 404, &msg, None).await?;
+            return Ok(Decision::Responded);
+        };
+        let Some(route) = router.table.route(idx) else {
+            return Err(Error::explain(ErrorType::InternalError, "route index out of range"));
+        };
+        match &route.action {
+            Action::Direct { status, body } => {
+                let body = Bytes::copy_from_slice(body.as_bytes());
+                let mut resp = ResponseHeader::build(*status, Some(3))?;
+                resp.insert_header("content-length", body.len().to_string())?;
+                for (k, v) in &route.response_headers_to_add {
+                    resp.append_header(k.clone(), v.clone())?;
+                }
+                session.write_response_header(Box::new(resp), body.is_empty()).await?;
+                if !body.is_empty() {
+                    session.write_response_body(Some(body), true).await?;
+                }
+                router.record(idx, *status, ctx.started);
+                return Ok(Decision::Responded);
+            }
+            Action::Redirect { scheme, host, path: new_path, code } => {
+                let scheme = scheme.as_deref().unwrap_or("http");
+                let host = host.as_deref().unwrap_or(authority);
+                let p = new_path.as_deref().unwrap_or(path);
+                let mut resp = ResponseHeader::build(*code, Some(2))?;
+                resp.insert_header("location", format!("{scheme}://{host}{p}"))?;
+                resp.insert_header("content-length", "0")?;
+                session.write_response_header(Box::new(resp), true).await?;
+                router.record(idx, *code, ctx.started);
+                return Ok(Decision::Responded);
+            }
+            Action::Cluster(_) | Action::Weighted { .. } => {}
+        }
+        let roll = rand::rng().random_range(0..u32::MAX);
+        let Some(cluster) = route.cluster_for(roll).and_then(|c| router.clusters.get(c)).cloned() else {
+            respond_error(session, grpc, 503, "route names no usable cluster", None).await?;
+            router.record(idx, 503, ctx.started);
+            return Ok(Decision::Responded);
+        };
+        let slot = match cluster.admit() {
+            Ok(s) => s,
+            Err(e) => {
+                let status = if grpc { 429 } else { 503 };
+                respond_error(session, grpc, status, &e.to_string(), Some(("x-mecha-overloaded", "max_requests"))).await?;
+                router.record(idx, 503, ctx.started);
+                return Ok(Decision::Responded);
+            }
+        };
+        let hash_key = match (&cluster.hash_header, session.client_addr()) {
+            (Some(h), _) if session.req_header().headers.contains_key(h.as_str()) => {
+                session.req_header().headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()).unwrap_or_default()
+            }
+            (_, Some(addr)) => addr.as_inet().map(|a| a.ip().to_string().into_bytes()).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        // Request mutations.
+        let new_path = route.rewrite_path(path);
+        let req = session.req_header_mut();
+        for h in &route.request_headers_to_remove {
+            req.remove_header(h);
+        }
+        for (k, v) in &route.request_headers_to_add {
+            req.append_header(k.clone(), v.clone())?;
+        }
+        if let Some(p) = new_path {
+            if let Ok(uri) = p.parse::<http::Uri>() {
+                req.set_uri(uri);
+            }
+        }
+        if route.retry.is_some() {
+            // Keep the request body so a retry can resend it.
+            session.as_downstream_mut().enable_retry_buffering();
+        }
+        ctx.routed = Some(Routed {
+            router: router.clone(),
+            route: idx,
+            cluster,
+            _slot: slot,
+            endpoint: None,
+            attempts: 0,
+            retry_slot: None,
+            grpc,
+            hash_key,
+            status: 0,
+        });
+        Ok(Decision::Continue)
+    }
+}
+
+// === upstream phases ===
+
+impl Router {
+    fn record(&self, (vi, ri): (usize, usize), status: u16, started: Instant) {
+        if let Some(m) = self.route_metrics.get(vi).and_then(|v| v.get(ri)) {
+            m.record(status, started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Picks the endpoint for this attempt (a retry avoids the endpoint that just failed).
+    pub async fn upstream_peer(routed: &mut Routed) -> pingora::Result<Box<HttpPeer>> {
+        let route = routed
+            .router
+            .table
+            .route(routed.route)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "route index out of range"))?;
+        if routed.attempts > 0 {
+            let policy = route.retry.as_ref();
+            let Some(slot) = routed.cluster.admit_retry() else {
+                return Err(Error::explain(ErrorType::HTTPStatus(503), format!(
+                    "cluster {:?}: retry budget exhausted (max_retries)", routed.cluster.name
+                )));
+            };
+            routed.retry_slot = Some(slot);
+            if let Some(p) = policy {
+                tokio::time::sleep(p.backoff(routed.attempts)).await;
+            }
+        }
+        routed.attempts += 1;
+        let avoid = routed.endpoint.take().map(|e| e.addr);
+        let ep = routed.cluster.pick(&routed.hash_key, avoid).map_err(|e| match e {
+            PickError::NoHealthy(_) => Error::explain(ErrorType::HTTPStatus(503), e.to_string()),
+            PickError::Overloaded(..) => Error::explain(ErrorType::HTTPStatus(503), e.to_string()),
+        })?;
+        let cluster = &routed.cluster;
+        let tls = cluster.protocol == UpstreamProtocol::H2;
+        let mut peer = HttpPeer::new(ep.addr, tls, cluster.sni.clone());
+        let timeout = route.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        peer.options.connection_timeout = Some(cluster.connect_timeout);
+        peer.options.total_connection_timeout = Some(cluster.connect_timeout);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        if cluster.protocol != UpstreamProtocol::Http1 {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = cluster.max_h2_streams;
+        }
+        cluster.metrics.upstream_requests.inc();
+        routed.endpoint = Some(ep);
+        Ok(Box::new(peer))
+    }
+
+    fn may_retry(routed: &Routed, session: &Session, cond: impl Fn(&mecha_mesh::retry::RetryPolicy) -> bool) -> bool {
+        let Some(route) = routed.router.table.route(routed.route) else { return false };
+        let Some(p) = route.retry.as_ref() else { return false };
+        cond(p) && routed.attempts <= p.num_retries && !session.as_downstream().retry_buffer_truncated()
+    }
+
+    pub fn fail_to_connect(routed: &mut Routed, session: &Session, mut e: Box<Error>) -> Box<Error> {
+        routed.cluster.metrics.upstream_failures.inc();
+        if let Some(ep) = &routed.endpoint {
+            routed.cluster.report(ep, AttemptResult::ConnectFailure);
+        }
+        let retry = Self::may_retry(routed, session, |p| p.on_connect_failure);
+        e.set_retry(retry);
+        e
+    }
+
+    pub fn error_while_proxy(routed: &mut Routed, session: &Session, mut e: Box<Error>) -> Box<Error> {
+        routed.cluster.metrics.upstream_failures.inc();
+        if let Some(ep) = &routed.endpoint {
+            routed.cluster.report(ep, AttemptResult::ServerError);
+        }
+        // Only before anything reached the client may we try again.
+        let retry = session.response_written().is_none() && Self::may_retry(routed, session, |p| p.on_reset);
+        e.set_retry(retry);
+        e
+    }
+
+    /// Upstream answered: outlier accounting, and a retry for retriable statuses.
+    pub fn upstream_response(routed: &mut Routed, session: &Session, resp: &ResponseHeader) -> pingora::Result<()> {
+        let status = resp.status.as_u16();
+        routed.status = status;
+        if let Some(ep) = &routed.endpoint {
+            let result = if status >= 500 { AttemptResult::ServerError } else { AttemptResult::Success };
+            routed.cluster.report(ep, result);
+        }
+        if Self::may_retry(routed, session, |p| p.retries_status(status)) {
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), format!("upstream answered {status}; retrying"));
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn response_headers(routed: &Routed, resp: &mut ResponseHeader) -> pingora::Result<()> {
+        let Some(route) = routed.router.table.route(routed.route) else { return Ok(()) };
+        for h in &route.response_headers_to_remove {
+            resp.remove_header(h);
+        }
+        for (k, v) in &route.response_headers_to_add {
+            resp.append_header(k.clone(), v.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Host rewrite and W3C trace context on the upstream request.
+    pub fn upstream_request(routed: &Routed, req: &mut RequestHeader) -> pingora::Result<()> {
+        if let Some(route) = routed.router.table.route(routed.route) {
+            if let Some(h) = &route.host_rewrite {
+                req.insert_header(http::header::HOST, h.clone())?;
+                if req.uri.authority().is_some() {
+                    let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    if let Ok(uri) = format!("{}://{}{}", req.uri.scheme_str().unwrap_or("http"), h.to_str().unwrap_or(""), pq).parse::<http::Uri>() {
+                        req.set_uri(uri);
+                    }
+                }
+            }
+        }
+        let traceparent = next_traceparent(req.headers.get("traceparent"));
+        req.insert_header("traceparent", traceparent)?;
+        Ok(())
+    }
+
+    /// The final error answer when proxying failed.
+    pub async fn fail_to_proxy(routed: Option<&mut Routed>, session: &mut Session, e: &Error) -> FailToProxy {
+        let grpc = routed.as_ref().map(|r| r.grpc).unwrap_or_else(|| is_grpc(session.req_header()));
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 503,
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => 502,
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        let cluster = routed.as_ref().map(|r| r.cluster.name.clone()).unwrap_or_default();
+        if code > 0 && session.response_written().is_none() {
+            let msg = match code {
+                504 => format!("upstream timeout (cluster {cluster:?})"),
+                503 => format!("upstream unavailable (cluster {cluster:?}): {}", e.context.as_ref().map(|c| c.as_str()).unwrap_or("no healthy endpoint")),
+                400 => "malformed request".to_owned(),
+                _ => format!("upstream error (cluster {cluster:?}): {}", e.etype().as_str()),
+            };
+            if let Err(we) = respond_error(session, grpc, code, &msg, None).await {
+                tracing::debug!(error = %we, "could not send error response");
+            }
+        }
+        // When headers already went out, Pingora aborts the downstream stream (h2 reset, h1
+        // close): the client sees a broken response, never a silently truncated one.
+        if let Some(r) = routed {
+            r.status = code;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    /// End of request: route metrics and the access log.
+    pub fn logging(routed: &mut Routed, session: &Session, started: Instant) {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(routed.status);
+        routed.router.record(routed.route, status, started);
+        if routed.router.access_log {
+            let req = session.req_header();
+            let line = serde_json::json!({
+                "method": req.method.as_str(),
+                "path": req.uri.path(),
+                "authority": req.uri.authority().map(|a| a.as_str()).or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok())),
+                "status": status,
+                "route": routed.router.table.route(routed.route).map(|r| r.label.as_str()),
+                "cluster": routed.cluster.name,
+                "upstream": routed.endpoint.as_ref().map(|e| e.addr.to_string()),
+                "attempts": routed.attempts,
+                "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+                "client": session.client_addr().map(|a| a.to_string()),
+            });
+            tracing::info!(target: "access", "{line}");
+        }
+        routed.endpoint = None;
+    }
+}
+
+/// W3C trace context: keep the trace id, make this hop a new parent span; create one if
+/// absent or malformed.
+fn next_traceparent(incoming: Option<&HeaderValue>) -> String {
+    let mut rng = rand::rng();
+    let span: u64 = rng.random::<u64>().max(1);
+    if let Some(v) = incoming.and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = v.split('-').collect();
+        if parts.len() == 4
+            && parts[0].len() == 2
+            && parts[1].len() == 32
+            && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+            && parts[1] != "00000000000000000000000000000000"
+            && parts[3].len() == 2
+        {
+            return format!("00-{}-{span:016x}-{}", parts[1], parts[3]);
+        }
+    }
+    let trace: u128 = rng.random::<u128>().max(1);
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_keeps_the_trace_and_makes_a_new_span() {
+        let incoming = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let out = next_traceparent(Some(&incoming));
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
+        assert!(out.ends_with("-01"));
+        assert_ne!(&out[36..52], "00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn traceparent_is_created_when_absent_or_malformed() {
+        for v in [None, Some(HeaderValue::from_static("garbage"))] {
+            let out = next_traceparent(v.as_ref());
+            let parts: Vec<&str> = out.split('-').collect();
+            assert_eq!(parts.len(), 4, "{out}");
+            assert_eq!(parts[1].len(), 32);
+            assert_eq!(parts[2].len(), 16);
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Clusters: endpoints, load balancing (pingora-load-balancing for round robin, random and
+//! Ketama; power-of-two-choices least-request here, which that crate lacks), active health
+//! checks, passive outlier detection and circuit breakers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{Consistent, Random, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::{
+    ClusterConfig, HealthCheckConfig, HealthCheckKind, LbPolicy, OutlierConfig, UpstreamProtocol,
+};
+use crate::metrics::{ClusterMetrics, MeshMetrics};
+
+/// How one upstream attempt ended, as outlier detection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Success,
+    /// A 5xx answer or a reset mid-response.
+    ServerError,
+    ConnectFailure,
+}
+
+/// Live state of one endpoint.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    pub inflight: AtomicUsize,
+    consecutive_5xx: AtomicU32,
+    consecutive_connect: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl EndpointState {
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until.lock().is_some_and(|t| t > now)
+    }
+}
+
+/// A chosen endpoint; counts as in flight until dropped.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub state: Arc<EndpointState>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.state.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    RingHash(LoadBalancer<Consistent>),
+}
+
+impl Balancer {
+    fn backends(&self) -> &Backends {
+        match self {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::RingHash(lb) => lb.backends(),
+        }
+    }
+
+    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
+        // Bounded search; 256 covers any cluster we expect (Ketama walks its ring).
+        const MAX_ITER: usize = 256;
+        match self {
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_ITER, accept),
+            Balancer::Random(lb) => lb.select_with(key, MAX_ITER, accept),
+            Balancer::RingHash(lb) => lb.select_with(key, MAX_ITER, accept),
+        }
+    }
+}
+
+/// Why no endpoint could be picked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickError {
+    #[error("cluster {0:?} has no healthy endpoint")]
+    NoHealthy(String),
+    #[error("cluster {0:?} circuit breaker open: {1} requests in flight (max_requests)")]
+    Overloaded(String, usize),
+}
+
+pub struct Cluster {
+    pub name: String,
+    pub protocol: UpstreamProtocol,
+    pub sni: String,
+    pub connect_timeout: Duration,
+    pub max_h2_streams: usize,
+    /// Request header `ring_hash` hashes on (client address when absent).
+    pub hash_header: Option<String>,
+    policy: LbPolicy,
+    balancer: Balancer,
+    endpoints: HashMap<SocketAddr, Arc<EndpointState>>,
+    outlier: Option<OutlierConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    max_requests: usize,
+    max_retries: usize,
+    active_requests: AtomicUsize,
+    active_retries: AtomicUsize,
+    pub metrics: ClusterMetrics,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// Holds one request slot of the cluster's `max_requests` breaker until dropped.
+#[derive(Debug)]
+pub struct RequestSlot(Arc<Cluster>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Holds one retry slot of the cluster's `max_retries` breaker until dropped.
+#[derive(Debug)]
+pub struct RetrySlot(Arc<Cluster>);
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.0.active_retries.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Errors are `field: message` under the cluster's path.
+    pub fn build(cfg: &ClusterConfig, metrics: &MeshMetrics) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut backends = std::collections::BTreeSet::new();
+        let mut endpoints = HashMap::new();
+        if cfg.endpoints.is_empty() {
+            errors.push("endpoints: at least one endpoint is required".to_owned());
+        }
+        for (i, e) in cfg.endpoints.iter().enumerate() {
+            match e.address.parse::<SocketAddr>() {
+                Ok(sa) if e.weight > 0 => {
+                    backends.insert(Backend {
+                        addr: PingoraAddr::Inet(sa),
+                        weight: e.weight,
+                        ext: Default::default(),
+                    });
+                    endpoints.insert(sa, Arc::new(EndpointState::default()));
+                }
+                Ok(_) => errors.push(format!("endpoints[{i}].weight: must be at least 1")),
+                Err(_) => errors.push(format!(
+                    "endpoints[{i}].address: expected ip:port, got {:?}",
+                    e.address
+                )),
+            }
+        }
+        if cfg.max_h2_streams == 0 {
+            errors.push("max_h2_streams: must be at least 1".to_owned());
+        }
+        if let Some(o) = &cfg.outlier_detection {
+            if o.max_ejection_percent > 100 {
+                errors.push("outlier_detection.max_ejection_percent: at most 100".to_owned());
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let discovery = Static::new(backends);
+        let balancer = match cfg.lb_policy {
+            LbPolicy::RoundRobin => Balancer::RoundRobin(lb_from(discovery)),
+            LbPolicy::Random | LbPolicy::LeastRequest => Balancer::Random(lb_from(discovery)),
+            LbPolicy::RingHash => Balancer::RingHash(lb_from(discovery)),
+        };
+        let first_host = cfg
+            .endpoints
+            .first()
+            .and_then(|e| e.address.rsplit_once(':').map(|(h, _)| h.to_owned()))
+            .unwrap_or_default();
+        let mut cluster = Cluster {
+            name: cfg.name.clone(),
+            protocol: cfg.protocol,
+            sni: cfg.sni.clone().unwrap_or(first_host),
+            connect_timeout: cfg.connect_timeout.0,
+            max_h2_streams: cfg.max_h2_streams,
+            hash_header: cfg.hash_header.clone(),
+            policy: cfg.lb_policy,
+            balancer,
+            endpoints,
+            outlier: cfg.outlier_detection.clone(),
+            health_check: cfg.health_check.clone(),
+            max_requests: cfg.circuit_breakers.max_requests,
+            max_retries: cfg.circuit_breakers.max_retries,
+            active_requests: AtomicUsize::new(0),
+            active_retries: AtomicUsize::new(0),
+            metrics: metrics.cluster(&cfg.name),
+        };
+        if let Some(hc) = &cfg.health_check {
+            let check = cluster.health_checker(hc);
+            match &mut cluster.balancer {
+                Balancer::RoundRobin(lb) => lb.set_health_check(check),
+                Balancer::Random(lb) => lb.set_health_check(check),
+                Balancer::RingHash(lb) => lb.set_health_check(check),
+            }
+        }
+        Ok(cluster)
+    }
+
+    fn health_checker(&self, hc: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+        match hc.kind {
+            HealthCheckKind::Tcp => {
+                let mut c = TcpHealthCheck::new();
+                c.consecutive_success = hc.healthy_threshold.max(1);
+                c.consecutive_failure = hc.unhealthy_threshold.max(1);
+                c.peer_template.options.connection_timeout = Some(hc.timeout.0);
+                c
+            }
+            HealthCheckKind::Http => {
+                let tls = self.protocol == UpstreamProtocol::H2;
+                let mut c = HttpHealthCheck::new(&self.sni, tls);
+                c.consecutive_success = hc.healthy_threshold.max(1);
+                c.consecutive_failure = hc.unhealthy_threshold.max(1);
+                c.peer_template.options.connection_timeout = Some(hc.timeout.0);
+                c.peer_template.options.read_timeout = Some(hc.timeout.0);
+                if self.protocol != UpstreamProtocol::Http1 {
+                    c.peer_template.options.set_http_version(2, 2);
+                }
+                if let Ok(uri) = hc.path.parse() {
+                    c.req.set_uri(uri);
+                }
+                Box::new(c)
+            }
+        }
+    }
+
+    /// Runs one round of active health checks (all endpoints in parallel).
+    pub async fn run_health_check(&self) {
+        self.balancer.backends().run_health_check(true).await;
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Takes a `max_requests` slot, or says the breaker is open.
+    pub fn admit(self: &Arc<Self>) -> Result<RequestSlot, PickError> {
+        let n = self.active_requests.fetch_add(1, Ordering::AcqRel);
+        let slot = RequestSlot(self.clone());
+        if n >= self.max_requests {
+            self.metrics.breaker_trips.inc();
+            return Err(PickError::Overloaded(self.name.clone(), n));
+        }
+        Ok(slot)
+    }
+
+    /// Takes a `max_retries` slot; `None` when retries are exhausted cluster-wide.
+    pub fn admit_retry(self: &Arc<Self>) -> Option<RetrySlot> {
+        let n = self.active_retries.fetch_add(1, Ordering::AcqRel);
+        let slot = RetrySlot(self.clone());
+        if n >= self.max_retries {
+            self.metrics.breaker_trips.inc();
+            return None;
+        }
+        self.metrics.retries.inc();
+        Some(slot)
+    }
+
+    /// Picks an endpoint by the cluster's policy among healthy, non-ejected ones. `hash_key`
+    /// is used by ring hash only. `avoid` skips an endpoint (the one that just failed).
+    pub fn pick(&self, hash_key: &[u8], avoid: Option<SocketAddr>) -> Result<Endpoint, PickError> {
+        let now = Instant::now();
+        let usable = |b: &Backend, healthy: bool| {
+            let Some(sa) = b.addr.as_inet() else { return false };
+            healthy
+                && Some(*sa) != avoid
+                && self.endpoints.get(sa).is_some_and(|s| !s.is_ejected(now))
+        };
+        let first = self
+            .balancer
+            .select_with(hash_key, usable)
+            // The avoided endpoint is still better than none.
+            .or_else(|| {
+                avoid.and_then(|_| {
+                    self.balancer.select_with(hash_key, |b, healthy| {
+                        healthy
+                            && b.addr.as_inet().and_then(|sa| self.endpoints.get(sa)).is_some_and(|s| !s.is_ejected(now))
+                    })
+                })
+            })
+            .ok_or_else(|| PickError::NoHealthy(self.name.clone()))?;
+        let mut chosen = first;
+        if self.policy == LbPolicy::LeastRequest {
+            // Power of two choices: a second random pick; fewer in-flight requests wins.
+            let first_addr = chosen.addr.clone();
+            if let Some(second) =
+                self.balancer.select_with(b"", |b, h| usable(b, h) && b.addr != first_addr)
+            {
+                let load = |b: &Backend| {
+                    b.addr
+                        .as_inet()
+                        .and_then(|sa| self.endpoints.get(sa))
+                        .map_or(usize::MAX, |s| s.inflight.load(Ordering::Acquire))
+                };
+                if load(&second) < load(&chosen) {
+                    chosen = second;
+                }
+            }
+        }
+        let Some(sa) = chosen.addr.as_inet().copied() else {
+            return Err(PickError::NoHealthy(self.name.clone()));
+        };
+        let state = self.endpoints.get(&sa).cloned().ok_or_else(|| PickError::NoHealthy(self.name.clone()))?;
+        state.inflight.fetch_add(1, Ordering::AcqRel);
+        Ok(Endpoint { addr: sa, state })
+    }
+
+    /// Feeds passive outlier detection with one attempt's result.
+    pub fn report(&self, ep: &Endpoint, result: AttemptResult) {
+        let Some(o) = &self.outlier else { return };
+        let s = &ep.state;
+        let tripped = match result {
+            AttemptResult::Success => {
+                s.consecutive_5xx.store(0, Ordering::Release);
+                s.consecutive_connect.store(0, Ordering::Release);
+                false
+            }
+            AttemptResult::ServerError => {
+                s.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1 >= o.consecutive_5xx
+            }
+            AttemptResult::ConnectFailure => {
+                s.consecutive_connect.fetch_add(1, Ordering::AcqRel) + 1 >= o.consecutive_connect_failures
+            }
+        };
+        if !tripped {
+            return;
+        }
+        let now = Instant::now();
+        let ejected_now = self.endpoints.values().filter(|e| e.is_ejected(now)).count();
+        // Like Envoy, at least one endpoint may be ejected whatever the percentage.
+        let cap = ((self.endpoints.len() * o.max_ejection_percent as usize) / 100).max(1);
+        if ejected_now >= cap || s.is_ejected(now) {
+            return;
+        }
+        let n = s.ejections.fetch_add(1, Ordering::AcqRel) + 1;
+        let time = o.base_ejection_time.0.saturating_mul(n).min(o.max_ejection_time.0);
+        *s.ejected_until.lock() = Some(now + time);
+        s.consecutive_5xx.store(0, Ordering::Release);
+        s.consecutive_connect.store(0, Ordering::Release);
+        self.metrics.ejections.inc();
+        tracing::warn!(cluster = %self.name, endpoint = %ep.addr, ejection = n, ?time, "outlier ejected");
+    }
+}
+
+fn lb_from<S>(discovery: Box<Static>) -> LoadBalancer<S>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    let lb = LoadBalancer::from_backends(Backends::new(discovery));
+    // Static discovery answers at once; poll it in place so the cluster is usable immediately.
+    if let Some(Err(e)) = futures::FutureExt::now_or_never(lb.update()) {
+        tracing::error!(error = %e, "static endpoint discovery failed");
+    }
+    lb
+}
+
+/// Counters every cluster has.
+pub type ClusterCounter = Counter;

@@ -1,0 +1,385 @@
+//! The mesh part of the config file: clusters and route tables, as plain serde data.
+//! Shaped after Envoy's model (virtual hosts → routes → clusters → endpoints) so xDS resources
+//! map onto it without a second model.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A duration written as `250ms`, `2s`, `1m` or a bare number of milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(ms) => Ok(Dur(Duration::from_millis(ms))),
+            Raw::Str(s) => parse_duration(&s).map(Dur).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "expected a duration like 250ms, 2s or 1m, got {s:?}"
+                ))
+            }),
+        }
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`, or bare milliseconds.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(raw.len());
+    let (num, unit) = raw.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit.trim() {
+        "" | "ms" => n / 1000.0,
+        "us" => n / 1_000_000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+// === clusters ===
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// SNI for `protocol: h2` (TLS); defaults to the endpoint host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    /// What `ring_hash` hashes: a request header, or the client address when absent.
+    #[serde(default)]
+    pub hash_header: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Concurrent streams per upstream HTTP/2 connection.
+    #[serde(default = "default_h2_streams")]
+    pub max_h2_streams: usize,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierConfig>,
+    #[serde(default)]
+    pub circuit_breakers: CircuitBreakerConfig,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+fn default_h2_streams() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `ip:port`.
+    pub address: String,
+    #[serde(default = "one")]
+    pub weight: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext (prior knowledge).
+    H2c,
+    /// HTTP/2 over TLS (rustls), ALPN h2.
+    H2,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Power of two random choices, fewer in-flight requests wins.
+    LeastRequest,
+    /// Consistent hashing (Ketama) on `hash_header` or the client address.
+    RingHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(rename = "type", default)]
+    pub kind: HealthCheckKind,
+    /// Path for `http` checks.
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    #[serde(default = "default_hc_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "one")]
+    pub healthy_threshold: usize,
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy_threshold: usize,
+}
+
+fn default_hc_path() -> String {
+    "/healthz".to_owned()
+}
+
+fn default_hc_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+fn default_hc_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+fn default_unhealthy() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive 5xx responses (or resets) that eject an endpoint.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_5xx: u32,
+    /// Consecutive connect failures that eject an endpoint.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_connect_failures: u32,
+    /// Ejection time; the n-th ejection of an endpoint lasts n × this (capped by
+    /// `max_ejection_time`).
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_time: Dur,
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_time: Dur,
+    /// Never eject more than this share of a cluster's endpoints.
+    #[serde(default = "default_max_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+
+fn default_base_ejection() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+fn default_max_ejection() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+fn default_max_percent() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Requests in flight to the cluster; beyond → 503 `x-mecha-overloaded: max_requests`.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
+    /// Retries in flight to the cluster; beyond, failures are not retried.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
+}
+
+fn default_max_requests() -> usize {
+    1024
+}
+
+fn default_max_retries() -> usize {
+    3
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self { max_requests: default_max_requests(), max_retries: default_max_retries() }
+    }
+}
+
+// === routes ===
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    pub virtual_hosts: Vec<VirtualHostConfig>,
+    /// One JSON line per request on stderr (through the log); off by default.
+    #[serde(default)]
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHostConfig {
+    pub name: String,
+    /// `example.com` (exact), `*.example.com` (suffix), `*` (any). Port in Host is ignored.
+    pub domains: Vec<String>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub weighted_clusters: Option<Vec<WeightedClusterConfig>>,
+    #[serde(default)]
+    pub direct_response: Option<DirectResponseConfig>,
+    #[serde(default)]
+    pub redirect: Option<RedirectConfig>,
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default)]
+    pub host_rewrite: Option<String>,
+    /// Bounds connecting and each wait for upstream bytes.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicyConfig>,
+    #[serde(default)]
+    pub request_headers_to_add: Vec<HeaderValueConfig>,
+    #[serde(default)]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default)]
+    pub response_headers_to_add: Vec<HeaderValueConfig>,
+    #[serde(default)]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatchConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchConfig {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Matches when the header is present (`true`) or absent (`false`).
+    #[serde(default)]
+    pub present: Option<bool>,
+    #[serde(default)]
+    pub invert: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedClusterConfig {
+    pub name: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseConfig {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// 301, 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_code")]
+    pub code: u16,
+}
+
+fn default_redirect_code() -> u16 {
+    301
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueConfig {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicyConfig {
+    /// Any of `connect-failure`, `reset`, `5xx`, `retriable-status-codes`.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<String>,
+    #[serde(default = "default_num_retries")]
+    pub num_retries: u32,
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u16>,
+    #[serde(default = "default_base_interval")]
+    pub base_interval: Dur,
+    #[serde(default = "default_max_interval")]
+    pub max_interval: Dur,
+}
+
+fn default_retry_on() -> Vec<String> {
+    vec!["connect-failure".to_owned(), "reset".to_owned()]
+}
+
+fn default_num_retries() -> u32 {
+    1
+}
+
+fn default_base_interval() -> Dur {
+    Dur(Duration::from_millis(25))
+}
+
+fn default_max_interval() -> Dur {
+    Dur(Duration::from_millis(250))
+}

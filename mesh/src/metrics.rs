@@ -1,0 +1,106 @@
+//! Mesh metrics families, registered once per process; clusters and routes take their labelled
+//! handles when built, so recording allocates nothing.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatusLabels {
+    pub route: String,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct MeshMetrics {
+    retries: Family<ClusterLabel, Counter>,
+    ejections: Family<ClusterLabel, Counter>,
+    breaker_trips: Family<ClusterLabel, Counter>,
+    upstream_requests: Family<ClusterLabel, Counter>,
+    upstream_failures: Family<ClusterLabel, Counter>,
+    route_requests: Family<RouteStatusLabels, Counter>,
+    route_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.5, 14))
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterMetrics {
+    pub retries: Counter,
+    pub ejections: Counter,
+    pub breaker_trips: Counter,
+    pub upstream_requests: Counter,
+    pub upstream_failures: Counter,
+}
+
+/// Per-route handles: requests by status class (1xx–5xx) and latency.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    pub latency: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: u16, seconds: f64) {
+        let idx = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[idx].inc();
+        self.latency.observe(seconds);
+    }
+}
+
+impl MeshMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = MeshMetrics {
+            retries: Family::default(),
+            ejections: Family::default(),
+            breaker_trips: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_failures: Family::default(),
+            route_requests: Family::default(),
+            route_latency: Family::new_with_constructor(latency as fn() -> Histogram),
+        };
+        registry.register("mecha_route_requests", "Requests by route and status class", m.route_requests.clone());
+        registry.register("mecha_route_request_duration_seconds", "Request latency by route", m.route_latency.clone());
+        registry.register("mecha_cluster_upstream_requests", "Upstream attempts by cluster", m.upstream_requests.clone());
+        registry.register("mecha_cluster_upstream_failures", "Upstream attempts that failed (connect, reset, timeout) by cluster", m.upstream_failures.clone());
+        registry.register("mecha_cluster_retries", "Retries by cluster", m.retries.clone());
+        registry.register("mecha_cluster_outlier_ejections", "Outlier ejections by cluster", m.ejections.clone());
+        registry.register("mecha_cluster_breaker_trips", "Circuit breaker overflows by cluster", m.breaker_trips.clone());
+        m
+    }
+
+    pub fn cluster(&self, name: &str) -> ClusterMetrics {
+        let l = ClusterLabel { cluster: name.to_owned() };
+        ClusterMetrics {
+            retries: self.retries.get_or_create(&l).clone(),
+            ejections: self.ejections.get_or_create(&l).clone(),
+            breaker_trips: self.breaker_trips.get_or_create(&l).clone(),
+            upstream_requests: self.upstream_requests.get_or_create(&l).clone(),
+            upstream_failures: self.upstream_failures.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn route(&self, label: &str) -> RouteMetrics {
+        let class = |c: &'static str| {
+            self.route_requests.get_or_create(&RouteStatusLabels { route: label.to_owned(), class: c }).clone()
+        };
+        RouteMetrics {
+            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            latency: self.route_latency.get_or_create(&RouteLabel { route: label.to_owned() }).clone(),
+        }
+    }
+}

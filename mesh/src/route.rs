@@ -1,0 +1,551 @@
+//! Compiled route tables: virtual hosts matched on the authority, then the first route whose
+//! path, method and header conditions hold.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use crate::config::{
+    HeaderMatchConfig, HeaderValueConfig, MatchConfig, RouteConfig, RouterConfig,
+    VirtualHostConfig,
+};
+use crate::retry::RetryPolicy;
+
+#[derive(Debug)]
+pub struct RouteTable {
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    domains: Vec<DomainMatch>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DomainMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+    Any,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// `vhost/route-name` or `vhost/#index`: the metrics label, fixed at build time.
+    pub label: String,
+    path: PathMatch,
+    methods: Vec<Method>,
+    headers: Vec<HeaderMatch>,
+    pub action: Action,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<HeaderValue>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub request_headers_to_add: Vec<(HeaderName, HeaderValue)>,
+    pub request_headers_to_remove: Vec<HeaderName>,
+    pub response_headers_to_add: Vec<(HeaderName, HeaderValue)>,
+    pub response_headers_to_remove: Vec<HeaderName>,
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+struct HeaderMatch {
+    name: HeaderName,
+    cond: HeaderCond,
+    invert: bool,
+}
+
+#[derive(Debug)]
+enum HeaderCond {
+    Exact(String),
+    Regex(Regex),
+    Present(bool),
+}
+
+/// What a matched route does.
+#[derive(Debug)]
+pub enum Action {
+    Cluster(String),
+    /// Clusters with cumulative weights (canary split).
+    Weighted { clusters: Vec<(String, u32)>, total: u32 },
+    Direct { status: u16, body: bytes_body::Body },
+    Redirect { scheme: Option<String>, host: Option<String>, path: Option<String>, code: u16 },
+}
+
+/// A static body, shared without copying.
+pub mod bytes_body {
+    pub type Body = std::sync::Arc<str>;
+}
+
+// === build ===
+
+fn header_pairs(path: &str, list: &[HeaderValueConfig], errors: &mut Vec<String>) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        match (HeaderName::try_from(h.name.as_str()), HeaderValue::try_from(h.value.as_str())) {
+            (Ok(n), Ok(v)) => out.push((n, v)),
+            (Err(_), _) => errors.push(format!("{path}[{i}].name: invalid header name {:?}", h.name)),
+            (_, Err(_)) => errors.push(format!("{path}[{i}].value: invalid header value {:?}", h.value)),
+        }
+    }
+    out
+}
+
+fn header_names(path: &str, list: &[String], errors: &mut Vec<String>) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        match HeaderName::try_from(h.as_str()) {
+            Ok(n) => out.push(n),
+            Err(_) => errors.push(format!("{path}[{i}]: invalid header name {h:?}")),
+        }
+    }
+    out
+}
+
+fn regex(path: &str, re: &str, errors: &mut Vec<String>) -> Option<Regex> {
+    // Anchored: Envoy's safe_regex matches the whole path.
+    match Regex::new(&format!("^(?:{re})$")) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            errors.push(format!("{path}: invalid regex {re:?}: {e}"));
+            None
+        }
+    }
+}
+
+fn build_match(path: &str, m: &MatchConfig, errors: &mut Vec<String>) -> (PathMatch, Vec<Method>, Vec<HeaderMatch>) {
+    let set = [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()].iter().filter(|x| **x).count();
+    if set > 1 {
+        errors.push(format!("{path}: set only one of prefix, path, regex"));
+    }
+    let pm = if let Some(p) = &m.path {
+        PathMatch::Exact(p.clone())
+    } else if let Some(r) = &m.regex {
+        regex(&format!("{path}.regex"), r, errors).map(PathMatch::Regex).unwrap_or(PathMatch::Prefix("/".into()))
+    } else {
+        PathMatch::Prefix(m.prefix.clone().unwrap_or_else(|| "/".to_owned()))
+    };
+    let mut methods = Vec::new();
+    for (i, name) in m.methods.iter().enumerate() {
+        match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+            Ok(me) => methods.push(me),
+            Err(_) => errors.push(format!("{path}.methods[{i}]: invalid method {name:?}")),
+        }
+    }
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        let hp = format!("{path}.headers[{i}]");
+        if let Some(hm) = build_header_match(&hp, h, errors) {
+            headers.push(hm);
+        }
+    }
+    (pm, methods, headers)
+}
+
+fn build_header_match(path: &str, h: &HeaderMatchConfig, errors: &mut Vec<String>) -> Option<HeaderMatch> {
+    let Ok(name) = HeaderName::try_from(h.name.as_str()) else {
+        errors.push(format!("{path}.name: invalid header name {:?}", h.name));
+        return None;
+    };
+    let cond = match (&h.exact, &h.regex, h.present) {
+        (Some(e), None, None) => HeaderCond::Exact(e.clone()),
+        (None, Some(r), None) => HeaderCond::Regex(regex(&format!("{path}.regex"), r, errors)?),
+        (None, None, Some(p)) => HeaderCond::Present(p),
+        (None, None, None) => HeaderCond::Present(true),
+        _ => {
+            errors.push(format!("{path}: set only one of exact, regex, present"));
+            return None;
+        }
+    };
+    Some(HeaderMatch { name, cond, invert: h.invert })
+}
+
+impl RouteTable {
+    /// Compiles a router config; `path` prefixes error paths (e.g. `listeners[0].filters[1]`).
+    /// `cluster_exists` checks every referenced cluster.
+    pub fn build(
+        path: &str,
+        cfg: &RouterConfig,
+        cluster_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut vhs = Vec::new();
+        for (vi, vh) in cfg.virtual_hosts.iter().enumerate() {
+            let vpath = format!("{path}.virtual_hosts[{vi}]");
+            vhs.push(build_vhost(&vpath, vh, cluster_exists, &mut errors));
+        }
+        if errors.is_empty() {
+            Ok(Self { virtual_hosts: vhs })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The route for a request, or `None` (→ 404).
+    pub fn find(&self, authority: &str, path: &str, method: &Method, headers: &HeaderMap) -> Option<&Route> {
+        self.find_index(authority, path, method, headers).and_then(|i| self.route(i))
+    }
+
+    /// Like [`find`](Self::find), as `(virtual host, route)` indices a request can keep.
+    pub fn find_index(
+        &self,
+        authority: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<(usize, usize)> {
+        let host = strip_port(authority);
+        let vi = self.pick_vhost(host)?;
+        let ri = self.virtual_hosts[vi].routes.iter().position(|r| r.matches(path, method, headers))?;
+        Some((vi, ri))
+    }
+
+    pub fn route(&self, (vi, ri): (usize, usize)) -> Option<&Route> {
+        self.virtual_hosts.get(vi)?.routes.get(ri)
+    }
+
+    /// Most specific domain wins: exact, then longest suffix, then `*`.
+    fn pick_vhost(&self, host: &str) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (vi, vh) in self.virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                let score = match d {
+                    DomainMatch::Exact(e) if e.eq_ignore_ascii_case(host) => usize::MAX,
+                    DomainMatch::Suffix(s)
+                        if host.len() > s.len()
+                            && host[host.len() - s.len()..].eq_ignore_ascii_case(s) =>
+                    {
+                        s.len() + 1
+                    }
+                    DomainMatch::Any => 0,
+                    _ => continue,
+                };
+                if best.is_none_or(|(_, b)| score > b) {
+                    best = Some((vi, score));
+                }
+            }
+        }
+        best.map(|(vi, _)| vi)
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        // [v6]:port
+        return authority.split(']').next().map(|h| &h[1..]).unwrap_or(authority);
+    }
+    authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+}
+
+fn build_vhost(
+    vpath: &str,
+    vh: &VirtualHostConfig,
+    cluster_exists: &dyn Fn(&str) -> bool,
+    errors: &mut Vec<String>,
+) -> VirtualHost {
+    let mut domains = Vec::new();
+    if vh.domains.is_empty() {
+        errors.push(format!("{vpath}.domains: must not be empty (use \"*\" for any host)"));
+    }
+    for d in &vh.domains {
+        domains.push(if d == "*" {
+            DomainMatch::Any
+        } else if let Some(s) = d.strip_prefix('*') {
+            DomainMatch::Suffix(s.to_owned())
+        } else {
+            DomainMatch::Exact(d.clone())
+        });
+    }
+    let mut routes = Vec::new();
+    for (ri, r) in vh.routes.iter().enumerate() {
+        let rpath = format!("{vpath}.routes[{ri}]");
+        let label = format!("{}/{}", vh.name, r.name.clone().unwrap_or_else(|| format!("#{ri}")));
+        routes.push(build_route(&rpath, label, r, cluster_exists, errors));
+    }
+    VirtualHost { name: vh.name.clone(), domains, routes }
+}
+
+fn build_route(
+    rpath: &str,
+    label: String,
+    r: &RouteConfig,
+    cluster_exists: &dyn Fn(&str) -> bool,
+    errors: &mut Vec<String>,
+) -> Route {
+    let (path, methods, headers) = build_match(&format!("{rpath}.match"), &r.matcher, errors);
+    let actions = [r.cluster.is_some(), r.weighted_clusters.is_some(), r.direct_response.is_some(), r.redirect.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if actions != 1 {
+        errors.push(format!(
+            "{rpath}: set exactly one of cluster, weighted_clusters, direct_response, redirect"
+        ));
+    }
+    let mut check_cluster = |p: String, name: &str| {
+        if !cluster_exists(name) {
+            errors.push(format!("{p}: unknown cluster {name:?}"));
+        }
+    };
+    let action = if let Some(c) = &r.cluster {
+        check_cluster(format!("{rpath}.cluster"), c);
+        Action::Cluster(c.clone())
+    } else if let Some(w) = &r.weighted_clusters {
+        let mut total = 0u32;
+        let mut clusters = Vec::new();
+        for (i, wc) in w.iter().enumerate() {
+            check_cluster(format!("{rpath}.weighted_clusters[{i}].name"), &wc.name);
+            total = total.saturating_add(wc.weight);
+            clusters.push((wc.name.clone(), total));
+        }
+        if total == 0 {
+            errors.push(format!("{rpath}.weighted_clusters: weights must add up to more than 0"));
+        }
+        Action::Weighted { clusters, total }
+    } else if let Some(d) = &r.direct_response {
+        if !(100..=599).contains(&d.status) {
+            errors.push(format!("{rpath}.direct_response.status: {} is not an HTTP status", d.status));
+        }
+        Action::Direct { status: d.status, body: d.body.as_str().into() }
+    } else if let Some(rd) = &r.redirect {
+        if ![301, 302, 303, 307, 308].contains(&rd.code) {
+            errors.push(format!("{rpath}.redirect.code: {} is not a redirect status", rd.code));
+        }
+        Action::Redirect { scheme: rd.scheme.clone(), host: rd.host.clone(), path: rd.path.clone(), code: rd.code }
+    } else {
+        Action::Direct { status: 500, body: "route has no action".into() }
+    };
+    let host_rewrite = r.host_rewrite.as_ref().and_then(|h| match HeaderValue::try_from(h.as_str()) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            errors.push(format!("{rpath}.host_rewrite: invalid host {h:?}"));
+            None
+        }
+    });
+    if r.prefix_rewrite.is_some() && !matches!(path, PathMatch::Prefix(_)) {
+        errors.push(format!("{rpath}.prefix_rewrite: needs a prefix match"));
+    }
+    let retry = r.retry_policy.as_ref().and_then(|p| match RetryPolicy::build(p) {
+        Ok(rp) => Some(rp),
+        Err(e) => {
+            errors.push(format!("{rpath}.retry_policy.{e}"));
+            None
+        }
+    });
+    Route {
+        label,
+        path,
+        methods,
+        headers,
+        action,
+        prefix_rewrite: r.prefix_rewrite.clone(),
+        host_rewrite,
+        timeout: r.timeout.map(|d| d.0),
+        retry,
+        request_headers_to_add: header_pairs(&format!("{rpath}.request_headers_to_add"), &r.request_headers_to_add, errors),
+        request_headers_to_remove: header_names(&format!("{rpath}.request_headers_to_remove"), &r.request_headers_to_remove, errors),
+        response_headers_to_add: header_pairs(&format!("{rpath}.response_headers_to_add"), &r.response_headers_to_add, errors),
+        response_headers_to_remove: header_names(&format!("{rpath}.response_headers_to_remove"), &r.response_headers_to_remove, errors),
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+        let path_only = path.split('?').next().unwrap_or(path);
+        let path_ok = match &self.path {
+            PathMatch::Prefix(p) => path_only.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path_only == p,
+            PathMatch::Regex(r) => r.is_match(path_only),
+        };
+        if !path_ok {
+            return false;
+        }
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        self.headers.iter().all(|h| {
+            let v = headers.get(&h.name);
+            let hit = match &h.cond {
+                HeaderCond::Present(p) => v.is_some() == *p,
+                HeaderCond::Exact(e) => v.is_some_and(|v| v.as_bytes() == e.as_bytes()),
+                HeaderCond::Regex(r) => v.and_then(|v| v.to_str().ok()).is_some_and(|s| r.is_match(s)),
+            };
+            hit != h.invert
+        })
+    }
+
+    /// The path sent upstream: the matched prefix replaced by `prefix_rewrite`.
+    pub fn rewrite_path(&self, path_and_query: &str) -> Option<String> {
+        let (PathMatch::Prefix(prefix), Some(new)) = (&self.path, &self.prefix_rewrite) else {
+            return None;
+        };
+        path_and_query.strip_prefix(prefix.as_str()).map(|rest| format!("{new}{rest}"))
+    }
+
+    /// Picks the cluster: fixed, or by weight with `roll` uniformly in `0..total`.
+    pub fn cluster_for(&self, roll: u32) -> Option<&str> {
+        match &self.action {
+            Action::Cluster(c) => Some(c),
+            Action::Weighted { clusters, total } => {
+                let r = roll % (*total).max(1);
+                clusters.iter().find(|(_, cum)| r < *cum).map(|(c, _)| c.as_str())
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::*;
+
+    fn table(yaml_routes: Vec<RouteConfig>, domains: Vec<&str>) -> RouteTable {
+        let cfg = RouterConfig {
+            virtual_hosts: vec![VirtualHostConfig {
+                name: "vh".into(),
+                domains: domains.into_iter().map(String::from).collect(),
+                routes: yaml_routes,
+            }],
+            access_log: false,
+        };
+        RouteTable::build("r", &cfg, &|_| true).expect("valid")
+    }
+
+    fn route(m: MatchConfig, cluster: &str) -> RouteConfig {
+        RouteConfig {
+            name: None,
+            matcher: m,
+            cluster: Some(cluster.into()),
+            weighted_clusters: None,
+            direct_response: None,
+            redirect: None,
+            prefix_rewrite: None,
+            host_rewrite: None,
+            timeout: None,
+            retry_policy: None,
+            request_headers_to_add: vec![],
+            request_headers_to_remove: vec![],
+            response_headers_to_add: vec![],
+            response_headers_to_remove: vec![],
+        }
+    }
+
+    fn m(prefix: Option<&str>, path: Option<&str>, regex: Option<&str>) -> MatchConfig {
+        MatchConfig {
+            prefix: prefix.map(String::from),
+            path: path.map(String::from),
+            regex: regex.map(String::from),
+            methods: vec![],
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn first_matching_route_wins_by_path_kind() {
+        let t = table(
+            vec![
+                route(m(None, Some("/exact"), None), "a"),
+                route(m(None, None, Some("/items/[0-9]+")), "b"),
+                route(m(Some("/api/"), None, None), "c"),
+                route(m(Some("/"), None, None), "d"),
+            ],
+            vec!["*"],
+        );
+        let h = HeaderMap::new();
+        let get = Method::GET;
+        let c = |p: &str| t.find("x", p, &get, &h).and_then(|r| r.cluster_for(0)).map(String::from);
+        assert_eq!(c("/exact").as_deref(), Some("a"));
+        assert_eq!(c("/exact/more").as_deref(), Some("d"));
+        assert_eq!(c("/items/42").as_deref(), Some("b"));
+        assert_eq!(c("/items/42x").as_deref(), Some("d"));
+        assert_eq!(c("/api/v1?q=1").as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn domains_exact_beats_suffix_beats_any() {
+        let mk = |name: &str, domains: Vec<&str>, cluster: &str| VirtualHostConfig {
+            name: name.into(),
+            domains: domains.into_iter().map(String::from).collect(),
+            routes: vec![route(m(Some("/"), None, None), cluster)],
+        };
+        let cfg = RouterConfig {
+            virtual_hosts: vec![
+                mk("any", vec!["*"], "any"),
+                mk("suffix", vec!["*.example.com"], "suffix"),
+                mk("exact", vec!["api.example.com"], "exact"),
+            ],
+            access_log: false,
+        };
+        let t = RouteTable::build("r", &cfg, &|_| true).expect("valid");
+        let h = HeaderMap::new();
+        let c = |host: &str| t.find(host, "/", &Method::GET, &h).and_then(|r| r.cluster_for(0)).map(String::from);
+        assert_eq!(c("api.example.com:8080").as_deref(), Some("exact"));
+        assert_eq!(c("web.example.com").as_deref(), Some("suffix"));
+        assert_eq!(c("other.org").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn methods_and_headers_narrow_a_route() {
+        let mut mc = m(Some("/"), None, None);
+        mc.methods = vec!["post".into()];
+        mc.headers = vec![HeaderMatchConfig { name: "x-canary".into(), exact: Some("1".into()), regex: None, present: None, invert: false }];
+        let t = table(vec![route(mc, "canary"), route(m(Some("/"), None, None), "stable")], vec!["*"]);
+        let mut h = HeaderMap::new();
+        let c = |me: &Method, h: &HeaderMap| t.find("x", "/", me, h).and_then(|r| r.cluster_for(0)).map(String::from);
+        assert_eq!(c(&Method::POST, &h).as_deref(), Some("stable"));
+        h.insert("x-canary", HeaderValue::from_static("1"));
+        assert_eq!(c(&Method::POST, &h).as_deref(), Some("canary"));
+        assert_eq!(c(&Method::GET, &h).as_deref(), Some("stable"));
+    }
+
+    #[test]
+    fn weighted_split_follows_cumulative_weights() {
+        let mut r = route(m(Some("/"), None, None), "x");
+        r.cluster = None;
+        r.weighted_clusters = Some(vec![
+            WeightedClusterConfig { name: "a".into(), weight: 90 },
+            WeightedClusterConfig { name: "b".into(), weight: 10 },
+        ]);
+        let t = table(vec![r], vec!["*"]);
+        let route = t.find("x", "/", &Method::GET, &HeaderMap::new()).expect("route");
+        let a = (0..100).filter(|roll| route.cluster_for(*roll) == Some("a")).count();
+        assert_eq!(a, 90);
+    }
+
+    #[test]
+    fn bad_routes_are_reported_with_paths() {
+        let mut r = route(m(None, None, Some("(")), "nope");
+        r.direct_response = Some(DirectResponseConfig { status: 200, body: String::new() });
+        let cfg = RouterConfig {
+            virtual_hosts: vec![VirtualHostConfig { name: "vh".into(), domains: vec![], routes: vec![r] }],
+            access_log: false,
+        };
+        let errs = RouteTable::build("listeners[0].filters[0]", &cfg, &|c| c == "known").expect_err("invalid");
+        let all = errs.join("\n");
+        assert!(all.contains("virtual_hosts[0].domains: must not be empty"), "{all}");
+        assert!(all.contains("routes[0].match.regex: invalid regex"), "{all}");
+        assert!(all.contains("routes[0]: set exactly one of"), "{all}");
+        assert!(all.contains("routes[0].cluster: unknown cluster \"nope\""), "{all}");
+    }
+
+    #[test]
+    fn prefix_rewrite_keeps_the_rest() {
+        let mut r = route(m(Some("/old/"), None, None), "c");
+        r.prefix_rewrite = Some("/new/".into());
+        let t = table(vec![r], vec!["*"]);
+        let route = t.find("x", "/old/a?b=1", &Method::GET, &HeaderMap::new()).expect("route");
+        assert_eq!(route.rewrite_path("/old/a?b=1").as_deref(), Some("/new/a?b=1"));
+    }
+}
