@@ -378,6 +378,7 @@ impl SidecarBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
             .env(
                 "MECHA_LOG",
                 std::env::var("MECHA_LOG").unwrap_or_else(|_| "info".to_owned()),

@@ -203,8 +203,7 @@ impl RouteTable {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<(usize, usize)> {
-        let host = strip_port(authority);
-        let vi = self.pick_vhost(host)?;
+        let vi = self.pick_vhost(authority)?;
         let ri = self.virtual_hosts[vi].routes.iter().position(|r| r.matches(path, method, headers))?;
         Some((vi, ri))
     }
@@ -213,13 +212,16 @@ impl RouteTable {
         self.virtual_hosts.get(vi)?.routes.get(ri)
     }
 
-    /// Most specific domain wins: exact, then longest suffix, then `*`.
-    fn pick_vhost(&self, host: &str) -> Option<usize> {
+    /// Most specific domain wins: exact (with or without the port), then longest suffix, then
+    /// `*`.
+    fn pick_vhost(&self, authority: &str) -> Option<usize> {
+        let host = strip_port(authority);
         let mut best: Option<(usize, usize)> = None;
         for (vi, vh) in self.virtual_hosts.iter().enumerate() {
             for d in &vh.domains {
                 let score = match d {
-                    DomainMatch::Exact(e) if e.eq_ignore_ascii_case(host) => usize::MAX,
+                    DomainMatch::Exact(e) if e.eq_ignore_ascii_case(authority) => usize::MAX,
+                    DomainMatch::Exact(e) if e.eq_ignore_ascii_case(host) => usize::MAX - 1,
                     DomainMatch::Suffix(s)
                         if host.len() > s.len()
                             && host[host.len() - s.len()..].eq_ignore_ascii_case(s) =>

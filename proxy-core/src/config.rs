@@ -127,6 +127,15 @@ pub struct ListenerConfig {
     pub address: String,
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+    /// Makes this an L4 listener passing raw TCP to the cluster (no `filters` then).
+    #[serde(default)]
+    pub tcp_proxy: Option<TcpProxyConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProxyConfig {
+    pub cluster: String,
 }
 
 /// One filter of a listener's chain.
@@ -229,6 +238,17 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                 "listeners[{i}].address: expected ip:port, got {:?}",
                 l.address
             )),
+        }
+        if let Some(tp) = &l.tcp_proxy {
+            if !l.filters.is_empty() {
+                errors.push(format!("listeners[{i}]: a tcp_proxy listener has no filters"));
+            }
+            if !cfg.clusters.iter().any(|c| c.name == tp.cluster) {
+                errors.push(format!(
+                    "listeners[{i}].tcp_proxy.cluster: unknown cluster {:?}",
+                    tp.cluster
+                ));
+            }
         }
         for (j, f) in l.filters.iter().enumerate() {
             match f {

@@ -4,6 +4,7 @@
 //! - [`snapshot`]: the immutable [`Snapshot`](snapshot::Snapshot) built from a config — component
 //!   registry and one filter chain per listener — published through `ArcSwap`.
 //! - [`proxy`]: the Pingora `ProxyHttp` of a listener: load the Snapshot once, run the chain.
+//! - [`tcp`]: L4 TCP proxy listeners (opaque protocols to a cluster).
 //! - [`admin`]: `/healthz`, `/ready`, Layotto's `/actuator/health/*`, `/metrics`.
 //! - [`server`]: bootstrap (one Pingora service per listener, admin, background tasks) and
 //!   SIGTERM draining.
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
+pub mod tcp;
 
 pub use config::Config;
 pub use server::{run, StartError};

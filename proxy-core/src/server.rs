@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{ListenerProxy, ProcessState};
 use crate::snapshot::Snapshot;
+use crate::tcp::TcpProxy;
 
 /// Why the process could not start; printed by the binary, which then exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
     server.bootstrap();
 
     for (index, l) in config.listeners.iter().enumerate() {
+        if let Some(tp) = &l.tcp_proxy {
+            let app = TcpProxy { cluster: tp.cluster.clone(), snapshot: snapshot.clone() };
+            let mut svc = Service::new(format!("tcp listener {}", l.name), app);
+            svc.add_tcp(&l.address);
+            server.add_service(svc);
+            continue;
+        }
         let mut opts = HttpServerOptions::default();
         opts.h2c = true;
         let proxy = ListenerProxy {
@@ -101,6 +109,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
         server.add_service(svc);
     }
 
+    if config.clusters.iter().any(|c| c.health_check.is_some()) {
+        let mut svc =
+            background_service("health checks", HealthChecks { snapshot: snapshot.clone() });
+        svc.threads = Some(1);
+        server.add_service(svc);
+    }
+
     if let Some(endpoint) = &config.app.grpc_callback {
         let task = AppCallbackTask {
             snapshot: snapshot.clone(),
@@ -123,6 +138,34 @@ pub fn run(config: Config) -> Result<(), StartError> {
         shutdown_signal: Box::new(DrainOnTerm { process, drain }),
     });
     Ok(())
+}
+
+/// Runs each cluster's active health checks on its interval.
+struct HealthChecks {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let snap = self.snapshot.load_full();
+        let mut tasks = Vec::new();
+        for cluster in snap.clusters.values() {
+            let Some(hc) = &cluster.health_check else { continue };
+            let (cluster, every) = (cluster.clone(), hc.interval.0);
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    cluster.run_health_check().await;
+                }
+            }));
+        }
+        let _ = shutdown.changed().await;
+        for t in tasks {
+            t.abort();
+        }
+    }
 }
 
 /// Delivers pub/sub events to the app's `AppCallback` service.

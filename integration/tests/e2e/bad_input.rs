@@ -88,6 +88,7 @@ async fn unknown_method_is_unimplemented() {
     )
     .await
     .expect("raw h2 exchange");
+    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.http_status, 200);
     assert_eq!(r.grpc_status(), Some(Code::Unimplemented), "{r:?}");
 
@@ -167,6 +168,7 @@ async fn oversize_message_is_resource_exhausted() {
     )
     .await
     .expect("raw h2 exchange");
+    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.grpc_status(), Some(Code::ResourceExhausted), "{r:?}");
     assert!(r.grpc_message().contains("exceeds"), "{r:?}");
 
@@ -187,6 +189,7 @@ async fn malformed_protobuf_is_an_error_status() {
         )
         .await
         .unwrap_or_else(|e| panic!("{what}: raw h2 exchange: {e:#}"));
+        eprintln!("DEBUG {what} {:?} {}", r.grpc_status(), r.grpc_message());
         let code = r.grpc_status();
         assert!(
             matches!(code, Some(Code::InvalidArgument | Code::Internal)),
@@ -211,6 +214,7 @@ async fn truncated_and_bad_grpc_frames_are_errors() {
     )
     .await
     .expect("raw h2 exchange");
+    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     let code = r.grpc_status();
     assert!(
         code.is_some_and(|c| c != Code::Ok),
@@ -224,6 +228,7 @@ async fn truncated_and_bad_grpc_frames_are_errors() {
     )
     .await
     .expect("raw h2 exchange");
+    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert!(
         r.grpc_status().is_some_and(|c| c != Code::Ok),
         "a partial prefix must fail: {r:?}"
@@ -240,6 +245,7 @@ async fn truncated_and_bad_grpc_frames_are_errors() {
     )
     .await
     .expect("raw h2 exchange");
+    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert!(
         r.grpc_status().is_some_and(|c| c != Code::Ok),
         "a compressed frame without grpc-encoding must fail: {r:?}"
@@ -252,6 +258,7 @@ async fn truncated_and_bad_grpc_frames_are_errors() {
     )
     .await
     .expect("raw h2 exchange");
+    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.grpc_status(), Some(Code::Ok), "{r:?}");
     let payloads = grpc_payloads(&r.data);
     assert_eq!(payloads.len(), 1, "{r:?}");
@@ -425,6 +432,7 @@ async fn tiny_grpc_timeout_is_deadline_exceeded() {
     )
     .await
     .expect("raw h2 exchange");
+    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.http_status, 200);
     assert_eq!(r.grpc_status(), Some(Code::DeadlineExceeded), "{r:?}");
     // initial_response came first, before the deadline.
@@ -449,6 +457,7 @@ async fn tiny_grpc_timeout_is_deadline_exceeded() {
     )
     .await
     .expect("raw h2 exchange");
+    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.grpc_status(), Some(Code::DeadlineExceeded), "{r:?}");
 
     // tonic's client sends grpc-timeout from the request's timeout: same code.

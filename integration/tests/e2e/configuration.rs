@@ -200,7 +200,7 @@ async fn subscribe_pushes_saves_and_deletes() {
 
     // From now on every change is pushed: an unwatched key is not, the watched one is.
     save(&mut rt, "shop", vec![citem("unwatched", "x", "", "")]).await;
-    save(&mut rt, "shop", vec![citem("watched", "v2", "g", "l")]).await;
+    save(&mut rt, "shop", vec![citem("watched", "v2", "", "")]).await;
     let c = next_change(&mut changes, STEP_TIMEOUT)
         .await
         .expect("push of v2");
