@@ -58,13 +58,23 @@ impl Routed {
 }
 
 impl Router {
-    pub fn new(table: RouteTable, clusters: Clusters, metrics: &MeshMetrics, access_log: bool) -> Self {
+    pub fn new(
+        table: RouteTable,
+        clusters: Clusters,
+        metrics: &MeshMetrics,
+        access_log: bool,
+    ) -> Self {
         let route_metrics = table
             .virtual_hosts
             .iter()
             .map(|vh| vh.routes.iter().map(|r| metrics.route(&r.label)).collect())
             .collect();
-        Self { table, clusters, route_metrics, access_log }
+        Self {
+            table,
+            clusters,
+            route_metrics,
+            access_log,
+        }
     }
 }
 
@@ -95,7 +105,10 @@ async fn respond_error(
         let mut resp = ResponseHeader::build(200, Some(4))?;
         resp.insert_header("content-type", "application/grpc")?;
         resp.insert_header("grpc-status", (code as i32).to_string())?;
-        resp.insert_header("grpc-message", message.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_"))?;
+        resp.insert_header(
+            "grpc-message",
+            message.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_"),
+        )?;
         if let Some((k, v)) = extra {
             resp.insert_header(k, v)?;
         }
@@ -120,7 +133,11 @@ impl HttpFilter for RouterFilter {
         "router"
     }
 
-    async fn on_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Decision> {
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Decision> {
         let router = &self.0;
         let req = session.req_header();
         let grpc = is_grpc(req);
@@ -128,16 +145,26 @@ impl HttpFilter for RouterFilter {
             .uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or("");
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let Some(idx) = router.table.find_index(authority, path, &req.method, &req.headers) else {
+        let Some(idx) = router
+            .table
+            .find_index(authority, path, &req.method, &req.headers)
+        else {
             let msg = format!("no route for {} {}{}", req.method, authority, path);
             respond_error(session, grpc, 404, &msg, None).await?;
             return Ok(Decision::Responded);
         };
         let Some(route) = router.table.route(idx) else {
-            return Err(Error::explain(ErrorType::InternalError, "route index out of range"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "route index out of range",
+            ));
         };
         match &route.action {
             Action::Direct { status, body } => {
@@ -147,14 +174,21 @@ impl HttpFilter for RouterFilter {
                 for (k, v) in &route.response_headers_to_add {
                     resp.append_header(k.clone(), v.clone())?;
                 }
-                session.write_response_header(Box::new(resp), body.is_empty()).await?;
+                session
+                    .write_response_header(Box::new(resp), body.is_empty())
+                    .await?;
                 if !body.is_empty() {
                     session.write_response_body(Some(body), true).await?;
                 }
                 router.record(idx, *status, ctx.started);
                 return Ok(Decision::Responded);
             }
-            Action::Redirect { scheme, host, path: new_path, code } => {
+            Action::Redirect {
+                scheme,
+                host,
+                path: new_path,
+                code,
+            } => {
                 let scheme = scheme.as_deref().unwrap_or("http");
                 let host = host.as_deref().unwrap_or(authority);
                 let p = new_path.as_deref().unwrap_or(path);
@@ -168,7 +202,11 @@ impl HttpFilter for RouterFilter {
             Action::Cluster(_) | Action::Weighted { .. } => {}
         }
         let roll = rand::rng().random_range(0..u32::MAX);
-        let Some(cluster) = route.cluster_for(roll).and_then(|c| router.clusters.get(c)).cloned() else {
+        let Some(cluster) = route
+            .cluster_for(roll)
+            .and_then(|c| router.clusters.get(c))
+            .cloned()
+        else {
             respond_error(session, grpc, 503, "route names no usable cluster", None).await?;
             router.record(idx, 503, ctx.started);
             return Ok(Decision::Responded);
@@ -177,16 +215,29 @@ impl HttpFilter for RouterFilter {
             Ok(s) => s,
             Err(e) => {
                 let status = if grpc { 429 } else { 503 };
-                respond_error(session, grpc, status, &e.to_string(), Some(("x-mecha-overloaded", "max_requests"))).await?;
+                respond_error(
+                    session,
+                    grpc,
+                    status,
+                    &e.to_string(),
+                    Some(("x-mecha-overloaded", "max_requests")),
+                )
+                .await?;
                 router.record(idx, 503, ctx.started);
                 return Ok(Decision::Responded);
             }
         };
         let hash_key = match (&cluster.hash_header, session.client_addr()) {
-            (Some(h), _) if session.req_header().headers.contains_key(h.as_str()) => {
-                session.req_header().headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()).unwrap_or_default()
-            }
-            (_, Some(addr)) => addr.as_inet().map(|a| a.ip().to_string().into_bytes()).unwrap_or_default(),
+            (Some(h), _) if session.req_header().headers.contains_key(h.as_str()) => session
+                .req_header()
+                .headers
+                .get(h.as_str())
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default(),
+            (_, Some(addr)) => addr
+                .as_inet()
+                .map(|a| a.ip().to_string().into_bytes())
+                .unwrap_or_default(),
             _ => Vec::new(),
         };
         // Request mutations.
@@ -234,17 +285,20 @@ impl Router {
 
     /// Picks the endpoint for this attempt (a retry avoids the endpoint that just failed).
     pub async fn upstream_peer(routed: &mut Routed) -> pingora::Result<Box<HttpPeer>> {
-        let route = routed
-            .router
-            .table
-            .route(routed.route)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "route index out of range"))?;
+        let route =
+            routed.router.table.route(routed.route).ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "route index out of range")
+            })?;
         if routed.attempts > 0 {
             let policy = route.retry.as_ref();
             let Some(slot) = routed.cluster.admit_retry() else {
-                return Err(Error::explain(ErrorType::HTTPStatus(503), format!(
-                    "cluster {:?}: retry budget exhausted (max_retries)", routed.cluster.name
-                )));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    format!(
+                        "cluster {:?}: retry budget exhausted (max_retries)",
+                        routed.cluster.name
+                    ),
+                ));
             };
             routed.retry_slot = Some(slot);
             if let Some(p) = policy {
@@ -253,10 +307,17 @@ impl Router {
         }
         routed.attempts += 1;
         let avoid = routed.endpoint.take().map(|e| e.addr);
-        let ep = routed.cluster.pick(&routed.hash_key, avoid).map_err(|e| match e {
-            PickError::NoHealthy(_) => Error::explain(ErrorType::HTTPStatus(503), e.to_string()),
-            PickError::Overloaded(..) => Error::explain(ErrorType::HTTPStatus(503), e.to_string()),
-        })?;
+        let ep = routed
+            .cluster
+            .pick(&routed.hash_key, avoid)
+            .map_err(|e| match e {
+                PickError::NoHealthy(_) => {
+                    Error::explain(ErrorType::HTTPStatus(503), e.to_string())
+                }
+                PickError::Overloaded(..) => {
+                    Error::explain(ErrorType::HTTPStatus(503), e.to_string())
+                }
+            })?;
         let cluster = &routed.cluster;
         let tls = cluster.protocol == UpstreamProtocol::H2;
         let mut peer = HttpPeer::new(ep.addr, tls, cluster.sni.clone());
@@ -274,13 +335,27 @@ impl Router {
         Ok(Box::new(peer))
     }
 
-    fn may_retry(routed: &Routed, session: &Session, cond: impl Fn(&mecha_mesh::retry::RetryPolicy) -> bool) -> bool {
-        let Some(route) = routed.router.table.route(routed.route) else { return false };
-        let Some(p) = route.retry.as_ref() else { return false };
-        cond(p) && routed.attempts <= p.num_retries && !session.as_downstream().retry_buffer_truncated()
+    fn may_retry(
+        routed: &Routed,
+        session: &Session,
+        cond: impl Fn(&mecha_mesh::retry::RetryPolicy) -> bool,
+    ) -> bool {
+        let Some(route) = routed.router.table.route(routed.route) else {
+            return false;
+        };
+        let Some(p) = route.retry.as_ref() else {
+            return false;
+        };
+        cond(p)
+            && routed.attempts <= p.num_retries
+            && !session.as_downstream().retry_buffer_truncated()
     }
 
-    pub fn fail_to_connect(routed: &mut Routed, session: &Session, mut e: Box<Error>) -> Box<Error> {
+    pub fn fail_to_connect(
+        routed: &mut Routed,
+        session: &Session,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         routed.cluster.metrics.upstream_failures.inc();
         if let Some(ep) = &routed.endpoint {
             routed.cluster.report(ep, AttemptResult::ConnectFailure);
@@ -290,27 +365,43 @@ impl Router {
         e
     }
 
-    pub fn error_while_proxy(routed: &mut Routed, session: &Session, mut e: Box<Error>) -> Box<Error> {
+    pub fn error_while_proxy(
+        routed: &mut Routed,
+        session: &Session,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         routed.cluster.metrics.upstream_failures.inc();
         if let Some(ep) = &routed.endpoint {
             routed.cluster.report(ep, AttemptResult::ServerError);
         }
         // Only before anything reached the client may we try again.
-        let retry = session.response_written().is_none() && Self::may_retry(routed, session, |p| p.on_reset);
+        let retry = session.response_written().is_none()
+            && Self::may_retry(routed, session, |p| p.on_reset);
         e.set_retry(retry);
         e
     }
 
     /// Upstream answered: outlier accounting, and a retry for retriable statuses.
-    pub fn upstream_response(routed: &mut Routed, session: &Session, resp: &ResponseHeader) -> pingora::Result<()> {
+    pub fn upstream_response(
+        routed: &mut Routed,
+        session: &Session,
+        resp: &ResponseHeader,
+    ) -> pingora::Result<()> {
         let status = resp.status.as_u16();
         routed.status = status;
         if let Some(ep) = &routed.endpoint {
-            let result = if status >= 500 { AttemptResult::ServerError } else { AttemptResult::Success };
+            let result = if status >= 500 {
+                AttemptResult::ServerError
+            } else {
+                AttemptResult::Success
+            };
             routed.cluster.report(ep, result);
         }
         if Self::may_retry(routed, session, |p| p.retries_status(status)) {
-            let mut e = Error::explain(ErrorType::HTTPStatus(status), format!("upstream answered {status}; retrying"));
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                format!("upstream answered {status}; retrying"),
+            );
             e.set_retry(true);
             return Err(e);
         }
@@ -318,7 +409,9 @@ impl Router {
     }
 
     pub fn response_headers(routed: &Routed, resp: &mut ResponseHeader) -> pingora::Result<()> {
-        let Some(route) = routed.router.table.route(routed.route) else { return Ok(()) };
+        let Some(route) = routed.router.table.route(routed.route) else {
+            return Ok(());
+        };
         for h in &route.response_headers_to_remove {
             resp.remove_header(h);
         }
@@ -335,7 +428,14 @@ impl Router {
                 req.insert_header(http::header::HOST, h.clone())?;
                 if req.uri.authority().is_some() {
                     let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                    if let Ok(uri) = format!("{}://{}{}", req.uri.scheme_str().unwrap_or("http"), h.to_str().unwrap_or(""), pq).parse::<http::Uri>() {
+                    if let Ok(uri) = format!(
+                        "{}://{}{}",
+                        req.uri.scheme_str().unwrap_or("http"),
+                        h.to_str().unwrap_or(""),
+                        pq
+                    )
+                    .parse::<http::Uri>()
+                    {
                         req.set_uri(uri);
                     }
                 }
@@ -347,8 +447,15 @@ impl Router {
     }
 
     /// The final error answer when proxying failed.
-    pub async fn fail_to_proxy(routed: Option<&mut Routed>, session: &mut Session, e: &Error) -> FailToProxy {
-        let grpc = routed.as_ref().map(|r| r.grpc).unwrap_or_else(|| is_grpc(session.req_header()));
+    pub async fn fail_to_proxy(
+        routed: Option<&mut Routed>,
+        session: &mut Session,
+        e: &Error,
+    ) -> FailToProxy {
+        let grpc = routed
+            .as_ref()
+            .map(|r| r.grpc)
+            .unwrap_or_else(|| is_grpc(session.req_header()));
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
@@ -362,13 +469,25 @@ impl Router {
                 _ => 500,
             },
         };
-        let cluster = routed.as_ref().map(|r| r.cluster.name.clone()).unwrap_or_default();
+        let cluster = routed
+            .as_ref()
+            .map(|r| r.cluster.name.clone())
+            .unwrap_or_default();
         if code > 0 && session.response_written().is_none() {
             let msg = match code {
                 504 => format!("upstream timeout (cluster {cluster:?})"),
-                503 => format!("upstream unavailable (cluster {cluster:?}): {}", e.context.as_ref().map(|c| c.as_str()).unwrap_or("no healthy endpoint")),
+                503 => format!(
+                    "upstream unavailable (cluster {cluster:?}): {}",
+                    e.context
+                        .as_ref()
+                        .map(|c| c.as_str())
+                        .unwrap_or("no healthy endpoint")
+                ),
                 400 => "malformed request".to_owned(),
-                _ => format!("upstream error (cluster {cluster:?}): {}", e.etype().as_str()),
+                _ => format!(
+                    "upstream error (cluster {cluster:?}): {}",
+                    e.etype().as_str()
+                ),
             };
             if let Err(we) = respond_error(session, grpc, code, &msg, None).await {
                 tracing::debug!(error = %we, "could not send error response");
@@ -379,12 +498,18 @@ impl Router {
         if let Some(r) = routed {
             r.status = code;
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     /// End of request: route metrics and the access log.
     pub fn logging(routed: &mut Routed, session: &Session, started: Instant) {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(routed.status);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(routed.status);
         routed.router.record(routed.route, status, started);
         if routed.router.access_log {
             let req = session.req_header();
@@ -433,9 +558,13 @@ mod tests {
 
     #[test]
     fn traceparent_keeps_the_trace_and_makes_a_new_span() {
-        let incoming = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let incoming =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let out = next_traceparent(Some(&incoming));
-        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
+        assert!(
+            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{out}"
+        );
         assert!(out.ends_with("-01"));
         assert_ne!(&out[36..52], "00f067aa0ba902b7");
     }

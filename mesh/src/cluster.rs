@@ -287,7 +287,9 @@ impl Cluster {
     pub fn pick(&self, hash_key: &[u8], avoid: Option<SocketAddr>) -> Result<Endpoint, PickError> {
         let now = Instant::now();
         let usable = |b: &Backend, healthy: bool| {
-            let Some(sa) = b.addr.as_inet() else { return false };
+            let Some(sa) = b.addr.as_inet() else {
+                return false;
+            };
             healthy
                 && Some(*sa) != avoid
                 && self.endpoints.get(sa).is_some_and(|s| !s.is_ejected(now))
@@ -300,7 +302,10 @@ impl Cluster {
                 avoid.and_then(|_| {
                     self.balancer.select_with(hash_key, |b, healthy| {
                         healthy
-                            && b.addr.as_inet().and_then(|sa| self.endpoints.get(sa)).is_some_and(|s| !s.is_ejected(now))
+                            && b.addr
+                                .as_inet()
+                                .and_then(|sa| self.endpoints.get(sa))
+                                .is_some_and(|s| !s.is_ejected(now))
                     })
                 })
             })
@@ -309,8 +314,9 @@ impl Cluster {
         if self.policy == LbPolicy::LeastRequest {
             // Power of two choices: a second random pick; fewer in-flight requests wins.
             let first_addr = chosen.addr.clone();
-            if let Some(second) =
-                self.balancer.select_with(b"", |b, h| usable(b, h) && b.addr != first_addr)
+            if let Some(second) = self
+                .balancer
+                .select_with(b"", |b, h| usable(b, h) && b.addr != first_addr)
             {
                 let load = |b: &Backend| {
                     b.addr
@@ -326,7 +332,11 @@ impl Cluster {
         let Some(sa) = chosen.addr.as_inet().copied() else {
             return Err(PickError::NoHealthy(self.name.clone()));
         };
-        let state = self.endpoints.get(&sa).cloned().ok_or_else(|| PickError::NoHealthy(self.name.clone()))?;
+        let state = self
+            .endpoints
+            .get(&sa)
+            .cloned()
+            .ok_or_else(|| PickError::NoHealthy(self.name.clone()))?;
         state.inflight.fetch_add(1, Ordering::AcqRel);
         Ok(Endpoint { addr: sa, state })
     }
@@ -345,21 +355,30 @@ impl Cluster {
                 s.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1 >= o.consecutive_5xx
             }
             AttemptResult::ConnectFailure => {
-                s.consecutive_connect.fetch_add(1, Ordering::AcqRel) + 1 >= o.consecutive_connect_failures
+                s.consecutive_connect.fetch_add(1, Ordering::AcqRel) + 1
+                    >= o.consecutive_connect_failures
             }
         };
         if !tripped {
             return;
         }
         let now = Instant::now();
-        let ejected_now = self.endpoints.values().filter(|e| e.is_ejected(now)).count();
+        let ejected_now = self
+            .endpoints
+            .values()
+            .filter(|e| e.is_ejected(now))
+            .count();
         // Like Envoy, at least one endpoint may be ejected whatever the percentage.
         let cap = ((self.endpoints.len() * o.max_ejection_percent as usize) / 100).max(1);
         if ejected_now >= cap || s.is_ejected(now) {
             return;
         }
         let n = s.ejections.fetch_add(1, Ordering::AcqRel) + 1;
-        let time = o.base_ejection_time.0.saturating_mul(n).min(o.max_ejection_time.0);
+        let time = o
+            .base_ejection_time
+            .0
+            .saturating_mul(n)
+            .min(o.max_ejection_time.0);
         *s.ejected_until.lock() = Some(now + time);
         s.consecutive_5xx.store(0, Ordering::Release);
         s.consecutive_connect.store(0, Ordering::Release);

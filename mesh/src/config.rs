@@ -32,7 +32,9 @@ impl<'de> Deserialize<'de> for Dur {
 /// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`, or bare milliseconds.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
-    let split = raw.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(raw.len());
+    let split = raw
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(raw.len());
     let (num, unit) = raw.split_at(split);
     let n: f64 = num.parse().ok()?;
     if !n.is_finite() || n < 0.0 {
@@ -224,7 +226,10 @@ fn default_max_retries() -> usize {
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
-        Self { max_requests: default_max_requests(), max_retries: default_max_retries() }
+        Self {
+            max_requests: default_max_requests(),
+            max_retries: default_max_retries(),
+        }
     }
 }
 

@@ -73,18 +73,48 @@ impl MeshMetrics {
             route_requests: Family::default(),
             route_latency: Family::new_with_constructor(latency as fn() -> Histogram),
         };
-        registry.register("mecha_route_requests", "Requests by route and status class", m.route_requests.clone());
-        registry.register("mecha_route_request_duration_seconds", "Request latency by route", m.route_latency.clone());
-        registry.register("mecha_cluster_upstream_requests", "Upstream attempts by cluster", m.upstream_requests.clone());
-        registry.register("mecha_cluster_upstream_failures", "Upstream attempts that failed (connect, reset, timeout) by cluster", m.upstream_failures.clone());
-        registry.register("mecha_cluster_retries", "Retries by cluster", m.retries.clone());
-        registry.register("mecha_cluster_outlier_ejections", "Outlier ejections by cluster", m.ejections.clone());
-        registry.register("mecha_cluster_breaker_trips", "Circuit breaker overflows by cluster", m.breaker_trips.clone());
+        registry.register(
+            "mecha_route_requests",
+            "Requests by route and status class",
+            m.route_requests.clone(),
+        );
+        registry.register(
+            "mecha_route_request_duration_seconds",
+            "Request latency by route",
+            m.route_latency.clone(),
+        );
+        registry.register(
+            "mecha_cluster_upstream_requests",
+            "Upstream attempts by cluster",
+            m.upstream_requests.clone(),
+        );
+        registry.register(
+            "mecha_cluster_upstream_failures",
+            "Upstream attempts that failed (connect, reset, timeout) by cluster",
+            m.upstream_failures.clone(),
+        );
+        registry.register(
+            "mecha_cluster_retries",
+            "Retries by cluster",
+            m.retries.clone(),
+        );
+        registry.register(
+            "mecha_cluster_outlier_ejections",
+            "Outlier ejections by cluster",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "mecha_cluster_breaker_trips",
+            "Circuit breaker overflows by cluster",
+            m.breaker_trips.clone(),
+        );
         m
     }
 
     pub fn cluster(&self, name: &str) -> ClusterMetrics {
-        let l = ClusterLabel { cluster: name.to_owned() };
+        let l = ClusterLabel {
+            cluster: name.to_owned(),
+        };
         ClusterMetrics {
             retries: self.retries.get_or_create(&l).clone(),
             ejections: self.ejections.get_or_create(&l).clone(),
@@ -96,11 +126,27 @@ impl MeshMetrics {
 
     pub fn route(&self, label: &str) -> RouteMetrics {
         let class = |c: &'static str| {
-            self.route_requests.get_or_create(&RouteStatusLabels { route: label.to_owned(), class: c }).clone()
+            self.route_requests
+                .get_or_create(&RouteStatusLabels {
+                    route: label.to_owned(),
+                    class: c,
+                })
+                .clone()
         };
         RouteMetrics {
-            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
-            latency: self.route_latency.get_or_create(&RouteLabel { route: label.to_owned() }).clone(),
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            latency: self
+                .route_latency
+                .get_or_create(&RouteLabel {
+                    route: label.to_owned(),
+                })
+                .clone(),
         }
     }
 }

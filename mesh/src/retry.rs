@@ -54,7 +54,8 @@ impl RetryPolicy {
     }
 
     pub fn retries_status(&self, status: u16) -> bool {
-        (self.on_5xx && (500..600).contains(&status)) || self.retriable_status_codes.contains(&status)
+        (self.on_5xx && (500..600).contains(&status))
+            || self.retriable_status_codes.contains(&status)
     }
 
     /// Full-jitter exponential backoff before retry number `attempt` (1-based).
@@ -92,7 +93,10 @@ mod tests {
         assert!(p.on_5xx && p.on_reset && !p.on_connect_failure);
         assert!(p.retries_status(503) && p.retries_status(429) && !p.retries_status(404));
         let e = RetryPolicy::build(&cfg(&["gateway-error"])).expect_err("unknown");
-        assert!(e.contains("retry_on[0]") && e.contains("gateway-error"), "{e}");
+        assert!(
+            e.contains("retry_on[0]") && e.contains("gateway-error"),
+            "{e}"
+        );
     }
 
     #[test]

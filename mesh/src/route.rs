@@ -7,8 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 use crate::config::{
-    HeaderMatchConfig, HeaderValueConfig, MatchConfig, RouteConfig, RouterConfig,
-    VirtualHostConfig,
+    HeaderMatchConfig, HeaderValueConfig, MatchConfig, RouteConfig, RouterConfig, VirtualHostConfig,
 };
 use crate::retry::RetryPolicy;
 
@@ -76,9 +75,20 @@ enum HeaderCond {
 pub enum Action {
     Cluster(String),
     /// Clusters with cumulative weights (canary split).
-    Weighted { clusters: Vec<(String, u32)>, total: u32 },
-    Direct { status: u16, body: bytes_body::Body },
-    Redirect { scheme: Option<String>, host: Option<String>, path: Option<String>, code: u16 },
+    Weighted {
+        clusters: Vec<(String, u32)>,
+        total: u32,
+    },
+    Direct {
+        status: u16,
+        body: bytes_body::Body,
+    },
+    Redirect {
+        scheme: Option<String>,
+        host: Option<String>,
+        path: Option<String>,
+        code: u16,
+    },
 }
 
 /// A static body, shared without copying.
@@ -88,13 +98,26 @@ pub mod bytes_body {
 
 // === build ===
 
-fn header_pairs(path: &str, list: &[HeaderValueConfig], errors: &mut Vec<String>) -> Vec<(HeaderName, HeaderValue)> {
+fn header_pairs(
+    path: &str,
+    list: &[HeaderValueConfig],
+    errors: &mut Vec<String>,
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
     for (i, h) in list.iter().enumerate() {
-        match (HeaderName::try_from(h.name.as_str()), HeaderValue::try_from(h.value.as_str())) {
+        match (
+            HeaderName::try_from(h.name.as_str()),
+            HeaderValue::try_from(h.value.as_str()),
+        ) {
             (Ok(n), Ok(v)) => out.push((n, v)),
-            (Err(_), _) => errors.push(format!("{path}[{i}].name: invalid header name {:?}", h.name)),
-            (_, Err(_)) => errors.push(format!("{path}[{i}].value: invalid header value {:?}", h.value)),
+            (Err(_), _) => errors.push(format!(
+                "{path}[{i}].name: invalid header name {:?}",
+                h.name
+            )),
+            (_, Err(_)) => errors.push(format!(
+                "{path}[{i}].value: invalid header value {:?}",
+                h.value
+            )),
         }
     }
     out
@@ -122,15 +145,24 @@ fn regex(path: &str, re: &str, errors: &mut Vec<String>) -> Option<Regex> {
     }
 }
 
-fn build_match(path: &str, m: &MatchConfig, errors: &mut Vec<String>) -> (PathMatch, Vec<Method>, Vec<HeaderMatch>) {
-    let set = [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()].iter().filter(|x| **x).count();
+fn build_match(
+    path: &str,
+    m: &MatchConfig,
+    errors: &mut Vec<String>,
+) -> (PathMatch, Vec<Method>, Vec<HeaderMatch>) {
+    let set = [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
     if set > 1 {
         errors.push(format!("{path}: set only one of prefix, path, regex"));
     }
     let pm = if let Some(p) = &m.path {
         PathMatch::Exact(p.clone())
     } else if let Some(r) = &m.regex {
-        regex(&format!("{path}.regex"), r, errors).map(PathMatch::Regex).unwrap_or(PathMatch::Prefix("/".into()))
+        regex(&format!("{path}.regex"), r, errors)
+            .map(PathMatch::Regex)
+            .unwrap_or(PathMatch::Prefix("/".into()))
     } else {
         PathMatch::Prefix(m.prefix.clone().unwrap_or_else(|| "/".to_owned()))
     };
@@ -151,7 +183,11 @@ fn build_match(path: &str, m: &MatchConfig, errors: &mut Vec<String>) -> (PathMa
     (pm, methods, headers)
 }
 
-fn build_header_match(path: &str, h: &HeaderMatchConfig, errors: &mut Vec<String>) -> Option<HeaderMatch> {
+fn build_header_match(
+    path: &str,
+    h: &HeaderMatchConfig,
+    errors: &mut Vec<String>,
+) -> Option<HeaderMatch> {
     let Ok(name) = HeaderName::try_from(h.name.as_str()) else {
         errors.push(format!("{path}.name: invalid header name {:?}", h.name));
         return None;
@@ -166,7 +202,11 @@ fn build_header_match(path: &str, h: &HeaderMatchConfig, errors: &mut Vec<String
             return None;
         }
     };
-    Some(HeaderMatch { name, cond, invert: h.invert })
+    Some(HeaderMatch {
+        name,
+        cond,
+        invert: h.invert,
+    })
 }
 
 impl RouteTable {
@@ -191,8 +231,15 @@ impl RouteTable {
     }
 
     /// The route for a request, or `None` (→ 404).
-    pub fn find(&self, authority: &str, path: &str, method: &Method, headers: &HeaderMap) -> Option<&Route> {
-        self.find_index(authority, path, method, headers).and_then(|i| self.route(i))
+    pub fn find(
+        &self,
+        authority: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        self.find_index(authority, path, method, headers)
+            .and_then(|i| self.route(i))
     }
 
     /// Like [`find`](Self::find), as `(virtual host, route)` indices a request can keep.
@@ -204,7 +251,10 @@ impl RouteTable {
         headers: &HeaderMap,
     ) -> Option<(usize, usize)> {
         let vi = self.pick_vhost(authority)?;
-        let ri = self.virtual_hosts[vi].routes.iter().position(|r| r.matches(path, method, headers))?;
+        let ri = self.virtual_hosts[vi]
+            .routes
+            .iter()
+            .position(|r| r.matches(path, method, headers))?;
         Some((vi, ri))
     }
 
@@ -243,9 +293,16 @@ impl RouteTable {
 fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         // [v6]:port
-        return authority.split(']').next().map(|h| &h[1..]).unwrap_or(authority);
+        return authority
+            .split(']')
+            .next()
+            .map(|h| &h[1..])
+            .unwrap_or(authority);
     }
-    authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+    authority
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(authority)
 }
 
 fn build_vhost(
@@ -256,7 +313,9 @@ fn build_vhost(
 ) -> VirtualHost {
     let mut domains = Vec::new();
     if vh.domains.is_empty() {
-        errors.push(format!("{vpath}.domains: must not be empty (use \"*\" for any host)"));
+        errors.push(format!(
+            "{vpath}.domains: must not be empty (use \"*\" for any host)"
+        ));
     }
     for d in &vh.domains {
         domains.push(if d == "*" {
@@ -270,10 +329,18 @@ fn build_vhost(
     let mut routes = Vec::new();
     for (ri, r) in vh.routes.iter().enumerate() {
         let rpath = format!("{vpath}.routes[{ri}]");
-        let label = format!("{}/{}", vh.name, r.name.clone().unwrap_or_else(|| format!("#{ri}")));
+        let label = format!(
+            "{}/{}",
+            vh.name,
+            r.name.clone().unwrap_or_else(|| format!("#{ri}"))
+        );
         routes.push(build_route(&rpath, label, r, cluster_exists, errors));
     }
-    VirtualHost { name: vh.name.clone(), domains, routes }
+    VirtualHost {
+        name: vh.name.clone(),
+        domains,
+        routes,
+    }
 }
 
 fn build_route(
@@ -284,10 +351,15 @@ fn build_route(
     errors: &mut Vec<String>,
 ) -> Route {
     let (path, methods, headers) = build_match(&format!("{rpath}.match"), &r.matcher, errors);
-    let actions = [r.cluster.is_some(), r.weighted_clusters.is_some(), r.direct_response.is_some(), r.redirect.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let actions = [
+        r.cluster.is_some(),
+        r.weighted_clusters.is_some(),
+        r.direct_response.is_some(),
+        r.redirect.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if actions != 1 {
         errors.push(format!(
             "{rpath}: set exactly one of cluster, weighted_clusters, direct_response, redirect"
@@ -310,39 +382,64 @@ fn build_route(
             clusters.push((wc.name.clone(), total));
         }
         if total == 0 {
-            errors.push(format!("{rpath}.weighted_clusters: weights must add up to more than 0"));
+            errors.push(format!(
+                "{rpath}.weighted_clusters: weights must add up to more than 0"
+            ));
         }
         Action::Weighted { clusters, total }
     } else if let Some(d) = &r.direct_response {
         if !(100..=599).contains(&d.status) {
-            errors.push(format!("{rpath}.direct_response.status: {} is not an HTTP status", d.status));
+            errors.push(format!(
+                "{rpath}.direct_response.status: {} is not an HTTP status",
+                d.status
+            ));
         }
-        Action::Direct { status: d.status, body: d.body.as_str().into() }
+        Action::Direct {
+            status: d.status,
+            body: d.body.as_str().into(),
+        }
     } else if let Some(rd) = &r.redirect {
         if ![301, 302, 303, 307, 308].contains(&rd.code) {
-            errors.push(format!("{rpath}.redirect.code: {} is not a redirect status", rd.code));
+            errors.push(format!(
+                "{rpath}.redirect.code: {} is not a redirect status",
+                rd.code
+            ));
         }
-        Action::Redirect { scheme: rd.scheme.clone(), host: rd.host.clone(), path: rd.path.clone(), code: rd.code }
+        Action::Redirect {
+            scheme: rd.scheme.clone(),
+            host: rd.host.clone(),
+            path: rd.path.clone(),
+            code: rd.code,
+        }
     } else {
-        Action::Direct { status: 500, body: "route has no action".into() }
-    };
-    let host_rewrite = r.host_rewrite.as_ref().and_then(|h| match HeaderValue::try_from(h.as_str()) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            errors.push(format!("{rpath}.host_rewrite: invalid host {h:?}"));
-            None
+        Action::Direct {
+            status: 500,
+            body: "route has no action".into(),
         }
-    });
+    };
+    let host_rewrite =
+        r.host_rewrite
+            .as_ref()
+            .and_then(|h| match HeaderValue::try_from(h.as_str()) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    errors.push(format!("{rpath}.host_rewrite: invalid host {h:?}"));
+                    None
+                }
+            });
     if r.prefix_rewrite.is_some() && !matches!(path, PathMatch::Prefix(_)) {
         errors.push(format!("{rpath}.prefix_rewrite: needs a prefix match"));
     }
-    let retry = r.retry_policy.as_ref().and_then(|p| match RetryPolicy::build(p) {
-        Ok(rp) => Some(rp),
-        Err(e) => {
-            errors.push(format!("{rpath}.retry_policy.{e}"));
-            None
-        }
-    });
+    let retry = r
+        .retry_policy
+        .as_ref()
+        .and_then(|p| match RetryPolicy::build(p) {
+            Ok(rp) => Some(rp),
+            Err(e) => {
+                errors.push(format!("{rpath}.retry_policy.{e}"));
+                None
+            }
+        });
     Route {
         label,
         path,
@@ -353,10 +450,26 @@ fn build_route(
         host_rewrite,
         timeout: r.timeout.map(|d| d.0),
         retry,
-        request_headers_to_add: header_pairs(&format!("{rpath}.request_headers_to_add"), &r.request_headers_to_add, errors),
-        request_headers_to_remove: header_names(&format!("{rpath}.request_headers_to_remove"), &r.request_headers_to_remove, errors),
-        response_headers_to_add: header_pairs(&format!("{rpath}.response_headers_to_add"), &r.response_headers_to_add, errors),
-        response_headers_to_remove: header_names(&format!("{rpath}.response_headers_to_remove"), &r.response_headers_to_remove, errors),
+        request_headers_to_add: header_pairs(
+            &format!("{rpath}.request_headers_to_add"),
+            &r.request_headers_to_add,
+            errors,
+        ),
+        request_headers_to_remove: header_names(
+            &format!("{rpath}.request_headers_to_remove"),
+            &r.request_headers_to_remove,
+            errors,
+        ),
+        response_headers_to_add: header_pairs(
+            &format!("{rpath}.response_headers_to_add"),
+            &r.response_headers_to_add,
+            errors,
+        ),
+        response_headers_to_remove: header_names(
+            &format!("{rpath}.response_headers_to_remove"),
+            &r.response_headers_to_remove,
+            errors,
+        ),
     }
 }
 
@@ -381,7 +494,9 @@ impl Route {
             let hit = match &h.cond {
                 HeaderCond::Present(p) => v.is_some() == *p,
                 HeaderCond::Exact(e) => v.is_some_and(|v| v.as_bytes() == e.as_bytes()),
-                HeaderCond::Regex(r) => v.and_then(|v| v.to_str().ok()).is_some_and(|s| r.is_match(s)),
+                HeaderCond::Regex(r) => v
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|s| r.is_match(s)),
             };
             hit != h.invert
         })
@@ -392,7 +507,9 @@ impl Route {
         let (PathMatch::Prefix(prefix), Some(new)) = (&self.path, &self.prefix_rewrite) else {
             return None;
         };
-        path_and_query.strip_prefix(prefix.as_str()).map(|rest| format!("{new}{rest}"))
+        path_and_query
+            .strip_prefix(prefix.as_str())
+            .map(|rest| format!("{new}{rest}"))
     }
 
     /// Picks the cluster: fixed, or by weight with `roll` uniformly in `0..total`.
@@ -401,7 +518,10 @@ impl Route {
             Action::Cluster(c) => Some(c),
             Action::Weighted { clusters, total } => {
                 let r = roll % (*total).max(1);
-                clusters.iter().find(|(_, cum)| r < *cum).map(|(c, _)| c.as_str())
+                clusters
+                    .iter()
+                    .find(|(_, cum)| r < *cum)
+                    .map(|(c, _)| c.as_str())
             }
             _ => None,
         }
@@ -467,7 +587,11 @@ mod tests {
         );
         let h = HeaderMap::new();
         let get = Method::GET;
-        let c = |p: &str| t.find("x", p, &get, &h).and_then(|r| r.cluster_for(0)).map(String::from);
+        let c = |p: &str| {
+            t.find("x", p, &get, &h)
+                .and_then(|r| r.cluster_for(0))
+                .map(String::from)
+        };
         assert_eq!(c("/exact").as_deref(), Some("a"));
         assert_eq!(c("/exact/more").as_deref(), Some("d"));
         assert_eq!(c("/items/42").as_deref(), Some("b"));
@@ -492,7 +616,11 @@ mod tests {
         };
         let t = RouteTable::build("r", &cfg, &|_| true).expect("valid");
         let h = HeaderMap::new();
-        let c = |host: &str| t.find(host, "/", &Method::GET, &h).and_then(|r| r.cluster_for(0)).map(String::from);
+        let c = |host: &str| {
+            t.find(host, "/", &Method::GET, &h)
+                .and_then(|r| r.cluster_for(0))
+                .map(String::from)
+        };
         assert_eq!(c("api.example.com:8080").as_deref(), Some("exact"));
         assert_eq!(c("web.example.com").as_deref(), Some("suffix"));
         assert_eq!(c("other.org").as_deref(), Some("any"));
@@ -502,10 +630,26 @@ mod tests {
     fn methods_and_headers_narrow_a_route() {
         let mut mc = m(Some("/"), None, None);
         mc.methods = vec!["post".into()];
-        mc.headers = vec![HeaderMatchConfig { name: "x-canary".into(), exact: Some("1".into()), regex: None, present: None, invert: false }];
-        let t = table(vec![route(mc, "canary"), route(m(Some("/"), None, None), "stable")], vec!["*"]);
+        mc.headers = vec![HeaderMatchConfig {
+            name: "x-canary".into(),
+            exact: Some("1".into()),
+            regex: None,
+            present: None,
+            invert: false,
+        }];
+        let t = table(
+            vec![
+                route(mc, "canary"),
+                route(m(Some("/"), None, None), "stable"),
+            ],
+            vec!["*"],
+        );
         let mut h = HeaderMap::new();
-        let c = |me: &Method, h: &HeaderMap| t.find("x", "/", me, h).and_then(|r| r.cluster_for(0)).map(String::from);
+        let c = |me: &Method, h: &HeaderMap| {
+            t.find("x", "/", me, h)
+                .and_then(|r| r.cluster_for(0))
+                .map(String::from)
+        };
         assert_eq!(c(&Method::POST, &h).as_deref(), Some("stable"));
         h.insert("x-canary", HeaderValue::from_static("1"));
         assert_eq!(c(&Method::POST, &h).as_deref(), Some("canary"));
@@ -517,29 +661,56 @@ mod tests {
         let mut r = route(m(Some("/"), None, None), "x");
         r.cluster = None;
         r.weighted_clusters = Some(vec![
-            WeightedClusterConfig { name: "a".into(), weight: 90 },
-            WeightedClusterConfig { name: "b".into(), weight: 10 },
+            WeightedClusterConfig {
+                name: "a".into(),
+                weight: 90,
+            },
+            WeightedClusterConfig {
+                name: "b".into(),
+                weight: 10,
+            },
         ]);
         let t = table(vec![r], vec!["*"]);
-        let route = t.find("x", "/", &Method::GET, &HeaderMap::new()).expect("route");
-        let a = (0..100).filter(|roll| route.cluster_for(*roll) == Some("a")).count();
+        let route = t
+            .find("x", "/", &Method::GET, &HeaderMap::new())
+            .expect("route");
+        let a = (0..100)
+            .filter(|roll| route.cluster_for(*roll) == Some("a"))
+            .count();
         assert_eq!(a, 90);
     }
 
     #[test]
     fn bad_routes_are_reported_with_paths() {
         let mut r = route(m(None, None, Some("(")), "nope");
-        r.direct_response = Some(DirectResponseConfig { status: 200, body: String::new() });
+        r.direct_response = Some(DirectResponseConfig {
+            status: 200,
+            body: String::new(),
+        });
         let cfg = RouterConfig {
-            virtual_hosts: vec![VirtualHostConfig { name: "vh".into(), domains: vec![], routes: vec![r] }],
+            virtual_hosts: vec![VirtualHostConfig {
+                name: "vh".into(),
+                domains: vec![],
+                routes: vec![r],
+            }],
             access_log: false,
         };
-        let errs = RouteTable::build("listeners[0].filters[0]", &cfg, &|c| c == "known").expect_err("invalid");
+        let errs = RouteTable::build("listeners[0].filters[0]", &cfg, &|c| c == "known")
+            .expect_err("invalid");
         let all = errs.join("\n");
-        assert!(all.contains("virtual_hosts[0].domains: must not be empty"), "{all}");
-        assert!(all.contains("routes[0].match.regex: invalid regex"), "{all}");
+        assert!(
+            all.contains("virtual_hosts[0].domains: must not be empty"),
+            "{all}"
+        );
+        assert!(
+            all.contains("routes[0].match.regex: invalid regex"),
+            "{all}"
+        );
         assert!(all.contains("routes[0]: set exactly one of"), "{all}");
-        assert!(all.contains("routes[0].cluster: unknown cluster \"nope\""), "{all}");
+        assert!(
+            all.contains("routes[0].cluster: unknown cluster \"nope\""),
+            "{all}"
+        );
     }
 
     #[test]
@@ -547,7 +718,12 @@ mod tests {
         let mut r = route(m(Some("/old/"), None, None), "c");
         r.prefix_rewrite = Some("/new/".into());
         let t = table(vec![r], vec!["*"]);
-        let route = t.find("x", "/old/a?b=1", &Method::GET, &HeaderMap::new()).expect("route");
-        assert_eq!(route.rewrite_path("/old/a?b=1").as_deref(), Some("/new/a?b=1"));
+        let route = t
+            .find("x", "/old/a?b=1", &Method::GET, &HeaderMap::new())
+            .expect("route");
+        assert_eq!(
+            route.rewrite_path("/old/a?b=1").as_deref(),
+            Some("/new/a?b=1")
+        );
     }
 }

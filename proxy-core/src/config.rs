@@ -241,7 +241,9 @@ pub fn validate(cfg: &Config) -> Vec<String> {
         }
         if let Some(tp) = &l.tcp_proxy {
             if !l.filters.is_empty() {
-                errors.push(format!("listeners[{i}]: a tcp_proxy listener has no filters"));
+                errors.push(format!(
+                    "listeners[{i}]: a tcp_proxy listener has no filters"
+                ));
             }
             if !cfg.clusters.iter().any(|c| c.name == tp.cluster) {
                 errors.push(format!(
@@ -283,7 +285,8 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                             "listeners[{i}].filters[{j}]: the router must be the last filter"
                         ));
                     }
-                    let names: HashSet<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
+                    let names: HashSet<&str> =
+                        cfg.clusters.iter().map(|c| c.name.as_str()).collect();
                     if let Err(errs) = mecha_mesh::RouteTable::build(
                         &format!("listeners[{i}].filters[{j}]"),
                         rc,
@@ -301,7 +304,9 @@ pub fn validate(cfg: &Config) -> Vec<String> {
     // Metrics handles made here are throw-away: validation only.
     if let Err(errs) = mecha_mesh::build_clusters(
         &cfg.clusters,
-        &mecha_mesh::metrics::MeshMetrics::register(&mut prometheus_client::registry::Registry::default()),
+        &mecha_mesh::metrics::MeshMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+        ),
     ) {
         errors.extend(errs);
     }

@@ -23,7 +23,11 @@ impl Metrics {
             mecha_filters::capability::LAYOTTO_METHODS,
         ));
         let mesh = MeshMetrics::register(&mut registry);
-        Self { registry, layotto, mesh }
+        Self {
+            registry,
+            layotto,
+            mesh,
+        }
     }
 }
 

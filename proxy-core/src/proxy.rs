@@ -10,8 +10,8 @@ use bytes::Bytes;
 use mecha_filters::router::Router;
 use mecha_filters::{Decision, RequestCtx};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::FailToProxy;
 use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
 use pingora::proxy::{ProxyHttp, Session};
 use tokio::sync::Notify;
 
@@ -114,7 +114,10 @@ impl ProxyHttp for ListenerProxy {
         match ctx.req.routed.as_mut() {
             Some(routed) => Router::upstream_peer(routed).await,
             // request_filter answers every unrouted request; reaching here is a bug.
-            None => Err(Error::explain(ErrorType::InternalError, "listener has no upstream")),
+            None => Err(Error::explain(
+                ErrorType::InternalError,
+                "listener has no upstream",
+            )),
         }
     }
 

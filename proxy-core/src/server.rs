@@ -76,7 +76,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     for (index, l) in config.listeners.iter().enumerate() {
         if let Some(tp) = &l.tcp_proxy {
-            let app = TcpProxy { cluster: tp.cluster.clone(), snapshot: snapshot.clone() };
+            let app = TcpProxy {
+                cluster: tp.cluster.clone(),
+                snapshot: snapshot.clone(),
+            };
             let mut svc = Service::new(format!("tcp listener {}", l.name), app);
             svc.add_tcp(&l.address);
             server.add_service(svc);
@@ -110,8 +113,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
     }
 
     if config.clusters.iter().any(|c| c.health_check.is_some()) {
-        let mut svc =
-            background_service("health checks", HealthChecks { snapshot: snapshot.clone() });
+        let mut svc = background_service(
+            "health checks",
+            HealthChecks {
+                snapshot: snapshot.clone(),
+            },
+        );
         svc.threads = Some(1);
         server.add_service(svc);
     }
@@ -151,7 +158,9 @@ impl BackgroundService for HealthChecks {
         let snap = self.snapshot.load_full();
         let mut tasks = Vec::new();
         for cluster in snap.clusters.values() {
-            let Some(hc) = &cluster.health_check else { continue };
+            let Some(hc) = &cluster.health_check else {
+                continue;
+            };
             let (cluster, every) = (cluster.clone(), hc.interval.0);
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);

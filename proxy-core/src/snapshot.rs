@@ -35,14 +35,20 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     /// Instantiates components, clusters and filter chains; returns every problem with its path.
     pub fn build(config: Config, metrics: &Metrics) -> Result<Self, Vec<String>> {
-        let registry = Arc::new(Registry::build(&config.components, &build_context(&config))?);
+        let registry = Arc::new(Registry::build(
+            &config.components,
+            &build_context(&config),
+        )?);
         let clusters = mecha_mesh::build_clusters(&config.clusters, &metrics.mesh)?;
         let mut chains = Vec::with_capacity(config.listeners.len());
         for (i, listener) in config.listeners.iter().enumerate() {
             let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
             for (j, f) in listener.filters.iter().enumerate() {
                 match f {
-                    FilterConfig::Capability { apis, max_request_message_bytes } => {
+                    FilterConfig::Capability {
+                        apis,
+                        max_request_message_bytes,
+                    } => {
                         let mut grpc: Vec<GrpcApi> = Vec::new();
                         for api in apis {
                             if api == "layotto" {
@@ -73,6 +79,11 @@ impl Snapshot {
             }
             chains.push(FilterChain::new(filters));
         }
-        Ok(Self { config: Arc::new(config), registry, clusters, chains })
+        Ok(Self {
+            config: Arc::new(config),
+            registry,
+            clusters,
+            chains,
+        })
     }
 }

@@ -20,7 +20,11 @@ pub struct TcpProxy {
 
 #[async_trait]
 impl ServerApp for TcpProxy {
-    async fn process_new(self: &Arc<Self>, mut downstream: Stream, _shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut downstream: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let snap = self.snapshot.load_full();
         let Some(cluster) = snap.clusters.get(&self.cluster).cloned() else {
             tracing::error!(cluster = %self.cluster, "tcp proxy: unknown cluster");
@@ -32,7 +36,10 @@ impl ServerApp for TcpProxy {
         };
         let key = downstream
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|i| i.ip().to_string())))
+            .and_then(|d| {
+                d.peer_addr()
+                    .and_then(|a| a.as_inet().map(|i| i.ip().to_string()))
+            })
             .unwrap_or_default();
         // One retry on another endpoint when the first refuses.
         let mut avoid = None;
@@ -45,12 +52,15 @@ impl ServerApp for TcpProxy {
                 }
             };
             cluster.metrics.upstream_requests.inc();
-            let connect = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(ep.addr)).await;
+            let connect =
+                tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(ep.addr)).await;
             match connect {
                 Ok(Ok(mut upstream)) => {
                     cluster.report(&ep, AttemptResult::Success);
                     let _ = upstream.set_nodelay(true);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+                    if let Err(e) =
+                        tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+                    {
                         tracing::debug!(error = %e, upstream = %ep.addr, "tcp proxy: connection ended with error");
                     }
                     return None;
