@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use mecha_mesh::config::UpstreamProtocol;
 use pingora::apps::HttpServerOptions;
+use pingora::connectors::ConnectorOptions;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -74,6 +76,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let needs_tls_roots = config
+        .clusters
+        .iter()
+        .any(|c| c.protocol == UpstreamProtocol::H2);
     for (index, l) in config.listeners.iter().enumerate() {
         if let Some(tp) = &l.tcp_proxy {
             let app = TcpProxy {
@@ -92,10 +98,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
             snapshot: snapshot.clone(),
             process: process.clone(),
         };
-        let mut svc = ProxyServiceBuilder::new(&server.configuration, proxy)
+        let mut builder = ProxyServiceBuilder::new(&server.configuration, proxy)
             .name(format!("listener {}", l.name))
-            .server_options(opts)
-            .build();
+            .server_options(opts);
+        if !needs_tls_roots {
+            // No TLS upstream: skip loading the platform trust store, which costs tens of
+            // milliseconds per listener at start (an empty PEM file loads zero roots).
+            let mut co = ConnectorOptions::from_server_conf(&server.configuration);
+            co.ca_file = Some("/dev/null".to_owned());
+            builder = builder.client_options(co);
+        }
+        let mut svc = builder.build();
         svc.add_tcp(&l.address);
         server.add_service(svc);
     }
