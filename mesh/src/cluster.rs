@@ -232,6 +232,12 @@ impl Cluster {
                 c.peer_template.options.connection_timeout = Some(hc.timeout.0);
                 c
             }
+            HealthCheckKind::Grpc => Box::new(crate::grpc_health::GrpcHealthCheck {
+                service: hc.service.clone(),
+                timeout: hc.timeout.0,
+                consecutive_success: hc.healthy_threshold.max(1),
+                consecutive_failure: hc.unhealthy_threshold.max(1),
+            }),
             HealthCheckKind::Http => {
                 let tls = self.protocol == UpstreamProtocol::H2;
                 let mut c = HttpHealthCheck::new(&self.sni, tls);

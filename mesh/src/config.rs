@@ -135,6 +135,9 @@ pub struct HealthCheckConfig {
     /// Path for `http` checks.
     #[serde(default = "default_hc_path")]
     pub path: String,
+    /// Service name for `grpc` checks (empty: the server as a whole).
+    #[serde(default)]
+    pub service: String,
     #[serde(default = "default_hc_interval")]
     pub interval: Dur,
     #[serde(default = "default_hc_timeout")]
@@ -167,6 +170,8 @@ pub enum HealthCheckKind {
     #[default]
     Http,
     Tcp,
+    /// `grpc.health.v1.Health/Check` for `service`.
+    Grpc,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -6,6 +6,7 @@
 //!   clusters, direct response, redirect; rewrites and header mutations.
 //! - [`cluster`]: endpoints, load balancing, active health checks, outlier detection, circuit
 //!   breakers.
+//! - [`grpc_health`]: gRPC health v1 active checks.
 //! - [`retry`]: retry policies and backoff.
 //! - [`metrics`]: per-route and per-cluster metric families.
 //!
@@ -15,6 +16,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod grpc_health;
 pub mod metrics;
 pub mod retry;
 pub mod route;
