@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use pingora::lb::discovery::Static;
+use parking_lot::{Mutex, RwLock};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
@@ -104,7 +103,9 @@ pub struct Cluster {
     pub hash_header: Option<String>,
     policy: LbPolicy,
     balancer: Balancer,
-    endpoints: HashMap<SocketAddr, Arc<EndpointState>>,
+    endpoints: RwLock<HashMap<SocketAddr, Arc<EndpointState>>>,
+    /// Endpoints given as DNS names, re-resolved every `dns_refresh`.
+    pub dns_refresh: Option<Duration>,
     outlier: Option<OutlierConfig>,
     pub health_check: Option<HealthCheckConfig>,
     max_requests: usize,
@@ -118,7 +119,10 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("name", &self.name)
-            .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .field(
+                "endpoints",
+                &self.endpoints.read().keys().copied().collect::<Vec<_>>(),
+            )
             .field("policy", &self.policy)
             .finish()
     }
@@ -151,39 +155,38 @@ impl Cluster {
     pub fn build(cfg: &ClusterConfig, metrics: &MeshMetrics) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let mut backends = std::collections::BTreeSet::new();
+        let mut names = Vec::new();
         let mut endpoints = HashMap::new();
         if cfg.endpoints.is_empty() {
             errors.push("endpoints: at least one endpoint is required".to_owned());
         }
         for (i, e) in cfg.endpoints.iter().enumerate() {
+            if e.weight == 0 {
+                errors.push(format!("endpoints[{i}].weight: must be at least 1"));
+                continue;
+            }
             match e.address.parse::<SocketAddr>() {
-                Ok(sa) if e.weight > 0 => {
-                    backends.insert(Backend {
-                        addr: PingoraAddr::Inet(sa),
-                        weight: e.weight,
-                        ext: Default::default(),
-                    });
+                Ok(sa) => {
+                    backends.insert(backend(sa, e.weight));
                     endpoints.insert(sa, Arc::new(EndpointState::default()));
                 }
-                Ok(_) => errors.push(format!("endpoints[{i}].weight: must be at least 1")),
-                Err(_) => errors.push(format!(
-                    "endpoints[{i}].address: expected ip:port, got {:?}",
-                    e.address
-                )),
+                Err(_) => match e.address.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                        names.push((e.address.clone(), e.weight));
+                    }
+                    _ => errors.push(format!(
+                        "endpoints[{i}].address: expected ip:port or host:port, got {:?}",
+                        e.address
+                    )),
+                },
             }
         }
-        if cfg.max_h2_streams == 0 {
-            errors.push("max_h2_streams: must be at least 1".to_owned());
-        }
-        if let Some(o) = &cfg.outlier_detection {
-            if o.max_ejection_percent > 100 {
-                errors.push("outlier_detection.max_ejection_percent: at most 100".to_owned());
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let discovery = Static::new(backends);
+        let dns_refresh = (!names.is_empty()).then_some(cfg.dns_refresh.0);
+        let discovery = DnsDiscovery {
+            fixed: backends,
+            names,
+            last: Mutex::new(Default::default()),
+        };
         let balancer = match cfg.lb_policy {
             LbPolicy::RoundRobin => Balancer::RoundRobin(lb_from(discovery)),
             LbPolicy::Random | LbPolicy::LeastRequest => Balancer::Random(lb_from(discovery)),
@@ -203,7 +206,8 @@ impl Cluster {
             hash_header: cfg.hash_header.clone(),
             policy: cfg.lb_policy,
             balancer,
-            endpoints,
+            endpoints: RwLock::new(endpoints),
+            dns_refresh,
             outlier: cfg.outlier_detection.clone(),
             health_check: cfg.health_check.clone(),
             max_requests: cfg.circuit_breakers.max_requests,
@@ -212,6 +216,7 @@ impl Cluster {
             active_retries: AtomicUsize::new(0),
             metrics: metrics.cluster(&cfg.name),
         };
+        cluster.sync_endpoints();
         if let Some(hc) = &cfg.health_check {
             let check = cluster.health_checker(hc);
             match &mut cluster.balancer {
@@ -262,7 +267,35 @@ impl Cluster {
     }
 
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
+        self.endpoints.read().len()
+    }
+
+    /// Re-resolves DNS endpoints and adopts the result (called every `dns_refresh`).
+    pub async fn refresh(&self) {
+        let res = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.update().await,
+            Balancer::Random(lb) => lb.update().await,
+            Balancer::RingHash(lb) => lb.update().await,
+        };
+        if let Err(e) = res {
+            tracing::warn!(cluster = %self.name, error = %e, "endpoint refresh failed");
+        }
+        self.sync_endpoints();
+    }
+
+    /// Gives every discovered backend an endpoint state (kept across refreshes, so outlier
+    /// history survives re-resolution) and forgets vanished ones.
+    fn sync_endpoints(&self) {
+        let current = self.balancer.backends().get_backend();
+        let mut map = self.endpoints.write();
+        let live: Vec<SocketAddr> = current
+            .iter()
+            .filter_map(|b| b.addr.as_inet().copied())
+            .collect();
+        map.retain(|a, _| live.contains(a));
+        for a in live {
+            map.entry(a).or_default();
+        }
     }
 
     /// Takes a `max_requests` slot, or says the breaker is open.
@@ -292,13 +325,12 @@ impl Cluster {
     /// is used by ring hash only. `avoid` skips an endpoint (the one that just failed).
     pub fn pick(&self, hash_key: &[u8], avoid: Option<SocketAddr>) -> Result<Endpoint, PickError> {
         let now = Instant::now();
+        let endpoints = self.endpoints.read();
         let usable = |b: &Backend, healthy: bool| {
             let Some(sa) = b.addr.as_inet() else {
                 return false;
             };
-            healthy
-                && Some(*sa) != avoid
-                && self.endpoints.get(sa).is_some_and(|s| !s.is_ejected(now))
+            healthy && Some(*sa) != avoid && endpoints.get(sa).is_some_and(|s| !s.is_ejected(now))
         };
         let first = self
             .balancer
@@ -310,7 +342,7 @@ impl Cluster {
                         healthy
                             && b.addr
                                 .as_inet()
-                                .and_then(|sa| self.endpoints.get(sa))
+                                .and_then(|sa| endpoints.get(sa))
                                 .is_some_and(|s| !s.is_ejected(now))
                     })
                 })
@@ -327,7 +359,7 @@ impl Cluster {
                 let load = |b: &Backend| {
                     b.addr
                         .as_inet()
-                        .and_then(|sa| self.endpoints.get(sa))
+                        .and_then(|sa| endpoints.get(sa))
                         .map_or(usize::MAX, |s| s.inflight.load(Ordering::Acquire))
                 };
                 if load(&second) < load(&chosen) {
@@ -338,8 +370,7 @@ impl Cluster {
         let Some(sa) = chosen.addr.as_inet().copied() else {
             return Err(PickError::NoHealthy(self.name.clone()));
         };
-        let state = self
-            .endpoints
+        let state = endpoints
             .get(&sa)
             .cloned()
             .ok_or_else(|| PickError::NoHealthy(self.name.clone()))?;
@@ -369,13 +400,15 @@ impl Cluster {
             return;
         }
         let now = Instant::now();
-        let ejected_now = self
-            .endpoints
-            .values()
-            .filter(|e| e.is_ejected(now))
-            .count();
+        let (ejected_now, total) = {
+            let map = self.endpoints.read();
+            (
+                map.values().filter(|e| e.is_ejected(now)).count(),
+                map.len(),
+            )
+        };
         // Like Envoy, at least one endpoint may be ejected whatever the percentage.
-        let cap = ((self.endpoints.len() * o.max_ejection_percent as usize) / 100).max(1);
+        let cap = ((total * o.max_ejection_percent as usize) / 100).max(1);
         if ejected_now >= cap || s.is_ejected(now) {
             return;
         }
@@ -393,18 +426,72 @@ impl Cluster {
     }
 }
 
-fn lb_from<S>(discovery: Box<Static>) -> LoadBalancer<S>
+fn lb_from<S>(discovery: DnsDiscovery) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
-    let lb = LoadBalancer::from_backends(Backends::new(discovery));
-    // Static discovery answers at once; poll it in place so the cluster is usable immediately.
+    let lb = LoadBalancer::from_backends(Backends::new(Box::new(discovery)));
+    // Discovery resolves names synchronously outside a runtime (start-up), so this completes
+    // in place and the cluster is usable immediately.
     if let Some(Err(e)) = futures::FutureExt::now_or_never(lb.update()) {
-        tracing::error!(error = %e, "static endpoint discovery failed");
+        tracing::error!(error = %e, "endpoint discovery failed");
     }
     lb
 }
 
 /// Counters every cluster has.
 pub type ClusterCounter = Counter;
+
+fn backend(sa: SocketAddr, weight: usize) -> Backend {
+    Backend {
+        addr: PingoraAddr::Inet(sa),
+        weight,
+        ext: Default::default(),
+    }
+}
+
+/// Static addresses plus DNS names resolved on each discovery; a name that fails to resolve
+/// keeps its last good addresses (a DNS hiccup must not empty a cluster).
+struct DnsDiscovery {
+    fixed: std::collections::BTreeSet<Backend>,
+    /// `host:port` with weight.
+    names: Vec<(String, usize)>,
+    last: Mutex<HashMap<String, Vec<SocketAddr>>>,
+}
+
+fn resolve(name: &str) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok(name.to_socket_addrs()?.collect())
+}
+
+#[async_trait::async_trait]
+impl pingora::lb::discovery::ServiceDiscovery for DnsDiscovery {
+    async fn discover(
+        &self,
+    ) -> pingora::Result<(std::collections::BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut out = self.fixed.clone();
+        for (name, weight) in &self.names {
+            let n = name.clone();
+            // Blocking getaddrinfo: off the runtime's workers when there is a runtime.
+            let res = match tokio::runtime::Handle::try_current() {
+                Ok(_) => tokio::task::spawn_blocking(move || resolve(&n))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+                Err(_) => resolve(&n),
+            };
+            let addrs = match res {
+                Ok(a) if !a.is_empty() => {
+                    self.last.lock().insert(name.clone(), a.clone());
+                    a
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(endpoint = %name, "DNS resolution failed; keeping last addresses");
+                    self.last.lock().get(name).cloned().unwrap_or_default()
+                }
+            };
+            out.extend(addrs.into_iter().map(|a| backend(a, *weight)));
+        }
+        Ok((out, HashMap::new()))
+    }
+}

@@ -70,6 +70,9 @@ pub struct ClusterConfig {
     pub hash_header: Option<String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// How often endpoints given as `host:port` names are re-resolved.
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: Dur,
     /// Concurrent streams per upstream HTTP/2 connection.
     #[serde(default = "default_h2_streams")]
     pub max_h2_streams: usize,
@@ -85,6 +88,10 @@ fn default_connect_timeout() -> Dur {
     Dur(Duration::from_secs(1))
 }
 
+fn default_dns_refresh() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
 fn default_h2_streams() -> usize {
     100
 }
@@ -92,7 +99,7 @@ fn default_h2_streams() -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
-    /// `ip:port`.
+    /// `ip:port`, or `host:port` (resolved at start and every `dns_refresh`).
     pub address: String,
     #[serde(default = "one")]
     pub weight: usize,

@@ -125,7 +125,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
         server.add_service(svc);
     }
 
-    if config.clusters.iter().any(|c| c.health_check.is_some()) {
+    if snapshot
+        .load()
+        .clusters
+        .values()
+        .any(|c| c.health_check.is_some() || c.dns_refresh.is_some())
+    {
         let mut svc = background_service(
             "health checks",
             HealthChecks {
@@ -160,7 +165,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Runs each cluster's active health checks on its interval.
+/// Runs each cluster's active health checks and DNS re-resolution on their intervals.
 struct HealthChecks {
     snapshot: Arc<ArcSwap<Snapshot>>,
 }
@@ -171,6 +176,17 @@ impl BackgroundService for HealthChecks {
         let snap = self.snapshot.load_full();
         let mut tasks = Vec::new();
         for cluster in snap.clusters.values() {
+            if let Some(every) = cluster.dns_refresh {
+                let cluster = cluster.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.tick().await; // resolved at build already
+                    loop {
+                        tick.tick().await;
+                        cluster.refresh().await;
+                    }
+                }));
+            }
             let Some(hc) = &cluster.health_check else {
                 continue;
             };
