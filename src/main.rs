@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match mecha_proxy_core::run(cfg) {
+            match mecha_proxy_core::run_with_source(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mecha: {e}");

@@ -22,4 +22,4 @@ pub mod snapshot;
 pub mod tcp;
 
 pub use config::Config;
-pub use server::{run, StartError};
+pub use server::{run, run_with_source, StartError};

@@ -2,6 +2,7 @@
 //! service and background tasks → run until SIGTERM (drain) or SIGINT (fast exit).
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,12 @@ fn check_addresses(config: &Config) -> Result<(), StartError> {
 
 /// Runs the sidecar until shutdown. Returns only after a signal (or an error at start).
 pub fn run(config: Config) -> Result<(), StartError> {
+    run_with_source(config, None)
+}
+
+/// Like [`run`]; with `source`, the file is watched and a valid change is applied live
+/// (components, clusters, routes; listener addresses need a restart).
+pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let snapshot = Snapshot::build(config.clone(), &metrics).map_err(StartError::Config)?;
     check_addresses(&config)?;
@@ -116,7 +123,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if let Some(addr) = &config.admin.address {
         let admin = AdminApp {
             snapshot: snapshot.clone(),
-            metrics,
+            metrics: metrics.clone(),
             process: process.clone(),
         };
         let mut svc = Service::new("admin".to_owned(), admin);
@@ -125,14 +132,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         server.add_service(svc);
     }
 
-    if snapshot
-        .load()
-        .clusters
-        .values()
-        .any(|c| c.health_check.is_some() || c.dns_refresh.is_some())
-    {
+    if !config.clusters.is_empty() {
         let mut svc = background_service(
-            "health checks",
+            "cluster maintenance",
             HealthChecks {
                 snapshot: snapshot.clone(),
             },
@@ -152,6 +154,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         server.add_service(svc);
     }
 
+    if let Some(path) = source {
+        let reload = ConfigReload {
+            path,
+            snapshot: snapshot.clone(),
+            metrics,
+        };
+        let mut svc = background_service("config reload", reload);
+        svc.threads = Some(1);
+        server.add_service(svc);
+    }
+
     tracing::info!(
         listeners = ?config.listeners.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
         admin = ?config.admin.address,
@@ -165,6 +178,84 @@ pub fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Watches the config file; a valid change becomes the new Snapshot (swapped atomically:
+/// requests in flight keep the one they loaded). An invalid change is logged and ignored.
+struct ConfigReload {
+    path: PathBuf,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ConfigReload {
+    fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        // Follows symlinks, so a Kubernetes ConfigMap's atomic swap is seen.
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+
+    fn apply(&self) {
+        let path = self.path.display();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => return tracing::error!("config reload: {path}: cannot read: {e}"),
+        };
+        let cfg = match crate::config::load(&text) {
+            Ok(c) => c,
+            Err(errs) => {
+                return tracing::error!(
+                    "config reload: {path}: invalid, keeping the running config:\n  {}",
+                    errs.join("\n  ")
+                )
+            }
+        };
+        let current = self.snapshot.load_full();
+        let listeners = |c: &Config| {
+            c.listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.address.clone(), l.tcp_proxy.clone()))
+                .collect::<Vec<_>>()
+        };
+        if listeners(&cfg) != listeners(&current.config)
+            || cfg.admin != current.config.admin
+            || cfg.threads != current.config.threads
+        {
+            return tracing::error!(
+                "config reload: {path}: listeners, admin or threads changed; these need a \
+                 restart — keeping the running config"
+            );
+        }
+        match Snapshot::build(cfg, &self.metrics) {
+            Ok(next) => {
+                self.snapshot.store(Arc::new(next));
+                tracing::info!("config reload: {path}: applied");
+            }
+            Err(errs) => tracing::error!(
+                "config reload: {path}: cannot build, keeping the running config:\n  {}",
+                errs.join("\n  ")
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ConfigReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last = self.stamp();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = self.stamp();
+            if now.is_some() && now != last {
+                last = now;
+                self.apply();
+            }
+        }
+    }
+}
+
 /// Runs each cluster's active health checks and DNS re-resolution on their intervals.
 struct HealthChecks {
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -173,23 +264,46 @@ struct HealthChecks {
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let snap = self.snapshot.load_full();
-        let mut tasks = Vec::new();
-        for cluster in snap.clusters.values() {
-            if let Some(every) = cluster.dns_refresh {
-                let cluster = cluster.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(every);
-                    tick.tick().await; // resolved at build already
-                    loop {
-                        tick.tick().await;
-                        cluster.refresh().await;
+        loop {
+            let snap = self.snapshot.load_full();
+            let tasks = spawn_maintenance(&snap);
+            // A reloaded config brings new cluster objects: restart the loops on them.
+            let mut poll = tokio::time::interval(Duration::from_secs(1));
+            let stop = loop {
+                tokio::select! {
+                    _ = shutdown.changed() => break true,
+                    _ = poll.tick() => {
+                        if !Arc::ptr_eq(&snap, &self.snapshot.load_full()) {
+                            break false;
+                        }
                     }
-                }));
-            }
-            let Some(hc) = &cluster.health_check else {
-                continue;
+                }
             };
+            for t in tasks {
+                t.abort();
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
+fn spawn_maintenance(snap: &Snapshot) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for cluster in snap.clusters.values() {
+        if let Some(every) = cluster.dns_refresh {
+            let cluster = cluster.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await; // resolved at build already
+                loop {
+                    tick.tick().await;
+                    cluster.refresh().await;
+                }
+            }));
+        }
+        if let Some(hc) = &cluster.health_check {
             let (cluster, every) = (cluster.clone(), hc.interval.0);
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
@@ -199,11 +313,8 @@ impl BackgroundService for HealthChecks {
                 }
             }));
         }
-        let _ = shutdown.changed().await;
-        for t in tasks {
-            t.abort();
-        }
     }
+    tasks
 }
 
 /// Delivers pub/sub events to the app's `AppCallback` service.
