@@ -68,3 +68,35 @@ async fn configuration() {
     .expect("valid spec");
     conformance::config_suite(&store, &prefix()).await;
 }
+
+/// The same suites over RESP2 (`redisProtocol: resp2`, for servers older than Redis 6): the
+/// replies differ in shape (arrays instead of maps).
+#[tokio::test]
+async fn state_pubsub_and_configuration_over_resp2() {
+    let host = shared_host();
+    let store = RedisState::new(
+        &spec("statestore", "state.redis", &host).with("redisProtocol", "resp2"),
+        &ctx(),
+    )
+    .expect("valid spec");
+    let ps = RedisPubSub::new(
+        &spec("pubsub", "pubsub.redis", &host)
+            .with("redisProtocol", "resp2")
+            .with("consumerID", &unique("conformance"))
+            .with("processingTimeout", "1s")
+            .with("redeliverInterval", "150ms"),
+        &ctx(),
+    )
+    .expect("valid spec");
+    let config = RedisConfigStore::new(
+        &spec("configstore", "configuration.redis", &host).with("redisProtocol", "resp2"),
+        &ctx(),
+    )
+    .expect("valid spec");
+    let prefix = prefix();
+    tokio::join!(
+        conformance::state_suite(&store, &prefix),
+        conformance::pubsub_suite(&ps, &prefix),
+        conformance::config_suite(&config, &prefix),
+    );
+}

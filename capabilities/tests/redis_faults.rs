@@ -57,6 +57,7 @@ async fn assert_unavailable<T: std::fmt::Debug>(
     let err = res.expect_err(what);
     assert!(matches!(err, Error::Unavailable(_)), "{what}: {err:?}");
     let msg = err.to_string();
+    eprintln!("{what} ({took:?}): {msg}");
     assert!(
         msg.contains(&format!("{name:?}")) && msg.contains(addr),
         "{what}: {msg}"
@@ -214,6 +215,22 @@ fn sub_req(topic: &str) -> SubscribeRequest {
     }
 }
 
+/// Publishes, trying again while the call fails as UNAVAILABLE: a call racing with a
+/// connection drop fails (it may or may not have run), and the caller decides to retry.
+async fn publish_until_accepted(ps: &RedisPubSub, req: PublishRequest) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match ps.publish(req.clone()).await {
+            Ok(()) => return,
+            Err(Error::Unavailable(e)) if Instant::now() < deadline => {
+                eprintln!("publish not accepted yet: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("publish: {e}"),
+        }
+    }
+}
+
 /// Receives (and acknowledges) until `want` distinct payloads were seen, or fails after `WAIT`.
 async fn receive_all(sub: &mut Subscription, want: &HashSet<String>) {
     let mut seen = HashSet::new();
@@ -312,9 +329,7 @@ async fn a_live_subscription_survives_a_redis_restart() {
     server.restart();
     let after: HashSet<String> = (0..20).map(|i| format!("after{i}")).collect();
     for e in &after {
-        ps.publish(event(&topic, e))
-            .await
-            .expect("publish after restart");
+        publish_until_accepted(&ps, event(&topic, e)).await;
     }
     receive_all(&mut sub, &after).await;
 }
@@ -409,4 +424,88 @@ async fn configuration_subscription_survives_a_redis_restart() {
         .expect("pushed")
         .expect("open");
     assert_eq!(change.items[0].content, "v3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_failures_are_unavailable_and_recover_when_fixed() {
+    let server = RedisServer::start();
+    let host = server.host();
+    let mut admin = raw(&host);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query(&mut admin)
+        .expect("set password");
+
+    let with = |password: Option<&str>| {
+        let mut s = spec("statestore", "state.redis", &host).with("redisDB", "2");
+        if let Some(p) = password {
+            s = s.with("redisPassword", p);
+        }
+        RedisState::new(&s, &ctx()).expect("state")
+    };
+    let (none, wrong, right) = (with(None), with(Some("nope")), with(Some("s3cret")));
+    assert_unavailable("no password", "statestore", &host, none.ping()).await;
+    assert_unavailable("wrong password", "statestore", &host, wrong.ping()).await;
+    right.set(set("k", "v")).await.expect("right password");
+    let in_db2: i64 = redis::cmd("DBSIZE")
+        .query(&mut {
+            let mut c = raw(&host);
+            let _: () = redis::cmd("AUTH")
+                .arg("s3cret")
+                .query(&mut c)
+                .expect("auth");
+            let _: () = redis::cmd("SELECT").arg(2).query(&mut c).expect("select");
+            c
+        })
+        .expect("dbsize");
+    assert!(in_db2 >= 1, "redisDB=2 writes into database 2");
+
+    // The server's password is removed: the component that had none works, without a rebuild.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("")
+        .query(&mut admin)
+        .expect("clear password");
+    none.ping().await.expect("works once the server accepts it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_by_redis_are_replaced_transparently() {
+    let server = RedisServer::start();
+    let host = server.host();
+    let state = RedisState::new(&spec("statestore", "state.redis", &host), &ctx()).expect("state");
+    let seq =
+        RedisSequencer::new(&spec("sequencer", "sequencer.redis", &host), &ctx()).expect("seq");
+    let ps = RedisPubSub::new(&spec("pubsub", "pubsub.redis", &host), &ctx()).expect("pubsub");
+    let topic = unique("topic");
+    state.set(set("k", "v")).await.expect("set");
+    seq.next_id("s", Increment::Strong, &no_meta())
+        .await
+        .expect("id");
+    ps.publish(event(&topic, "one")).await.expect("publish");
+
+    // As Redis' `timeout` setting, or a NAT dropping idle flows, would: every client is cut.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut raw(&host))
+        .expect("client kill");
+    assert!(killed >= 3, "killed {killed}");
+
+    // Repeatable calls go through on a new connection, without the caller seeing the drop.
+    let v = state
+        .get("k", &no_meta())
+        .await
+        .expect("get after the drop");
+    assert_eq!(v.map(|v| v.data), Some(Bytes::from("v")));
+    seq.next_id("s", Increment::Strong, &no_meta())
+        .await
+        .expect("id after the drop");
+    ps.publish(event(&topic, "two"))
+        .await
+        .expect("publish after the drop");
 }

@@ -20,7 +20,7 @@ pub(crate) struct Backend {
     pub s: Settings,
     client: redis::Client,
     /// Created on first use (it needs a Tokio runtime; building a registry must not), and
-    /// replaced when authentication fails so a fixed password is picked up without a restart.
+    /// replaced after errors it would not recover from by itself (see `needs_new_connection`).
     manager: Mutex<Option<ConnectionManager>>,
 }
 
@@ -59,7 +59,7 @@ impl Backend {
     }
 
     /// The shared connection (multiplexed: concurrent calls pipeline on it).
-    pub fn manager(&self, what: &str, key: &str) -> Result<ConnectionManager> {
+    fn shared(&self) -> RedisResult<ConnectionManager> {
         let mut slot = self.manager.lock();
         if let Some(m) = slot.as_ref() {
             return Ok(m.clone());
@@ -67,8 +67,7 @@ impl Backend {
         let m = ConnectionManager::new_lazy_with_config(
             self.client.clone(),
             self.config(Some(self.s.timeout)),
-        )
-        .map_err(|e| self.map_err(&e, what, key))?;
+        )?;
         *slot = Some(m.clone());
         Ok(m)
     }
@@ -100,23 +99,66 @@ impl Backend {
             .map_err(|e| Error::InvalidArgument(format!("metadata.redisHost: {e}")))
     }
 
-    /// Runs `f` on the shared connection within the component's timeout.
+    /// Runs `f` on the shared connection within the component's timeout. For commands that may
+    /// run twice without harm (reads, idempotent writes, at-least-once publishing): a command
+    /// sent on a connection found dead (Redis restarted, an idle connection closed by the
+    /// server or the network) is sent once more on a new connection.
     pub async fn call<T, F, Fut>(&self, what: &str, key: &str, f: F) -> Result<T>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let conn = self.manager(what, key)?;
-        self.call_on(&conn, self.s.timeout, what, key, f).await
+        self.run(None, self.s.timeout, Repeat::Safe, what, key, f)
+            .await
     }
 
-    /// Runs `f` on `conn` within `timeout`. A refused connection, or a server still loading its
-    /// data after a restart, never ran the command, so it is tried again (with a short pause)
-    /// while the deadline allows: calls made while Redis restarts wait for it instead of failing.
+    /// Like [`Backend::call`], for commands whose outcome a repeat would misreport (an ETag
+    /// write that succeeded would then report a mismatch; a lock taken would read as held by
+    /// someone): a dropped connection fails the call as UNAVAILABLE, outcome unknown.
+    pub async fn call_once<T, F, Fut>(&self, what: &str, key: &str, f: F) -> Result<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.run(None, self.s.timeout, Repeat::Unsafe, what, key, f)
+            .await
+    }
+
+    /// [`Backend::call`] or [`Backend::call_once`], chosen per request.
+    pub async fn call_as<T, F, Fut>(&self, repeat: Repeat, what: &str, key: &str, f: F) -> Result<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.run(None, self.s.timeout, repeat, what, key, f).await
+    }
+
+    /// Runs a repeatable `f` on a dedicated connection within `timeout`.
     pub async fn call_on<T, F, Fut>(
         &self,
         conn: &ConnectionManager,
         timeout: Duration,
+        what: &str,
+        key: &str,
+        f: F,
+    ) -> Result<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.run(Some(conn), timeout, Repeat::Safe, what, key, f)
+            .await
+    }
+
+    /// Runs `f` within `timeout`. A refused connection, or a server still loading its data
+    /// after a restart, never ran the command, so it is tried again (after a short pause) while
+    /// the deadline allows: calls made while Redis restarts wait for it instead of failing. A
+    /// dropped connection is tried again once when `repeat` allows.
+    async fn run<T, F, Fut>(
+        &self,
+        conn: Option<&ConnectionManager>,
+        timeout: Duration,
+        repeat: Repeat,
         what: &str,
         key: &str,
         mut f: F,
@@ -128,14 +170,28 @@ impl Backend {
         let deadline = Instant::now() + timeout;
         let attempts = async {
             let mut pause = Duration::from_millis(10);
+            let mut repeated = false;
             loop {
-                match f(conn.clone()).await {
+                let c = match conn {
+                    Some(c) => c.clone(),
+                    None => self.shared()?,
+                };
+                match f(c).await {
                     Ok(v) => return Ok(v),
-                    Err(e) if never_ran(&e) && Instant::now() + pause < deadline => {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                    Err(e) => {
+                        if conn.is_none() && needs_new_connection(&e) {
+                            *self.manager.lock() = None;
+                        }
+                        if never_ran(&e) && Instant::now() + pause < deadline {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                        } else if repeat == Repeat::Safe && !repeated && e.is_connection_dropped() {
+                            // Once: the manager is reconnecting by now.
+                            repeated = true;
+                        } else {
+                            return Err(e);
+                        }
                     }
-                    Err(e) => return Err(e),
                 }
             }
         };
@@ -143,8 +199,10 @@ impl Backend {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.map_err(&e, what, key)),
             Err(_) => Err(Error::Unavailable(format!(
-                "{}: redis at {} did not answer within {timeout:?} ({what} {key:?})",
-                self.s.label, self.s.addr
+                "{}: redis at {} did not answer within {timeout:?} ({})",
+                self.s.label,
+                self.s.addr,
+                target(what, key)
             ))),
         }
     }
@@ -163,26 +221,46 @@ impl Backend {
     /// Maps a Redis error onto an error kind, naming the component, the address and the item.
     pub fn map_err(&self, e: &RedisError, what: &str, key: &str) -> Error {
         let (label, addr) = (&self.s.label, &self.s.addr);
-        if is_auth_failure(e) {
-            // Rebuild the connection on the next call: the manager does not retry a handshake
-            // that failed for a reason other than I/O.
-            *self.manager.lock() = None;
-        }
         if is_unavailable(e) {
             Error::Unavailable(format!(
-                "{label}: redis at {addr} is unavailable ({what} {key:?}): {e}"
+                "{label}: redis at {addr} is unavailable ({}): {e}",
+                target(what, key)
             ))
         } else {
             Error::Internal(format!(
-                "{label}: redis at {addr} failed ({what} {key:?}): {e}"
+                "{label}: redis at {addr} failed ({}): {e}",
+                target(what, key)
             ))
         }
+    }
+}
+
+/// Whether a command may be sent again after its connection dropped under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    Safe,
+    Unsafe,
+}
+
+/// `get key "k"`, or just `ping` when there is no key.
+fn target(what: &str, key: &str) -> String {
+    if key.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what} {key:?}")
     }
 }
 
 /// The command certainly did not run: the connection was refused, or the server is loading.
 fn never_ran(e: &RedisError) -> bool {
     e.is_connection_refusal() || e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
+}
+
+/// The connection manager only re-connects after I/O errors; a handshake that failed otherwise
+/// (wrong password, server loading) would fail every later call. Such errors drop the manager,
+/// and the next call builds a new one.
+fn needs_new_connection(e: &RedisError) -> bool {
+    is_auth_failure(e) || e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
 }
 
 fn is_auth_failure(e: &RedisError) -> bool {

@@ -502,7 +502,9 @@ impl Watch {
     /// `Ok(false)` when the subscriber is gone.
     async fn resync(&mut self) -> Result<bool> {
         let (rev, items) = self.snapshot().await?;
-        if rev <= self.rev {
+        // A lower revision means Redis lost its data (restarted without persistence): the
+        // snapshot is still the truth to diff against.
+        if rev == self.rev {
             return Ok(true);
         }
         let mut changed: Vec<ConfigItem> = items

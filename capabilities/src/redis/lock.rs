@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use redis::{Script, Value};
 
-use super::backend::Backend;
+use super::backend::{Backend, Repeat};
 use super::settings::Settings;
 use crate::error::{Error, Result};
 use crate::lock::{LockRequest, LockStatus, LockStore};
@@ -64,9 +64,12 @@ impl RedisLock {
         }
     }
 
+    /// Runs an owner-checked script. Unlock is not repeated after a dropped connection (a
+    /// repeat of a successful unlock would report LOCK_UNEXIST); keep-alive may be.
     async fn compare_and_act(
         &self,
         script: &Script,
+        repeat: Repeat,
         what: &str,
         req: (&str, &str, Option<u64>),
     ) -> Result<LockStatus> {
@@ -78,7 +81,7 @@ impl RedisLock {
         }
         let code: i64 = self
             .backend
-            .call(what, resource, |mut c| {
+            .call_as(repeat, what, resource, |mut c| {
                 let inv = &inv;
                 async move { inv.invoke_async(&mut c).await }
             })
@@ -111,7 +114,7 @@ impl LockStore for RedisLock {
             .arg(ms);
         let reply: Value = self
             .backend
-            .call("lock resource", &req.resource_id, |mut c| {
+            .call_once("lock resource", &req.resource_id, |mut c| {
                 let cmd = &cmd;
                 async move { cmd.query_async(&mut c).await }
             })
@@ -122,8 +125,13 @@ impl LockStore for RedisLock {
 
     async fn unlock(&self, resource_id: &str, owner: &str) -> Result<LockStatus> {
         self.check(resource_id, owner)?;
-        self.compare_and_act(&UNLOCK, "unlock resource", (resource_id, owner, None))
-            .await
+        self.compare_and_act(
+            &UNLOCK,
+            Repeat::Unsafe,
+            "unlock resource",
+            (resource_id, owner, None),
+        )
+        .await
     }
 
     async fn keep_alive(&self, req: LockRequest) -> Result<LockStatus> {
@@ -131,6 +139,7 @@ impl LockStore for RedisLock {
         let ms = self.expiry_ms(&req)?;
         self.compare_and_act(
             &KEEP_ALIVE,
+            Repeat::Safe,
             "keep lock alive",
             (&req.resource_id, &req.owner, Some(ms)),
         )

@@ -274,22 +274,28 @@ impl PubSub for RedisPubSub {
         let key = (req.topic, group);
         let reader = {
             let mut readers = self.readers.lock();
-            let reader = readers.entry(key.clone()).or_insert_with(|| {
-                let reader = Arc::new(Reader {
-                    backend: self.backend.clone(),
-                    opts: self.opts.clone(),
-                    topic: key.0.clone(),
-                    consumer: key.1.clone(),
-                    group: key.1.clone(),
-                    outlets: Mutex::default(),
-                    in_flight: Mutex::default(),
-                    tasks: Mutex::default(),
-                });
-                reader.start();
-                reader
-            });
-            reader.outlets.lock().push(outlet.clone());
-            reader.clone()
+            match readers.get(&key) {
+                Some(reader) => {
+                    reader.outlets.lock().push(outlet.clone());
+                    reader.clone()
+                }
+                None => {
+                    let reader = Arc::new(Reader {
+                        backend: self.backend.clone(),
+                        opts: self.opts.clone(),
+                        topic: key.0.clone(),
+                        consumer: key.1.clone(),
+                        group: key.1.clone(),
+                        outlets: Mutex::new(vec![outlet.clone()]),
+                        in_flight: Mutex::default(),
+                        tasks: Mutex::default(),
+                    });
+                    // Started with its first subscription in place: nothing is read for nobody.
+                    reader.start();
+                    readers.insert(key.clone(), reader.clone());
+                    reader
+                }
+            }
         };
         let leave = Leave {
             readers: self.readers.clone(),
@@ -403,7 +409,8 @@ impl Reader {
 
     async fn read_loop(self: Arc<Self>) {
         let timeout = BLOCK + self.backend.s.timeout;
-        let conn = match self.backend.dedicated(timeout, "read topic", &self.topic) {
+        let connect = || self.backend.dedicated(timeout, "read topic", &self.topic);
+        let mut conn = match connect() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "subscription reader cannot start");
@@ -432,12 +439,17 @@ impl Reader {
                     if pending_from.is_some() {
                         pending_from = entries.last().map(|e| e.id.clone());
                     }
-                    // Claimed as in flight before waiting for delivery slots, so the reclaim
-                    // loop does not hand them out a second time meanwhile.
-                    self.in_flight
-                        .lock()
-                        .extend(entries.iter().map(|e| e.id.clone()));
-                    for entry in entries {
+                    // Marked in flight before waiting for delivery slots, so the reclaim loop
+                    // does not hand them out a second time meanwhile (nor this loop what the
+                    // reclaim loop already has).
+                    let fresh: Vec<Entry> = {
+                        let mut in_flight = self.in_flight.lock();
+                        entries
+                            .into_iter()
+                            .filter(|e| in_flight.insert(e.id.clone()))
+                            .collect()
+                    };
+                    for entry in fresh {
                         self.dispatch(entry).await;
                     }
                 }
@@ -448,7 +460,14 @@ impl Reader {
                     }
                     pending_from = Some("0".to_owned());
                 }
-                Err(e) => failing.failed(&e).await,
+                Err(e) => {
+                    failing.failed(&e).await;
+                    // A fresh connection: the manager would stay stuck on a failed handshake
+                    // that was not an I/O error (e.g. a server still loading).
+                    if let Ok(c) = connect() {
+                        conn = c;
+                    }
+                }
             }
         }
     }

@@ -8,6 +8,8 @@
 //! - Layotto's `biggerThan`: metadata `biggerThan.<key>: N` (on the component, or on the call)
 //!   makes every id of `<key>` greater than N; the counter is raised to N atomically, in the same
 //!   script as the increment.
+//! - Ids are increasing, not contiguous: a call repeated after a dropped connection may skip
+//!   one, as may unused segment ids.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redis::{Script, Value};
 
-use super::backend::{as_int, into_bytes, into_items, Backend};
+use super::backend::{as_int, into_bytes, into_items, Backend, Repeat};
 use super::settings::Settings;
 use crate::error::{Error, Result};
 use crate::memory::rfc3339_utc;
@@ -113,6 +113,16 @@ fn parse_item(fields: Value, pttl: &Value) -> Option<StateValue> {
     })
 }
 
+/// A last-write set or a delete without ETag has the same effect when repeated; a checked one
+/// would report a mismatch for its own success.
+fn repeat_if(unchecked: bool) -> Repeat {
+    if unchecked {
+        Repeat::Safe
+    } else {
+        Repeat::Unsafe
+    }
+}
+
 /// Metadata key of an item's expiry in a read, as Dapr names it.
 const TTL_EXPIRE_TIME: &str = "ttlExpireTime";
 
@@ -207,10 +217,15 @@ impl StateStore for RedisState {
             .arg(&ttl);
         let version: i64 = self
             .backend
-            .call("set key", &req.key, |mut c| {
-                let inv = &inv;
-                async move { inv.invoke_async(&mut c).await }
-            })
+            .call_as(
+                repeat_if(etag.is_empty() && !first),
+                "set key",
+                &req.key,
+                |mut c| {
+                    let inv = &inv;
+                    async move { inv.invoke_async(&mut c).await }
+                },
+            )
             .await?;
         if version < 0 {
             return Err(self.mismatch(&req.key, &etag));
@@ -225,10 +240,15 @@ impl StateStore for RedisState {
         inv.key(self.backend.s.key(&req.key)).arg(&etag);
         let res: i64 = self
             .backend
-            .call("delete key", &req.key, |mut c| {
-                let inv = &inv;
-                async move { inv.invoke_async(&mut c).await }
-            })
+            .call_as(
+                repeat_if(etag.is_empty()),
+                "delete key",
+                &req.key,
+                |mut c| {
+                    let inv = &inv;
+                    async move { inv.invoke_async(&mut c).await }
+                },
+            )
             .await?;
         if res < 0 {
             return Err(self.mismatch(&req.key, &etag));
@@ -278,7 +298,7 @@ impl StateStore for RedisState {
         inv.key(&self.version_key);
         let (code, index): (i64, i64) = self
             .backend
-            .call("transaction, first key", keys[0], |mut c| {
+            .call_once("transaction, first key", keys[0], |mut c| {
                 let inv = &inv;
                 async move { inv.invoke_async(&mut c).await }
             })
