@@ -60,6 +60,15 @@ impl HttpFilter for CapabilityFilter {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> pingora::Result<Decision> {
+        self.serve(session.as_downstream_mut()).await
+    }
+}
+
+impl CapabilityFilter {
+    /// Answers the request when its path belongs to one of the APIs. Works on Pingora's core
+    /// server session, so a listener whose chain is only this filter can skip the proxy
+    /// machinery entirely (see `proxy-core`'s lean listener).
+    pub async fn serve(&self, session: &mut HttpSession) -> pingora::Result<Decision> {
         let started = std::time::Instant::now();
         let path = session.req_header().uri.path();
         let Some((api, method)) = self
@@ -81,7 +90,7 @@ impl HttpFilter for CapabilityFilter {
                 .await?;
             return Ok(Decision::Responded);
         }
-        let HttpSession::H2(h2) = session.as_downstream_mut() else {
+        let HttpSession::H2(h2) = session else {
             // gRPC needs HTTP/2 trailers; say so instead of a confusing framing error.
             session
                 .respond_error_with_body(

@@ -3,6 +3,7 @@
 //! - [`config`]: the YAML schema, parsing and validation (every error with its path).
 //! - [`snapshot`]: the immutable [`Snapshot`](snapshot::Snapshot) built from a config — component
 //!   registry and one filter chain per listener — published through `ArcSwap`.
+//! - [`lean`]: capability-only listeners served without the proxy phases.
 //! - [`proxy`]: the Pingora `ProxyHttp` of a listener: load the Snapshot once, run the chain.
 //! - [`tcp`]: L4 TCP proxy listeners (opaque protocols to a cluster).
 //! - [`admin`]: `/healthz`, `/ready`, Layotto's `/actuator/health/*`, `/metrics`.
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod lean;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

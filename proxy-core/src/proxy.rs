@@ -42,7 +42,7 @@ impl ProcessState {
         }
     }
 
-    fn enter(self: &Arc<Self>) -> InflightGuard {
+    pub(crate) fn enter(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);
         InflightGuard(self.clone())
     }

@@ -20,6 +20,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::lean::LeanListener;
 use crate::metrics::Metrics;
 use crate::proxy::{ListenerProxy, ProcessState};
 use crate::snapshot::Snapshot;
@@ -87,6 +88,7 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
         .clusters
         .iter()
         .any(|c| c.protocol == UpstreamProtocol::H2);
+    let initial = snapshot.load_full();
     for (index, l) in config.listeners.iter().enumerate() {
         if let Some(tp) = &l.tcp_proxy {
             let app = TcpProxy {
@@ -100,6 +102,18 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
         }
         let mut opts = HttpServerOptions::default();
         opts.h2c = true;
+        if initial.lean.get(index).is_some_and(Option::is_some) {
+            let app = LeanListener {
+                index,
+                snapshot: snapshot.clone(),
+                process: process.clone(),
+                options: opts,
+            };
+            let mut svc = Service::new(format!("listener {}", l.name), app);
+            svc.add_tcp(&l.address);
+            server.add_service(svc);
+            continue;
+        }
         let proxy = ListenerProxy {
             index,
             snapshot: snapshot.clone(),
@@ -209,10 +223,18 @@ impl ConfigReload {
             }
         };
         let current = self.snapshot.load_full();
+        // A listener's kind (TCP, capability-only, full chain) picks its Pingora service at
+        // start, so it cannot change live.
         let listeners = |c: &Config| {
             c.listeners
                 .iter()
-                .map(|l| (l.name.clone(), l.address.clone(), l.tcp_proxy.clone()))
+                .map(|l| {
+                    let lean = matches!(
+                        l.filters.as_slice(),
+                        [crate::config::FilterConfig::Capability { .. }]
+                    );
+                    (l.name.clone(), l.address.clone(), l.tcp_proxy.clone(), lean)
+                })
                 .collect::<Vec<_>>()
         };
         if listeners(&cfg) != listeners(&current.config)
@@ -220,8 +242,8 @@ impl ConfigReload {
             || cfg.threads != current.config.threads
         {
             return tracing::error!(
-                "config reload: {path}: listeners, admin or threads changed; these need a \
-                 restart — keeping the running config"
+                "config reload: {path}: listeners (address, kind), admin or threads changed; \
+                 these need a restart — keeping the running config"
             );
         }
         match Snapshot::build(cfg, &self.metrics) {

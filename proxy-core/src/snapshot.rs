@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub clusters: mecha_mesh::Clusters,
     /// One chain per listener, in `config.listeners` order.
     pub chains: Vec<FilterChain>,
+    /// Per listener: the capability filter when it is the whole chain (served by the lean
+    /// listener, without the proxy phases).
+    pub lean: Vec<Option<Arc<CapabilityFilter>>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -41,8 +44,10 @@ impl Snapshot {
         )?);
         let clusters = mecha_mesh::build_clusters(&config.clusters, &metrics.mesh)?;
         let mut chains = Vec::with_capacity(config.listeners.len());
+        let mut lean = Vec::with_capacity(config.listeners.len());
         for (i, listener) in config.listeners.iter().enumerate() {
             let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
+            let mut lean_filter = None;
             for (j, f) in listener.filters.iter().enumerate() {
                 match f {
                     FilterConfig::Capability {
@@ -60,10 +65,11 @@ impl Snapshot {
                                 ));
                             }
                         }
-                        filters.push(Arc::new(CapabilityFilter::new(
-                            grpc,
-                            *max_request_message_bytes,
-                        )));
+                        let cap = Arc::new(CapabilityFilter::new(grpc, *max_request_message_bytes));
+                        if listener.filters.len() == 1 {
+                            lean_filter = Some(cap.clone());
+                        }
+                        filters.push(cap);
                     }
                     FilterConfig::Router(rc) => {
                         let table = mecha_mesh::RouteTable::build(
@@ -78,12 +84,14 @@ impl Snapshot {
                 }
             }
             chains.push(FilterChain::new(filters));
+            lean.push(lean_filter);
         }
         Ok(Self {
             config: Arc::new(config),
             registry,
             clusters,
             chains,
+            lean,
         })
     }
 }
