@@ -49,6 +49,9 @@ pub struct Routed {
     grpc: bool,
     hash_key: Vec<u8>,
     status: u16,
+    /// Set when `upstream_response` asked for a retry of a retriable status: Pingora hands that
+    /// error to `error_while_proxy`, which must keep the decision (and not count it twice).
+    status_retry: bool,
 }
 
 impl Routed {
@@ -269,6 +272,7 @@ impl HttpFilter for RouterFilter {
             grpc,
             hash_key,
             status: 0,
+            status_retry: false,
         });
         Ok(Decision::Continue)
     }
@@ -321,11 +325,12 @@ impl Router {
         let cluster = &routed.cluster;
         let tls = cluster.protocol == UpstreamProtocol::H2;
         let mut peer = HttpPeer::new(ep.addr, tls, cluster.sni.clone());
-        let timeout = route.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        // `timeout: 0` disables it (as in Envoy), e.g. for long-lived streams.
+        let timeout = Some(route.timeout.unwrap_or(DEFAULT_TIMEOUT)).filter(|t| !t.is_zero());
         peer.options.connection_timeout = Some(cluster.connect_timeout);
         peer.options.total_connection_timeout = Some(cluster.connect_timeout);
-        peer.options.read_timeout = Some(timeout);
-        peer.options.write_timeout = Some(timeout);
+        peer.options.read_timeout = timeout;
+        peer.options.write_timeout = timeout;
         if cluster.protocol != UpstreamProtocol::Http1 {
             peer.options.set_http_version(2, 2);
             peer.options.max_h2_streams = cluster.max_h2_streams;
@@ -370,6 +375,10 @@ impl Router {
         session: &Session,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if std::mem::take(&mut routed.status_retry) {
+            // Our own retry of a retriable status (already reported to outlier detection).
+            return e;
+        }
         routed.cluster.metrics.upstream_failures.inc();
         if let Some(ep) = &routed.endpoint {
             routed.cluster.report(ep, AttemptResult::ServerError);
@@ -403,6 +412,7 @@ impl Router {
                 format!("upstream answered {status}; retrying"),
             );
             e.set_retry(true);
+            routed.status_retry = true;
             return Err(e);
         }
         Ok(())

@@ -181,6 +181,17 @@ impl Cluster {
                 },
             }
         }
+        if cfg.max_h2_streams == 0 {
+            errors.push("max_h2_streams: must be at least 1".to_owned());
+        }
+        if let Some(o) = &cfg.outlier_detection {
+            if o.max_ejection_percent > 100 {
+                errors.push("outlier_detection.max_ejection_percent: at most 100".to_owned());
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let dns_refresh = (!names.is_empty()).then_some(cfg.dns_refresh.0);
         let discovery = DnsDiscovery {
             fixed: backends,

@@ -284,7 +284,7 @@ pub struct RouteConfig {
     pub prefix_rewrite: Option<String>,
     #[serde(default)]
     pub host_rewrite: Option<String>,
-    /// Bounds connecting and each wait for upstream bytes.
+    /// Bounds connecting and each wait for upstream bytes; `0` disables it.
     #[serde(default)]
     pub timeout: Option<Dur>,
     #[serde(default)]

@@ -1,0 +1,897 @@
+//! Test support for the mesh end-to-end tests (`tests/mesh_*.rs`): the real `mecha` binary on a
+//! config written per test, and real upstream servers started inside the test.
+//!
+//! - [`Mesh`]: runs `mecha run -c` on a YAML template whose `${name}` placeholders become free
+//!   loopback addresses ([`Mesh::addr`]); the admin listener is added; waits for `/ready`.
+//! - [`HttpUpstream`]: a hyper server speaking HTTP/1.1 and h2c (prior knowledge) on one port
+//!   that records what it saw and answers by path (`/status/503`, `/slow/300`, `/hang`, …).
+//! - [`GrpcUpstream`]: the Layotto `Runtime` service (tonic) on memory components.
+//! - [`BlackHole`], [`TruncatingUpstream`], [`EchoServer`], [`WsUpstream`], [`dead_addr`]:
+//!   upstreams that never answer, cut a response short, echo bytes, speak WebSocket, or refuse.
+//! - [`send`] with [`Req`]: one HTTP/1.1 or h2c request through hyper's client connections.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::{free_addr, http_get, mecha_bin, metric_value, TempDir, READY_TIMEOUT, STEP_TIMEOUT};
+
+// === the sidecar ===
+
+/// A running `mecha run -c <config>`; killed on drop (its config and stderr are printed when
+/// the test panicked).
+pub struct Mesh {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    addrs: HashMap<String, SocketAddr>,
+    /// The config it runs with.
+    pub config: String,
+    _dir: TempDir,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("pid", &self.child.id())
+            .field("admin", &self.admin)
+            .field("addrs", &self.addrs)
+            .finish()
+    }
+}
+
+/// Replaces every `${name}` with a free loopback address (one per distinct name).
+fn fill_template(template: &str) -> (String, HashMap<String, SocketAddr>) {
+    let mut addrs: HashMap<String, SocketAddr> = HashMap::new();
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let name = &after[..end];
+        let addr = *addrs.entry(name.to_owned()).or_insert_with(free_addr);
+        out.push_str(&addr.to_string());
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    (out, addrs)
+}
+
+/// Replaces each `@name@` in `template` with its address (upstreams started by the test).
+pub fn subst(template: &str, addrs: &[(&str, SocketAddr)]) -> String {
+    let mut out = template.to_owned();
+    for (name, addr) in addrs {
+        out = out.replace(&format!("@{name}@"), &addr.to_string());
+    }
+    assert!(
+        !out.contains("@\""),
+        "an @name@ placeholder is left in:\n{out}"
+    );
+    out
+}
+
+impl Mesh {
+    /// Starts `mecha run` on `template` (listeners, clusters, components; no `admin:`), with
+    /// every `${name}` replaced by a free loopback address, and waits for `/ready`. A start that
+    /// lost a race for its ports is retried on new ones.
+    pub async fn start(template: &str) -> Mesh {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(template).await {
+                Ok(m) => return m,
+                Err((true, msg)) => last = msg,
+                Err((false, msg)) => panic!("{msg}"),
+            }
+        }
+        panic!("mecha could not get free ports in 3 attempts; last:\n{last}");
+    }
+
+    async fn try_start(template: &str) -> Result<Mesh, (bool, String)> {
+        let (body, addrs) = fill_template(template);
+        let admin = free_addr();
+        let threads = if body.lines().any(|l| l.starts_with("threads:")) {
+            ""
+        } else {
+            "threads: 1\n"
+        };
+        let config = format!("{threads}admin:\n  address: {admin}\n{body}");
+        let dir = TempDir::new("mesh");
+        let path = dir.write("mecha.yaml", &config);
+        let mut child = Command::new(mecha_bin())
+            .arg("run")
+            .arg("-c")
+            .arg(&path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .env(
+                "MECHA_LOG",
+                std::env::var("MECHA_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .spawn()
+            .map_err(|e| (false, format!("spawn {}: {e}", mecha_bin().display())))?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let text = stderr.clone();
+            std::thread::spawn(move || {
+                use std::io::Read as _;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut t) = text.lock() {
+                        t.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        let mut mesh = Mesh {
+            child,
+            stderr,
+            admin,
+            addrs,
+            config,
+            _dir: dir,
+        };
+        match mesh.wait_ready().await {
+            Ok(()) => Ok(mesh),
+            Err(e) => {
+                let exited = mesh.child.try_wait().ok().flatten().is_some();
+                mesh.kill();
+                let stderr = mesh.stderr_text();
+                let msg = format!(
+                    "mecha did not become ready: {e:#}\n--- config ---\n{}\n--- mecha stderr ---\n{stderr}",
+                    mesh.config
+                );
+                // Printed above already; keep Drop quiet.
+                mesh.config.clear();
+                Err((exited && stderr.contains("cannot listen"), msg))
+            }
+        }
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("mecha exited before it was ready: {status}");
+            }
+            let last =
+                match tokio::time::timeout(Duration::from_secs(2), http_get(self.admin, "/ready"))
+                    .await
+                {
+                    Ok(Ok(r)) if r.status == 200 => return Ok(()),
+                    Ok(Ok(r)) => format!("/ready answered {}: {}", r.status, r.body),
+                    Ok(Err(e)) => format!("/ready: {e:#}"),
+                    Err(_) => "/ready: no answer within 2s".to_owned(),
+                };
+            if Instant::now() >= deadline {
+                bail!("not ready within {READY_TIMEOUT:?} (last: {last})");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The address that replaced `${name}` in the template.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self
+            .addrs
+            .get(name)
+            .unwrap_or_else(|| panic!("no ${{{name}}} in the config template"))
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = tokio::time::timeout(STEP_TIMEOUT, http_get(self.admin, "/metrics"))
+            .await
+            .expect("GET /metrics timed out")
+            .expect("GET /metrics");
+        assert_eq!(r.status, 200, "/metrics: {}", r.body);
+        r.body
+    }
+
+    /// The value of one series now (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series).unwrap_or(0.0)
+    }
+
+    /// Polls `/metrics` until `series` has a value for which `want` holds (metrics are
+    /// recorded after the response is sent, so a scrape right after a call may lag).
+    pub async fn wait_metric(&self, series: &str, want: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let text = self.metrics().await;
+            let value = metric_value(&text, series);
+            if let Some(v) = value.filter(|v| want(*v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metric {series} never reached the expected value (last: {value:?}); /metrics:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() && !self.config.is_empty() {
+            eprintln!(
+                "--- mecha (admin {}) config ---\n{}\n--- mecha stderr ---\n{}--- end of mecha stderr ---",
+                self.admin,
+                self.config,
+                self.stderr_text()
+            );
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// === HTTP client ===
+
+/// How the test client talks to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    /// HTTP/2 over cleartext, prior knowledge.
+    H2c,
+}
+
+/// A request for [`send`]: the host goes into `Host` (HTTP/1.1) or `:authority` (h2c).
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: Method,
+    pub host: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Req {
+    /// `GET path` for host `svc.test`.
+    pub fn get(path: &str) -> Self {
+        Self {
+            method: Method::GET,
+            host: "svc.test".to_owned(),
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn method(mut self, m: Method) -> Self {
+        self.method = m;
+        self
+    }
+
+    pub fn host(mut self, h: &str) -> Self {
+        self.host = h.to_owned();
+        self
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    pub fn body(mut self, b: impl Into<Bytes>) -> Self {
+        self.body = b.into();
+        self
+    }
+}
+
+/// A complete response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `req` to `addr` over a new connection and reads the whole response. An error means
+/// the exchange broke (connection closed, body shorter than announced, stream reset).
+pub async fn send(addr: SocketAddr, proto: Proto, req: Req) -> anyhow::Result<Resp> {
+    tokio::time::timeout(STEP_TIMEOUT, send_inner(addr, proto, req))
+        .await
+        .map_err(|_| anyhow!("no complete answer from {addr} within {STEP_TIMEOUT:?}"))?
+}
+
+async fn send_inner(addr: SocketAddr, proto: Proto, req: Req) -> anyhow::Result<Resp> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    let io = TokioIo::new(tcp);
+    let mut builder = Request::builder().method(req.method.clone());
+    builder = match proto {
+        Proto::H1 => builder
+            .uri(req.path.as_str())
+            .header(http::header::HOST, req.host.as_str()),
+        Proto::H2c => builder
+            .uri(format!("http://{}{}", req.host, req.path))
+            .version(Version::HTTP_2),
+    };
+    for (k, v) in &req.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let request = builder.body(Full::new(req.body.clone()))?;
+    let resp = match proto {
+        Proto::H1 => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            sender.send_request(request).await?
+        }
+        Proto::H2c => {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            sender.send_request(request).await?
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .context("reading the response body")?
+        .to_bytes();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    })
+}
+
+// === HTTP upstream ===
+
+/// One request an [`HttpUpstream`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    /// Path and query as received.
+    pub path: String,
+    pub version: Version,
+    /// `Host`, else the URI authority (h2).
+    pub host: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Debug)]
+struct UpState {
+    name: String,
+    /// Status for ordinary requests; 0 = 200.
+    status: AtomicU16,
+    /// Status of `/healthz`; 0 = 200.
+    health: AtomicU16,
+    hits: AtomicUsize,
+    health_hits: AtomicUsize,
+    seen: Mutex<Vec<Seen>>,
+    /// `/wait` takes one permit before answering; [`HttpUpstream::release`] adds them.
+    gate: tokio::sync::Semaphore,
+}
+
+type UpBody = BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An HTTP/1.1 + h2c server. Every answer carries `x-upstream: <name>`, `x-seen-path`,
+/// `x-seen-host`, `x-seen-version` and `x-remove-me`; the body is the name. Paths:
+/// `/healthz` (health status, not counted as a hit), `/status/<code>`, `/slow/<ms>` (answers
+/// after a delay), `/hang` (never answers), `/wait` (answers once [`HttpUpstream::release`]
+/// lets it); anything else answers the current status (200).
+#[derive(Debug)]
+pub struct HttpUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    state: Arc<UpState>,
+    stop: watch::Sender<bool>,
+}
+
+impl HttpUpstream {
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::serve(name, listener)
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Self {
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(UpState {
+            name: name.to_owned(),
+            status: AtomicU16::new(0),
+            health: AtomicU16::new(0),
+            hits: AtomicUsize::new(0),
+            health_hits: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut stop_accept = stopped.clone();
+            loop {
+                let (tcp, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                    _ = stop_accept.changed() => return,
+                };
+                let st = st.clone();
+                let mut stop_conn = stopped.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(st.clone(), req));
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop_conn.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            name: name.to_owned(),
+            state,
+            stop,
+        }
+    }
+
+    /// Status of ordinary requests from now on (200 by default).
+    pub fn set_status(&self, code: u16) {
+        self.state.status.store(code, Ordering::SeqCst);
+    }
+
+    /// Status of `/healthz` from now on (200 by default).
+    pub fn set_health(&self, code: u16) {
+        self.state.health.store(code, Ordering::SeqCst);
+    }
+
+    /// Ordinary requests received (not `/healthz`).
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn health_hits(&self) -> usize {
+        self.state.health_hits.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen()
+            .pop()
+            .unwrap_or_else(|| panic!("upstream {} saw no request", self.name))
+    }
+
+    /// Lets `n` requests waiting on `/wait` (or the next ones to come) answer.
+    pub fn release(&self, n: usize) {
+        self.state.gate.add_permits(n);
+    }
+
+    /// Stops accepting and closes every open connection.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn handle(st: Arc<UpState>, req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default();
+    let code = |a: &AtomicU16| match a.load(Ordering::SeqCst) {
+        0 => 200,
+        c => c,
+    };
+    if parts.uri.path() == "/healthz" {
+        st.health_hits.fetch_add(1, Ordering::SeqCst);
+        let mut r = Response::new(full("health"));
+        *r.status_mut() = http::StatusCode::from_u16(code(&st.health)).unwrap_or_default();
+        return Ok(r);
+    }
+    st.hits.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut seen) = st.seen.lock() {
+        seen.push(Seen {
+            method: parts.method.clone(),
+            path: path.clone(),
+            version: parts.version,
+            host: host.clone(),
+            headers: parts.headers.clone(),
+            body,
+        });
+    }
+    let mut status = code(&st.status);
+    let segs: Vec<&str> = parts.uri.path().split('/').collect();
+    match segs.as_slice() {
+        ["", "status", c, ..] => status = c.parse().unwrap_or(500),
+        ["", "slow", ms, ..] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+        }
+        ["", "hang", ..] => std::future::pending::<()>().await,
+        ["", "wait", ..] => {
+            if let Ok(permit) = st.gate.acquire().await {
+                permit.forget();
+            }
+        }
+        _ => {}
+    }
+    let mut r = Response::new(full(st.name.clone()));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+    let h = r.headers_mut();
+    let v = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("?"));
+    h.insert("x-upstream", v(&st.name));
+    h.insert("x-seen-path", v(&path));
+    h.insert("x-seen-host", v(&host));
+    h.insert("x-seen-version", v(&format!("{:?}", parts.version)));
+    h.insert("x-remove-me", HeaderValue::from_static("yes"));
+    h.insert("content-type", HeaderValue::from_static("text/plain"));
+    Ok(r)
+}
+
+// === other upstreams ===
+
+/// A loopback address nothing listens on: connecting is refused.
+pub fn dead_addr() -> SocketAddr {
+    free_addr()
+}
+
+/// Accepts connections, reads whatever comes, never answers.
+#[derive(Debug)]
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind black hole");
+        let addr = listener.local_addr().expect("local addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = tcp.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP/1.1 upstream that announces `Content-Length: 1000`, sends `partial` and closes the
+/// connection — a response cut short.
+#[derive(Debug)]
+pub struct TruncatingUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TruncatingUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind truncating upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nx-upstream: truncating\r\n\r\npartial")
+                        .await;
+                    let _ = tcp.flush().await;
+                    // Dropping closes the connection 993 bytes short.
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for TruncatingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Echoes every byte back.
+#[derive(Debug)]
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoServer {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = tcp.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A WebSocket server: answers each text message `m` with `echo: m`; records the request path
+/// of each handshake.
+#[derive(Debug)]
+pub struct WsUpstream {
+    pub addr: SocketAddr,
+    paths: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WsUpstream {
+    pub async fn start() -> Self {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::handshake::server::{
+            Request as WsReq, Response as WsResp,
+        };
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+        let addr = listener.local_addr().expect("local addr");
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let p = paths.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    // The callback's error type is tungstenite's (large) HTTP response.
+                    #[allow(clippy::result_large_err)]
+                    let cb = |req: &WsReq, resp: WsResp| {
+                        if let Ok(mut p) = p.lock() {
+                            p.push(req.uri().path().to_owned());
+                        }
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let reply = match msg {
+                            Message::Text(t) => Message::text(format!("echo: {t}")),
+                            Message::Close(_) => return,
+                            _ => continue,
+                        };
+                        if ws.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, paths, task }
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for WsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Layotto's `Runtime` gRPC service (tonic, h2c) on memory components: `helloworld` greets with
+/// `hello from <name>`; `pubsub` is `pubsub.memory`; `statestore` is `state.memory`.
+#[derive(Debug)]
+pub struct GrpcUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcUpstream {
+    pub async fn start(name: &str) -> Self {
+        use mecha_capabilities::{BuildContext, ComponentSpec, Registry};
+        let spec = |n: &str, kind: &str, meta: &[(&str, &str)]| ComponentSpec {
+            name: n.to_owned(),
+            kind: kind.to_owned(),
+            metadata: meta
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let greeting = format!("hello from {name}");
+        let specs = vec![
+            spec(
+                "helloworld",
+                "hello.helloworld",
+                &[("hello", greeting.as_str())],
+            ),
+            spec("pubsub", "pubsub.memory", &[]),
+            spec("statestore", "state.memory", &[]),
+        ];
+        let ctx = BuildContext {
+            app_id: name.to_owned(),
+        };
+        let registry = Arc::new(Registry::build(&specs, &ctx).expect("upstream registry"));
+        let svc = mecha_api::layotto::server(registry, name, 4 * 1024 * 1024);
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind grpc upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let incoming = futures::stream::unfold(listener, |l| async move {
+            let next = l.accept().await.map(|(s, _)| s);
+            Some((next, l))
+        });
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for GrpcUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_get_one_address_per_name() {
+        let (out, addrs) = fill_template("a: ${x}\nb: ${y}\nc: ${x}\n");
+        assert_eq!(addrs.len(), 2);
+        let x = addrs["x"].to_string();
+        assert_eq!(out, format!("a: {x}\nb: {}\nc: {x}\n", addrs["y"]));
+    }
+}
