@@ -29,6 +29,9 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use mecha_proto::runtime::v1 as pb;
 
+pub mod mesh_support;
+pub mod redis_support;
+
 /// How long a sidecar gets to answer `/ready` 200 after exec.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -797,15 +800,37 @@ impl RawGrpcResponse {
         Some(tonic::Code::from_i32(n))
     }
 
+    /// `grpc-message`, percent-decoded.
     pub fn grpc_message(&self) -> String {
-        self.trailers
+        let raw = self
+            .trailers
             .as_ref()
             .and_then(|t| t.get("grpc-message"))
             .or_else(|| self.headers.get("grpc-message"))
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
+            .unwrap_or_default();
+        percent_decode(raw)
     }
+}
+
+/// Decodes `%XX` escapes (gRPC's `grpc-message` encoding); malformed escapes stay as they are.
+pub fn percent_decode(raw: &str) -> String {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Opens an h2 (prior knowledge) connection to `addr`.
@@ -937,6 +962,13 @@ mod tests {
         assert_eq!(metric_value(text, "a_total{x=\"12\"}"), Some(5.0));
         assert_eq!(metric_value(text, "b"), Some(1.5));
         assert_eq!(metric_value(text, "c"), None);
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        assert_eq!(percent_decode("a%20b%25c"), "a b%c");
+        assert_eq!(percent_decode("%C3%BC!"), "\u{fc}!");
+        assert_eq!(percent_decode("bad%zz%2"), "bad%zz%2");
     }
 
     #[test]
