@@ -110,6 +110,7 @@ pub struct Cluster {
     pub health_check: Option<HealthCheckConfig>,
     max_requests: usize,
     max_retries: usize,
+    retry_budget: Option<(u32, usize)>,
     active_requests: AtomicUsize,
     active_retries: AtomicUsize,
     pub metrics: ClusterMetrics,
@@ -223,6 +224,10 @@ impl Cluster {
             health_check: cfg.health_check.clone(),
             max_requests: cfg.circuit_breakers.max_requests,
             max_retries: cfg.circuit_breakers.max_retries,
+            retry_budget: cfg
+                .circuit_breakers
+                .retry_budget_percent
+                .map(|p| (p, cfg.circuit_breakers.min_retry_concurrency)),
             active_requests: AtomicUsize::new(0),
             active_retries: AtomicUsize::new(0),
             metrics: metrics.cluster(&cfg.name),
@@ -324,7 +329,14 @@ impl Cluster {
     pub fn admit_retry(self: &Arc<Self>) -> Option<RetrySlot> {
         let n = self.active_retries.fetch_add(1, Ordering::AcqRel);
         let slot = RetrySlot(self.clone());
-        if n >= self.max_retries {
+        let limit = match self.retry_budget {
+            Some((percent, min)) => {
+                let active = self.active_requests.load(Ordering::Acquire);
+                (active * percent as usize / 100).max(min)
+            }
+            None => self.max_retries,
+        };
+        if n >= limit {
             self.metrics.breaker_trips.inc();
             return None;
         }

@@ -226,6 +226,17 @@ pub struct CircuitBreakerConfig {
     /// Retries in flight to the cluster; beyond, failures are not retried.
     #[serde(default = "default_max_retries")]
     pub max_retries: usize,
+    /// Retry budget as Envoy defines it: retries in flight may be at most this share (%) of
+    /// the requests in flight (but always at least `min_retry_concurrency`). When set, it
+    /// replaces `max_retries`.
+    #[serde(default)]
+    pub retry_budget_percent: Option<u32>,
+    #[serde(default = "default_min_retry_concurrency")]
+    pub min_retry_concurrency: usize,
+}
+
+fn default_min_retry_concurrency() -> usize {
+    3
 }
 
 fn default_max_requests() -> usize {
@@ -241,6 +252,8 @@ impl Default for CircuitBreakerConfig {
         Self {
             max_requests: default_max_requests(),
             max_retries: default_max_retries(),
+            retry_budget_percent: None,
+            min_retry_concurrency: default_min_retry_concurrency(),
         }
     }
 }
