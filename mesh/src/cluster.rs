@@ -518,3 +518,59 @@ impl pingora::lb::discovery::ServiceDiscovery for DnsDiscovery {
         Ok((out, HashMap::new()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CircuitBreakerConfig, Dur, EndpointConfig};
+
+    fn cluster(breakers: CircuitBreakerConfig) -> Arc<Cluster> {
+        let cfg = ClusterConfig {
+            name: "c".into(),
+            endpoints: vec![EndpointConfig {
+                address: "127.0.0.1:1".into(),
+                weight: 1,
+            }],
+            protocol: UpstreamProtocol::Http1,
+            sni: None,
+            lb_policy: LbPolicy::RoundRobin,
+            hash_header: None,
+            connect_timeout: Dur(Duration::from_secs(1)),
+            dns_refresh: Dur(Duration::from_secs(30)),
+            max_h2_streams: 1,
+            health_check: None,
+            outlier_detection: None,
+            circuit_breakers: breakers,
+        };
+        let metrics = MeshMetrics::register(&mut prometheus_client::registry::Registry::default());
+        Arc::new(Cluster::build(&cfg, &metrics).expect("valid"))
+    }
+
+    #[test]
+    fn retry_budget_is_a_share_of_requests_in_flight() {
+        let c = cluster(CircuitBreakerConfig {
+            retry_budget_percent: Some(50),
+            min_retry_concurrency: 1,
+            ..CircuitBreakerConfig::default()
+        });
+        let _reqs: Vec<_> = (0..4).map(|_| c.admit().expect("admitted")).collect();
+        let r1 = c.admit_retry();
+        let r2 = c.admit_retry();
+        assert!(r1.is_some() && r2.is_some(), "2 of 4 in flight may retry");
+        assert!(c.admit_retry().is_none(), "a third retry exceeds 50%");
+        drop(r1);
+        assert!(c.admit_retry().is_some(), "a finished retry frees its slot");
+    }
+
+    #[test]
+    fn max_requests_breaker_counts_in_flight() {
+        let c = cluster(CircuitBreakerConfig {
+            max_requests: 1,
+            ..CircuitBreakerConfig::default()
+        });
+        let first = c.admit().expect("first");
+        assert!(matches!(c.admit(), Err(PickError::Overloaded(..))));
+        drop(first);
+        assert!(c.admit().is_ok());
+    }
+}
