@@ -150,7 +150,10 @@ mod tests {
     #[test]
     fn metadata_errors_name_the_key() {
         let spec = ComponentSpec::new("s", "state.redis").with("redisDB", "x");
-        let err = spec.meta_u64("redisDB", 0).expect_err("x is no integer").to_string();
+        let err = spec
+            .meta_u64("redisDB", 0)
+            .expect_err("x is no integer")
+            .to_string();
         assert!(err.starts_with("metadata.redisDB:"), "{err}");
     }
 }
