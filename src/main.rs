@@ -85,6 +85,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if std::env::var_os("MECHA_EXIT_ON_STDIN_EOF").is_some() {
+                // For supervisors and test harnesses: when whoever started us dies, our stdin
+                // pipe closes, and we go with it instead of lingering.
+                std::thread::spawn(|| {
+                    let mut sink = [0u8; 256];
+                    let mut stdin = std::io::stdin();
+                    while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+                    eprintln!("mecha: stdin closed (MECHA_EXIT_ON_STDIN_EOF): exiting");
+                    std::process::exit(0);
+                });
+            }
             match mecha_proxy_core::run_with_source(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
