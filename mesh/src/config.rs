@@ -29,27 +29,8 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`, or bare milliseconds.
-pub fn parse_duration(raw: &str) -> Option<Duration> {
-    let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(raw.len());
-    let (num, unit) = raw.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    let secs = match unit.trim() {
-        "" | "ms" => n / 1000.0,
-        "us" => n / 1_000_000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
-}
+/// Durations read the same everywhere in the config (`250ms`, `2s`, `1m`, bare ms).
+pub use mecha_capabilities::spec::parse_duration;
 
 // === clusters ===
 
