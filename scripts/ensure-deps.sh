@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Mecha needs on Debian/Ubuntu when it is missing:
-#   cmake (Pingora's zlib-ng build), a C compiler, redis-server (the Redis component tests).
+#   cmake (Pingora's zlib-ng build), a C compiler, redis-server (the Redis component tests),
+#   and in test mode, when pip can, Python grpcio + grpcio-tools (the cross-stack test).
 # As root with apt-get it installs them; otherwise it says exactly what to install and fails.
 # Usage: scripts/ensure-deps.sh [build|test|bench]
 set -euo pipefail
@@ -14,14 +15,27 @@ case "${1:-build}" in
   bench) have redis-server || need+=(redis-server); have h2load || need+=(nghttp2-client)
          have redis-benchmark || need+=(redis-tools) ;;
 esac
-[ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" = 0 ] && have apt-get; then
-  echo "installing: ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-else
-  echo "error: missing packages: ${need[*]}" >&2
-  echo "install them (Debian/Ubuntu: sudo apt-get install ${need[*]}) and re-run" >&2
-  exit 1
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && have apt-get; then
+    echo "installing: ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "error: missing packages: ${need[*]}" >&2
+    echo "install them (Debian/Ubuntu: sudo apt-get install ${need[*]}) and re-run" >&2
+    exit 1
+  fi
 fi
+# Optional, test mode only: Python grpcio + grpcio-tools for the cross-stack end-to-end test
+# (integration/tests/e2e/cross_stack.rs skips itself, saying why, when they are missing).
+# Best effort: a failed install never fails this script.
+if [ "${1:-build}" = test ] && have python3 \
+   && ! python3 -c 'import grpc, grpc_tools.protoc' >/dev/null 2>&1; then
+  if python3 -m pip --version >/dev/null 2>&1; then
+    echo "installing python packages: grpcio grpcio-tools (cross-stack test)" >&2
+    python3 -m pip install -q --disable-pip-version-check grpcio grpcio-tools >/dev/null 2>&1 \
+      || echo "warning: pip install grpcio grpcio-tools failed; the cross-stack test will be skipped" >&2
+  fi
+fi
+exit 0

@@ -92,7 +92,12 @@ fn main() -> ExitCode {
                     let mut sink = [0u8; 256];
                     let mut stdin = std::io::stdin();
                     while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
-                    eprintln!("mecha: stdin closed (MECHA_EXIT_ON_STDIN_EOF): exiting");
+                    // Not eprintln!: when the parent died, stderr is often a pipe to it, and a
+                    // failed write would panic this thread and skip the exit.
+                    let _ = std::io::Write::write_all(
+                        &mut std::io::stderr(),
+                        b"mecha: stdin closed (MECHA_EXIT_ON_STDIN_EOF): exiting\n",
+                    );
                     std::process::exit(0);
                 });
             }

@@ -93,7 +93,10 @@ pub fn mecha_bin() -> PathBuf {
         let bin = target.join("debug").join("mecha");
         if !bin.exists() {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            eprintln!("{} is missing: running cargo build --bin mecha", bin.display());
+            eprintln!(
+                "{} is missing: running cargo build --bin mecha",
+                bin.display()
+            );
             let status = Command::new(cargo)
                 .args(["build", "--bin", "mecha"])
                 .current_dir(workspace_root())
@@ -327,9 +330,7 @@ impl SidecarBuilder {
     }
 
     fn config_yaml(&self, dir: &Path, grpc: SocketAddr, admin: SocketAddr) -> String {
-        let components = self
-            .components
-            .replace("{dir}", &dir.display().to_string());
+        let components = self.components.replace("{dir}", &dir.display().to_string());
         format!(
             "threads: 1\n\
              app:\n  id: {app}\n\
@@ -378,7 +379,10 @@ impl SidecarBuilder {
             .arg("-c")
             .arg(&config_path)
             .current_dir(dir.path())
-            .stdin(Stdio::null())
+            // The sidecar exits when this pipe closes, so it never outlives the test process
+            // (even one killed before `Drop` runs).
+            .stdin(Stdio::piped())
+            .env("MECHA_EXIT_ON_STDIN_EOF", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1")
@@ -393,8 +397,10 @@ impl SidecarBuilder {
             .spawn()
             .map_err(|e| StartFailure::Other(format!("spawn {}: {e}", mecha_bin().display())))?;
         let stderr = drain_in_background(child.stderr.take());
+        let stdin = child.stdin.take();
         let mut sidecar = Sidecar {
             child,
+            _stdin: stdin,
             stderr: Some(stderr),
             grpc_addr,
             admin_addr,
@@ -432,6 +438,8 @@ enum StartFailure {
 /// was called (then it gets a few seconds to exit by itself first).
 pub struct Sidecar {
     child: Child,
+    /// Held open for the sidecar's life (`MECHA_EXIT_ON_STDIN_EOF`).
+    _stdin: Option<std::process::ChildStdin>,
     stderr: Option<Drained>,
     /// The runtime listener (gRPC over h2c, HTTP/1.1 on the same port).
     pub grpc_addr: SocketAddr,
@@ -484,11 +492,8 @@ impl Sidecar {
             if let Some(status) = self.child.try_wait()? {
                 bail!("mecha exited before it was ready: {status}");
             }
-            match tokio::time::timeout(
-                Duration::from_secs(2),
-                http_get(self.admin_addr, "/ready"),
-            )
-            .await
+            match tokio::time::timeout(Duration::from_secs(2), http_get(self.admin_addr, "/ready"))
+                .await
             {
                 Ok(Ok(r)) if r.status == 200 => return Ok(()),
                 Ok(Ok(r)) => last = format!("/ready answered {}: {}", r.status, r.body),

@@ -37,17 +37,26 @@ async fn health_ready_and_actuator() {
     let json = r.json();
     assert_eq!(json["status"], "UP", "{json}");
     let components = json["components"].as_object().expect("components object");
-    for name in TEST_COMPONENT_NAMES.iter().chain(std::iter::once(&"runtime")) {
+    for name in TEST_COMPONENT_NAMES
+        .iter()
+        .chain(std::iter::once(&"runtime"))
+    {
         let c = components
             .get(*name)
             .unwrap_or_else(|| panic!("actuator lists {name}: {json}"));
         assert_eq!(c["status"], "UP", "{name}: {json}");
     }
-    assert_eq!(components["statestore"]["details"]["type"], "state.memory", "{json}");
+    assert_eq!(
+        components["statestore"]["details"]["type"], "state.memory",
+        "{json}"
+    );
 
     let r = sc.admin_get("/no/such/admin/path").await;
     assert_eq!(r.status, 404, "{r:?}");
-    assert!(r.body.contains("/healthz"), "the 404 lists the endpoints: {r:?}");
+    assert!(
+        r.body.contains("/healthz"),
+        "the 404 lists the endpoints: {r:?}"
+    );
 }
 
 #[tokio::test]
@@ -140,7 +149,10 @@ async fn metrics_count_calls_and_errors() {
     let conns = metric_value(&text, "mecha_downstream_connections{listener=\"runtime\"}")
         .expect("connections gauge");
     assert!(conns >= 1.0, "{text}");
-    assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
     drop(rt);
 }
 
@@ -158,7 +170,10 @@ async fn sigterm_with_nothing_in_flight_exits_zero() {
         "exit status {status}; stderr:\n{}",
         sc.stderr_text()
     );
-    assert!(!listening(grpc) && !listening(admin), "ports closed after exit");
+    assert!(
+        !listening(grpc) && !listening(admin),
+        "ports closed after exit"
+    );
 }
 
 #[tokio::test]
@@ -202,7 +217,10 @@ async fn sigterm_drains_in_flight_calls_and_readiness_turns_503() {
             break r;
         }
         assert_eq!(r.status, 200, "{r:?}");
-        assert!(Instant::now() < deadline, "/ready never turned 503 after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "/ready never turned 503 after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(ready.body.contains("draining"), "{ready:?}");

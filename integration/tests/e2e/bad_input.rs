@@ -13,8 +13,7 @@ use mecha_integration::pb::{
     SubscribeTopicEventsRequest, SubscribeTopicEventsRequestInitial, SubscribeTopicEventsResponse,
 };
 use mecha_integration::{
-    describe, grpc_frame, grpc_message, grpc_payloads, http_raw, raw_grpc, raw_h2, within,
-    Sidecar,
+    describe, grpc_frame, grpc_message, grpc_payloads, http_raw, raw_grpc, raw_h2, within, Sidecar,
 };
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,8 +50,140 @@ async fn send_garbage(sc: &Sidecar, bytes: &[u8]) -> Vec<u8> {
     let _ = tcp.shutdown().await;
     let mut answer = Vec::new();
     // Either the server answers and closes, or resets: both end the read.
-    let _ = within("server closes a garbage connection", tcp.read_to_end(&mut answer)).await;
+    let _ = within(
+        "server closes a garbage connection",
+        tcp.read_to_end(&mut answer),
+    )
+    .await;
     answer
+}
+
+/// Asserts an unknown-component error: INVALID_ARGUMENT naming the component and listing the
+/// configured one of that building block.
+fn assert_unknown_component<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, tonic::Status>,
+    configured: &str,
+) {
+    let err = result.expect_err(what);
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "{what}: {}",
+        describe(&err)
+    );
+    assert!(
+        err.message().contains("\"ghost\"") && err.message().contains(configured),
+        "{what}: names \"ghost\" and lists {configured:?}: {}",
+        describe(&err)
+    );
+}
+
+#[tokio::test]
+async fn unknown_component_in_every_block_is_invalid_argument() {
+    use mecha_integration::pb::{
+        GetBulkSecretRequest, GetConfigurationRequest, GetNextIdRequest, GetSecretRequest,
+        PublishEventRequest, TryLockRequest, UnlockRequest,
+    };
+    let sc = Sidecar::start().await;
+    let mut rt = sc.client().await;
+    let ghost = || "ghost".to_owned();
+
+    let r = within(
+        "GetState",
+        rt.get_state(GetStateRequest {
+            store_name: ghost(),
+            key: "k".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_unknown_component("GetState", r, "statestore");
+    let r = within(
+        "PublishEvent",
+        rt.publish_event(PublishEventRequest {
+            pubsub_name: ghost(),
+            topic: "t".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_unknown_component("PublishEvent", r, "pubsub");
+    let r = within(
+        "TryLock",
+        rt.try_lock(TryLockRequest {
+            store_name: ghost(),
+            resource_id: "r".into(),
+            lock_owner: "o".into(),
+            expire: 5,
+        }),
+    )
+    .await;
+    assert_unknown_component("TryLock", r, "lockstore");
+    let r = within(
+        "Unlock",
+        rt.unlock(UnlockRequest {
+            store_name: ghost(),
+            resource_id: "r".into(),
+            lock_owner: "o".into(),
+        }),
+    )
+    .await;
+    assert_unknown_component("Unlock", r, "lockstore");
+    let r = within(
+        "GetNextId",
+        rt.get_next_id(GetNextIdRequest {
+            store_name: ghost(),
+            key: "k".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_unknown_component("GetNextId", r, "sequencer");
+    let r = within(
+        "GetConfiguration",
+        rt.get_configuration(GetConfigurationRequest {
+            store_name: ghost(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_unknown_component("GetConfiguration", r, "configstore");
+    let r = within(
+        "GetSecret",
+        rt.get_secret(GetSecretRequest {
+            store_name: ghost(),
+            key: "k".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_unknown_component("GetSecret", r, "secretstore");
+    let r = within(
+        "GetBulkSecret",
+        rt.get_bulk_secret(GetBulkSecretRequest {
+            store_name: ghost(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_unknown_component("GetBulkSecret", r, "secretstore");
+    let r = within(
+        "SayHello",
+        rt.say_hello(SayHelloRequest {
+            service_name: ghost(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_unknown_component("SayHello", r, "helloworld");
+
+    sc.wait_metric(
+        "mecha_api_errors_total{api=\"layotto\",method=\"GetState\",code=\"INVALID_ARGUMENT\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    assert_still_serves(&sc, "unknown components").await;
 }
 
 #[tokio::test]
@@ -88,7 +219,6 @@ async fn unknown_method_is_unimplemented() {
     )
     .await
     .expect("raw h2 exchange");
-    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.http_status, 200);
     assert_eq!(r.grpc_status(), Some(Code::Unimplemented), "{r:?}");
 
@@ -168,7 +298,6 @@ async fn oversize_message_is_resource_exhausted() {
     )
     .await
     .expect("raw h2 exchange");
-    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.grpc_status(), Some(Code::ResourceExhausted), "{r:?}");
     assert!(r.grpc_message().contains("exceeds"), "{r:?}");
 
@@ -189,11 +318,14 @@ async fn malformed_protobuf_is_an_error_status() {
         )
         .await
         .unwrap_or_else(|e| panic!("{what}: raw h2 exchange: {e:#}"));
-        eprintln!("DEBUG {what} {:?} {}", r.grpc_status(), r.grpc_message());
         let code = r.grpc_status();
         assert!(
             matches!(code, Some(Code::InvalidArgument | Code::Internal)),
             "{what}: expected INVALID_ARGUMENT or INTERNAL, got {code:?} ({r:?})"
+        );
+        assert!(
+            !r.grpc_message().is_empty(),
+            "{what}: the status says why: {r:?}"
         );
     }
     assert_still_serves(&sc, "malformed protobuf").await;
@@ -214,24 +346,31 @@ async fn truncated_and_bad_grpc_frames_are_errors() {
     )
     .await
     .expect("raw h2 exchange");
-    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     let code = r.grpc_status();
     assert!(
-        code.is_some_and(|c| c != Code::Ok),
-        "a truncated frame must fail: {r:?}"
+        matches!(code, Some(Code::InvalidArgument | Code::Internal)),
+        "a truncated frame must fail with INVALID_ARGUMENT or INTERNAL: {r:?}"
     );
 
     // Only 3 bytes of a 5-byte prefix.
     let r = within(
         "partial prefix",
-        raw_grpc(sc.grpc_addr, SAY_HELLO, &[], Bytes::from_static(&[0, 0, 0]), true),
+        raw_grpc(
+            sc.grpc_addr,
+            SAY_HELLO,
+            &[],
+            Bytes::from_static(&[0, 0, 0]),
+            true,
+        ),
     )
     .await
     .expect("raw h2 exchange");
-    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert!(
-        r.grpc_status().is_some_and(|c| c != Code::Ok),
-        "a partial prefix must fail: {r:?}"
+        matches!(
+            r.grpc_status(),
+            Some(Code::InvalidArgument | Code::Internal)
+        ),
+        "a partial prefix must fail with INVALID_ARGUMENT or INTERNAL: {r:?}"
     );
 
     // Compressed flag without a grpc-encoding.
@@ -245,11 +384,14 @@ async fn truncated_and_bad_grpc_frames_are_errors() {
     )
     .await
     .expect("raw h2 exchange");
-    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert!(
-        r.grpc_status().is_some_and(|c| c != Code::Ok),
+        matches!(
+            r.grpc_status(),
+            Some(Code::InvalidArgument | Code::Internal)
+        ),
         "a compressed frame without grpc-encoding must fail: {r:?}"
     );
+    assert!(r.grpc_message().contains("grpc-encoding"), "{r:?}");
 
     // An empty body decodes as an all-default message: SayHello answers the plain greeting.
     let r = within(
@@ -258,7 +400,6 @@ async fn truncated_and_bad_grpc_frames_are_errors() {
     )
     .await
     .expect("raw h2 exchange");
-    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.grpc_status(), Some(Code::Ok), "{r:?}");
     let payloads = grpc_payloads(&r.data);
     assert_eq!(payloads.len(), 1, "{r:?}");
@@ -272,7 +413,9 @@ async fn truncated_and_bad_grpc_frames_are_errors() {
 async fn garbage_on_the_wire_does_not_take_the_process_down() {
     let sc = Sidecar::start().await;
 
-    let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let junk: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     send_garbage(&sc, &junk).await;
     assert_still_serves(&sc, "raw TCP garbage").await;
 
@@ -432,7 +575,6 @@ async fn tiny_grpc_timeout_is_deadline_exceeded() {
     )
     .await
     .expect("raw h2 exchange");
-    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.http_status, 200);
     assert_eq!(r.grpc_status(), Some(Code::DeadlineExceeded), "{r:?}");
     // initial_response came first, before the deadline.
@@ -457,7 +599,6 @@ async fn tiny_grpc_timeout_is_deadline_exceeded() {
     )
     .await
     .expect("raw h2 exchange");
-    eprintln!("DEBUG {:?} {:?} {}", r.grpc_status(), r.http_status, r.grpc_message());
     assert_eq!(r.grpc_status(), Some(Code::DeadlineExceeded), "{r:?}");
 
     // tonic's client sends grpc-timeout from the request's timeout: same code.
@@ -489,7 +630,12 @@ async fn tiny_grpc_timeout_is_deadline_exceeded() {
             }
         }
     };
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{}", describe(&status));
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        describe(&status)
+    );
     drop(tx);
 
     sc.wait_metric(

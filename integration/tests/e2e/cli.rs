@@ -109,7 +109,10 @@ fn every_shipped_config_is_valid() {
         assert!(text(&out.stdout).contains("valid"), "{}", text(&out.stdout));
         checked += 1;
     }
-    assert!(checked >= 2, "expected at least default.yaml and redis.yaml");
+    assert!(
+        checked >= 2,
+        "expected at least default.yaml and redis.yaml"
+    );
 
     // The embedded default is configs/default.yaml.
     let out = run_mecha(&["default-config"], CLI_TIMEOUT).expect("run default-config");
@@ -139,7 +142,11 @@ fn run_with_an_invalid_config_exits_non_zero_and_listens_nowhere() {
     let out = run_mecha(&["run", "-c", path.to_str().expect("utf-8")], CLI_TIMEOUT)
         .expect("mecha run exits by itself on a bad config");
     let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "exit status {}; stderr:\n{stderr}", out.status);
+    assert!(
+        !out.status.success(),
+        "exit status {}; stderr:\n{stderr}",
+        out.status
+    );
     assert!(
         stderr.contains("components[0].type: unknown type \"state.foo\""),
         "{stderr}"
@@ -160,17 +167,28 @@ fn run_on_a_taken_port_exits_non_zero_naming_the_address() {
     let admin = free_addr();
     let path = dir.write(
         "taken.yaml",
-        &run_config(taken_addr, admin, "  - { name: statestore, type: state.memory }\n"),
+        &run_config(
+            taken_addr,
+            admin,
+            "  - { name: statestore, type: state.memory }\n",
+        ),
     );
     let out = run_mecha(&["run", "-c", path.to_str().expect("utf-8")], CLI_TIMEOUT)
         .expect("mecha run exits by itself on a taken port");
     let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "exit status {}; stderr:\n{stderr}", out.status);
+    assert!(
+        !out.status.success(),
+        "exit status {}; stderr:\n{stderr}",
+        out.status
+    );
     assert!(
         stderr.contains(&taken_addr.to_string()),
         "the message names {taken_addr}:\n{stderr}"
     );
-    assert!(!listening(admin), "the admin port {admin} must not be left listening");
+    assert!(
+        !listening(admin),
+        "the admin port {admin} must not be left listening"
+    );
     drop(taken);
 
     // The same for a taken admin port.
@@ -179,12 +197,23 @@ fn run_on_a_taken_port_exits_non_zero_naming_the_address() {
     let grpc = free_addr();
     let path = dir.write(
         "taken-admin.yaml",
-        &run_config(grpc, taken_admin, "  - { name: statestore, type: state.memory }\n"),
+        &run_config(
+            grpc,
+            taken_admin,
+            "  - { name: statestore, type: state.memory }\n",
+        ),
     );
     let out = run_mecha(&["run", "-c", path.to_str().expect("utf-8")], CLI_TIMEOUT)
         .expect("mecha run exits by itself on a taken admin port");
     let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "exit status {}; stderr:\n{stderr}", out.status);
+    assert!(
+        !out.status.success(),
+        "exit status {}; stderr:\n{stderr}",
+        out.status
+    );
     assert!(stderr.contains(&taken_admin.to_string()), "{stderr}");
-    assert!(!listening(grpc), "the runtime port {grpc} must not be left listening");
+    assert!(
+        !listening(grpc),
+        "the runtime port {grpc} must not be left listening"
+    );
 }

@@ -117,7 +117,10 @@ async fn save_get_delete() {
     .await
     .unwrap_or_else(|s| panic!("DeleteConfiguration: {}", describe(&s)));
     let left = get(&mut rt, "shop", "", &[]).await;
-    assert_eq!(left.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["feature.x"]);
+    assert_eq!(
+        left.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        ["feature.x"]
+    );
 
     // Unknown store: INVALID_ARGUMENT naming it and listing the configured one.
     let err = within(
@@ -176,11 +179,19 @@ async fn subscribe_pushes_saves_and_deletes() {
     let mut n = 0;
     let first = loop {
         n += 1;
-        save(&mut rt, "shop", vec![citem("watched", &format!("probe-{n}"), "", "")]).await;
+        save(
+            &mut rt,
+            "shop",
+            vec![citem("watched", &format!("probe-{n}"), "", "")],
+        )
+        .await;
         if let Some(c) = next_change(&mut changes, Duration::from_millis(500)).await {
             break c;
         }
-        assert!(Instant::now() < deadline, "no configuration change was ever pushed");
+        assert!(
+            Instant::now() < deadline,
+            "no configuration change was ever pushed"
+        );
     };
     assert_eq!(first.store_name, STORE);
     assert_eq!(first.app_id, "shop");
@@ -260,6 +271,11 @@ async fn subscribe_to_unknown_store_fails() {
                 .expect_err("unknown store ends the stream with an error")
         }
     };
-    assert_eq!(status.code(), Code::InvalidArgument, "{}", describe(&status));
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "{}",
+        describe(&status)
+    );
     assert!(status.message().contains("nocfg"), "{}", describe(&status));
 }

@@ -37,7 +37,13 @@ fn python_grpc_available() -> Result<(), String> {
         .output()
     {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("import failed")
+            .trim()
+            .to_owned()),
         Err(e) => Err(format!("python3: {e}")),
     }
 }
@@ -91,7 +97,9 @@ async fn python_grpcio_client_talks_to_the_sidecar() {
     assert!(lines.contains(&"hello=greetings, python"), "{stdout}");
     assert!(lines.contains(&"data=from python"), "{stdout}");
     assert!(
-        lines.iter().any(|l| l.starts_with("etag=") && l.len() > "etag=".len()),
+        lines
+            .iter()
+            .any(|l| l.starts_with("etag=") && l.len() > "etag=".len()),
         "{stdout}"
     );
     assert!(lines.contains(&"error=INVALID_ARGUMENT"), "{stdout}");

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 
 use mecha_integration::pb::{
     CommonInvokeRequest, DelFileRequest, FileRequest, GetFileMetaRequest, GetFileRequest,
-    InvokeBindingRequest, InvokeServiceRequest, ListFileRequest, PutFileRequest,
-    SayHelloRequest,
+    InvokeBindingRequest, InvokeServiceRequest, ListFileRequest, PutFileRequest, SayHelloRequest,
 };
 use mecha_integration::{describe, within, Sidecar, TEST_COMPONENTS};
 use tonic::Code;
@@ -91,7 +90,12 @@ async fn say_hello() {
 
 fn assert_unimplemented(what: &str, result: Result<(), tonic::Status>, mentions: &str) {
     let err = result.expect_err(what);
-    assert_eq!(err.code(), Code::Unimplemented, "{what}: {}", describe(&err));
+    assert_eq!(
+        err.code(),
+        Code::Unimplemented,
+        "{what}: {}",
+        describe(&err)
+    );
     assert!(
         !err.message().is_empty() && err.message().contains(mentions),
         "{what}: the message says why: {}",

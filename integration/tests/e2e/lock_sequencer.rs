@@ -81,17 +81,27 @@ async fn lock_ownership_and_statuses() {
     let sc = Sidecar::start().await;
     let mut rt = sc.client().await;
 
-    assert!(try_lock(&mut rt, "res", "alice", 60).await.expect("TryLock"));
+    assert!(try_lock(&mut rt, "res", "alice", 60)
+        .await
+        .expect("TryLock"));
     // Held: nobody else gets it, and it is not re-entrant (Layotto).
     assert!(!try_lock(&mut rt, "res", "bob", 60).await.expect("TryLock"));
-    assert!(!try_lock(&mut rt, "res", "alice", 60).await.expect("TryLock"));
+    assert!(!try_lock(&mut rt, "res", "alice", 60)
+        .await
+        .expect("TryLock"));
 
     assert_eq!(unlock(&mut rt, "res", "bob").await, U::LockBelongToOthers);
     assert_eq!(unlock(&mut rt, "nothing-here", "bob").await, U::LockUnexist);
 
     assert_eq!(keep_alive(&mut rt, "res", "alice", 60).await, K::Success);
-    assert_eq!(keep_alive(&mut rt, "res", "bob", 60).await, K::LockBelongToOthers);
-    assert_eq!(keep_alive(&mut rt, "nothing-here", "bob", 60).await, K::LockUnexist);
+    assert_eq!(
+        keep_alive(&mut rt, "res", "bob", 60).await,
+        K::LockBelongToOthers
+    );
+    assert_eq!(
+        keep_alive(&mut rt, "nothing-here", "bob", 60).await,
+        K::LockUnexist
+    );
 
     assert_eq!(unlock(&mut rt, "res", "alice").await, U::Success);
     // Released: unlocking again finds nothing, and someone else can take it.
@@ -103,10 +113,15 @@ async fn lock_ownership_and_statuses() {
 async fn lock_expires() {
     let sc = Sidecar::start().await;
     let mut rt = sc.client().await;
-    assert!(try_lock(&mut rt, "short", "alice", 1).await.expect("TryLock"));
+    assert!(try_lock(&mut rt, "short", "alice", 1)
+        .await
+        .expect("TryLock"));
     // Wait (bounded) until the 1 s lease has run out and bob can take it.
     let deadline = Instant::now() + STEP_TIMEOUT;
-    while !try_lock(&mut rt, "short", "bob", 60).await.expect("TryLock") {
+    while !try_lock(&mut rt, "short", "bob", 60)
+        .await
+        .expect("TryLock")
+    {
         assert!(Instant::now() < deadline, "a 1s lock never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -203,7 +218,10 @@ async fn next_id_is_strictly_increasing_per_key() {
     let mut all = HashSet::new();
     for t in tasks {
         let ids = t.await.expect("task");
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "per caller increasing: {ids:?}");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "per caller increasing: {ids:?}"
+        );
         for id in ids {
             assert!(all.insert(id), "id {id} issued twice");
         }

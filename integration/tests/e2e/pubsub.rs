@@ -132,9 +132,13 @@ async fn delivery_and_success_ack() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     publish(&mut rt, "orders", "second").await;
     let next = sub.next_event().await;
-    assert_eq!(next.data, b"second", "the SUCCESS-acked event came back: {next:?}");
+    assert_eq!(
+        next.data, b"second",
+        "the SUCCESS-acked event came back: {next:?}"
+    );
     assert_ne!(next.id, ev.id);
-    sub.answer(&next.id, TopicEventResponseStatus::Success).await;
+    sub.answer(&next.id, TopicEventResponseStatus::Success)
+        .await;
 }
 
 #[tokio::test]
@@ -148,7 +152,8 @@ async fn retry_is_redelivered_with_the_same_id() {
     let again = sub.next_event().await;
     assert_eq!(again.id, ev.id, "a RETRY is redelivered with its id");
     assert_eq!(again.data, b"again");
-    sub.answer(&again.id, TopicEventResponseStatus::Success).await;
+    sub.answer(&again.id, TopicEventResponseStatus::Success)
+        .await;
 }
 
 #[tokio::test]
@@ -162,7 +167,8 @@ async fn unanswered_event_is_redelivered_after_the_processing_timeout() {
     let again = sub.next_event().await;
     assert_eq!(again.id, ev.id);
     assert_eq!(again.data, b"hello?");
-    sub.answer(&again.id, TopicEventResponseStatus::Success).await;
+    sub.answer(&again.id, TopicEventResponseStatus::Success)
+        .await;
 }
 
 #[tokio::test]
@@ -199,7 +205,10 @@ async fn fan_out_to_every_subscriber() {
     publish(&mut rt, "sports", "goal").await;
     let ea = a.next_event().await;
     let eb = b.next_event().await;
-    assert_eq!((ea.data.as_slice(), eb.data.as_slice()), (&b"extra"[..], &b"extra"[..]));
+    assert_eq!(
+        (ea.data.as_slice(), eb.data.as_slice()),
+        (&b"extra"[..], &b"extra"[..])
+    );
     a.answer(&ea.id, TopicEventResponseStatus::Success).await;
     b.answer(&eb.id, TopicEventResponseStatus::Success).await;
     // The other topic's subscriber gets only its own topic's event.

@@ -66,7 +66,11 @@ async fn env_secret_store() {
     .await
     .expect_err("missing secret");
     assert_eq!(err.code(), Code::NotFound, "{}", describe(&err));
-    assert!(err.message().contains("MECHA_E2E_NOT_SET"), "{}", describe(&err));
+    assert!(
+        err.message().contains("MECHA_E2E_NOT_SET"),
+        "{}",
+        describe(&err)
+    );
 
     let bulk = within(
         "GetBulkSecret",
@@ -168,10 +172,20 @@ async fn file_secret_store() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["api_key", "db:password", "db:user", "hosts:0", "hosts:1", "port"]
+        [
+            "api_key",
+            "db:password",
+            "db:user",
+            "hosts:0",
+            "hosts:1",
+            "port"
+        ]
     );
     assert_eq!(
-        bulk.data["db:password"].secrets.get("db:password").map(String::as_str),
+        bulk.data["db:password"]
+            .secrets
+            .get("db:password")
+            .map(String::as_str),
         Some("pw")
     );
 

@@ -134,7 +134,9 @@ async fn save_get_delete_round_trip_with_etags() {
     delete(&mut rt, "k", None).await.expect("delete");
     assert_eq!(get(&mut rt, "k").await, (String::new(), String::new()));
     // Deleting a missing key without an ETag is not an error (Dapr).
-    delete(&mut rt, "k", None).await.expect("delete missing key");
+    delete(&mut rt, "k", None)
+        .await
+        .expect("delete missing key");
 }
 
 #[tokio::test]
@@ -150,14 +152,22 @@ async fn etag_mismatch_is_aborted_and_changes_nothing() {
         .await
         .expect_err("stale etag must fail");
     assert_eq!(err.code(), Code::Aborted, "{}", describe(&err));
-    assert!(err.message().contains("\"k\""), "names the key: {}", describe(&err));
+    assert!(
+        err.message().contains("\"k\""),
+        "names the key: {}",
+        describe(&err)
+    );
     assert_eq!(get(&mut rt, "k").await, ("v2".into(), current.clone()));
 
     let err = delete(&mut rt, "k", Some(&stale))
         .await
         .expect_err("stale etag delete must fail");
     assert_eq!(err.code(), Code::Aborted, "{}", describe(&err));
-    assert_eq!(get(&mut rt, "k").await.0, "v2", "the failed delete kept the item");
+    assert_eq!(
+        get(&mut rt, "k").await.0,
+        "v2",
+        "the failed delete kept the item"
+    );
 
     // An ETag on a key that does not exist never matches.
     let err = save(&mut rt, vec![with_etag(item("nokey", "x"), &current)])
@@ -182,11 +192,21 @@ async fn malformed_etag_is_invalid_argument() {
         let err = save(&mut rt, vec![with_etag(item("k", "v2"), bad)])
             .await
             .expect_err("malformed etag");
-        assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {}", describe(&err));
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{bad}: {}",
+            describe(&err)
+        );
         let err = delete(&mut rt, "k", Some(bad))
             .await
             .expect_err("malformed etag on delete");
-        assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {}", describe(&err));
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{bad}: {}",
+            describe(&err)
+        );
     }
     assert_eq!(get(&mut rt, "k").await.0, "v1");
 }
@@ -207,9 +227,12 @@ async fn first_write_concurrency() {
     assert_eq!(err.code(), Code::Aborted, "{}", describe(&err));
     assert_eq!(get(&mut rt, "fw").await.0, "one");
     // With the current ETag it is allowed.
-    save(&mut rt, vec![first_write(with_etag(item("fw", "three"), &etag))])
-        .await
-        .expect("first-write with the current etag");
+    save(
+        &mut rt,
+        vec![first_write(with_etag(item("fw", "three"), &etag))],
+    )
+    .await
+    .expect("first-write with the current etag");
     assert_eq!(get(&mut rt, "fw").await.0, "three");
 
     // Concurrent first-writers of one fresh key: exactly one wins.
@@ -313,7 +336,9 @@ async fn transaction_is_all_or_nothing() {
         .await
         .expect("seed");
     let (_, x_etag) = get(&mut rt, "x").await;
-    save(&mut rt, vec![item("x", "x1")]).await.expect("make x_etag stale");
+    save(&mut rt, vec![item("x", "x1")])
+        .await
+        .expect("make x_etag stale");
 
     // One stale ETag among the operations: nothing is applied.
     let err = transact(
@@ -367,7 +392,9 @@ async fn ttl_in_seconds_expires_the_item() {
     ttl_item.metadata = HashMap::from([("ttlInSeconds".to_owned(), "1".to_owned())]);
     let mut forever = item("forever", "stays");
     forever.metadata = HashMap::from([("ttlInSeconds".to_owned(), "-1".to_owned())]);
-    save(&mut rt, vec![ttl_item, forever]).await.expect("save with ttl");
+    save(&mut rt, vec![ttl_item, forever])
+        .await
+        .expect("save with ttl");
 
     let resp = within(
         "GetState",
@@ -404,7 +431,11 @@ async fn ttl_in_seconds_expires_the_item() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(get(&mut rt, "forever").await.0, "stays", "ttl -1 never expires");
+    assert_eq!(
+        get(&mut rt, "forever").await.0,
+        "stays",
+        "ttl -1 never expires"
+    );
 
     // A TTL that is not a positive integer (or -1) is refused.
     let mut bad = item("bad", "x");
@@ -445,6 +476,8 @@ async fn unknown_state_store_and_empty_key_are_invalid_argument() {
     .expect_err("unknown store");
     assert_eq!(err.code(), Code::InvalidArgument, "{}", describe(&err));
 
-    let err = save(&mut rt, vec![item("", "v")]).await.expect_err("empty key");
+    let err = save(&mut rt, vec![item("", "v")])
+        .await
+        .expect_err("empty key");
     assert_eq!(err.code(), Code::InvalidArgument, "{}", describe(&err));
 }
