@@ -52,6 +52,8 @@ pub struct Routed {
     /// Set when `upstream_response` asked for a retry of a retriable status: Pingora hands that
     /// error to `error_while_proxy`, which must keep the decision (and not count it twice).
     status_retry: bool,
+    /// When the route was chosen: `timeout` covers the request from here, retries included.
+    routed_at: Instant,
 }
 
 impl Routed {
@@ -273,6 +275,7 @@ impl HttpFilter for RouterFilter {
             hash_key,
             status: 0,
             status_retry: false,
+            routed_at: Instant::now(),
         });
         Ok(Decision::Continue)
     }
@@ -325,8 +328,24 @@ impl Router {
         let cluster = &routed.cluster;
         let tls = cluster.protocol == UpstreamProtocol::H2;
         let mut peer = HttpPeer::new(ep.addr, tls, cluster.sni.clone());
-        // `timeout: 0` disables it (as in Envoy), e.g. for long-lived streams.
-        let timeout = Some(route.timeout.unwrap_or(DEFAULT_TIMEOUT)).filter(|t| !t.is_zero());
+        // `timeout` bounds the whole request: a try may wait only for what is left of it, and
+        // at most `per_try_timeout`. `timeout: 0` disables it (as in Envoy), e.g. for streams.
+        let total = route.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = if total.is_zero() {
+            route.per_try_timeout
+        } else {
+            let left = total.saturating_sub(routed.routed_at.elapsed());
+            if left.is_zero() {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(504),
+                    format!(
+                        "route timeout of {total:?} elapsed before try {}",
+                        routed.attempts
+                    ),
+                ));
+            }
+            Some(route.per_try_timeout.map_or(left, |p| p.min(left)))
+        };
         peer.options.connection_timeout = Some(cluster.connect_timeout);
         peer.options.total_connection_timeout = Some(cluster.connect_timeout);
         peer.options.read_timeout = timeout;
@@ -406,7 +425,15 @@ impl Router {
             };
             routed.cluster.report(ep, result);
         }
-        if Self::may_retry(routed, session, |p| p.retries_status(status)) {
+        // A trailers-only gRPC answer carries its status in the headers.
+        let grpc_code = resp
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok());
+        if Self::may_retry(routed, session, |p| {
+            p.retries_status(status) || grpc_code.is_some_and(|c| p.retries_grpc(c))
+        }) {
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
                 format!("upstream answered {status}; retrying"),

@@ -460,3 +460,49 @@ async fn breaker_timeouts_truncation_and_malformed_requests() {
         assert_eq!((r.status, r.text().as_str()), (200, "fine"), "{r:?}");
     }
 }
+
+const PER_TRY: &str = r#"
+listeners:
+  - name: edge
+    address: ${edge}
+    filters:
+      - type: router
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - match: { prefix: /try }
+                cluster: mixed
+                timeout: 10s
+                per_try_timeout: 300ms
+                retry_policy: { retry_on: [reset], num_retries: 1, base_interval: 1ms, max_interval: 5ms }
+clusters:
+  - name: mixed
+    endpoints: [{ address: "@hole@" }, { address: "@fine@" }]
+"#;
+
+// A try that waits longer than per_try_timeout is abandoned and retried on the other
+// endpoint, within the route's overall timeout.
+#[tokio::test]
+async fn per_try_timeout_retries_on_another_endpoint() {
+    let hole = BlackHole::start().await;
+    let fine = HttpUpstream::start("fine").await;
+    let mesh = Mesh::start(&subst(PER_TRY, &[("hole", hole.addr), ("fine", fine.addr)])).await;
+    let edge = mesh.addr("edge");
+    for proto in [Proto::H1, Proto::H2c] {
+        for i in 0..4 {
+            let r = send(edge, proto, Req::get(&format!("/try/{i}")))
+                .await
+                .expect("GET /try");
+            assert_eq!(r.status, 200, "{proto:?} #{i}: {r:?}");
+        }
+    }
+    assert!(
+        hole.accepted() >= 1,
+        "round robin sent some tries to the black hole"
+    );
+    mesh.wait_metric(r#"mecha_cluster_retries_total{cluster="mixed"}"#, |v| {
+        v >= 1.0
+    })
+    .await;
+}

@@ -278,9 +278,13 @@ pub struct RouteConfig {
     pub prefix_rewrite: Option<String>,
     #[serde(default)]
     pub host_rewrite: Option<String>,
-    /// Bounds connecting and each wait for upstream bytes; `0` disables it.
+    /// The whole request, retries included: each try's wait for upstream bytes is bounded by
+    /// what is left of it (default 15 s; `0` disables it, e.g. for long-lived streams).
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// Bounds each try's wait for upstream bytes (within `timeout`).
+    #[serde(default)]
+    pub per_try_timeout: Option<Dur>,
     #[serde(default)]
     pub retry_policy: Option<RetryPolicyConfig>,
     #[serde(default)]
@@ -366,7 +370,9 @@ pub struct HeaderValueConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicyConfig {
-    /// Any of `connect-failure`, `reset`, `5xx`, `retriable-status-codes`.
+    /// Any of `connect-failure`, `reset`, `5xx`, `retriable-status-codes`, and the gRPC
+    /// conditions `cancelled`, `deadline-exceeded`, `resource-exhausted`, `internal`,
+    /// `unavailable` (for trailers-only gRPC answers).
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<String>,
     #[serde(default = "default_num_retries")]

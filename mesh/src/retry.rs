@@ -12,6 +12,8 @@ pub struct RetryPolicy {
     pub on_reset: bool,
     pub on_5xx: bool,
     pub retriable_status_codes: Vec<u16>,
+    /// gRPC status codes (from a trailers-only answer) that are retried.
+    pub retriable_grpc_codes: Vec<i32>,
     pub num_retries: u32,
     pub base_interval: Duration,
     pub max_interval: Duration,
@@ -25,6 +27,7 @@ impl RetryPolicy {
             on_reset: false,
             on_5xx: false,
             retriable_status_codes: cfg.retriable_status_codes.clone(),
+            retriable_grpc_codes: Vec::new(),
             num_retries: cfg.num_retries,
             base_interval: cfg.base_interval.0,
             max_interval: cfg.max_interval.0,
@@ -36,10 +39,17 @@ impl RetryPolicy {
                 "5xx" => p.on_5xx = true,
                 // The codes themselves come from `retriable_status_codes`.
                 "retriable-status-codes" => {}
+                // gRPC conditions, as Envoy names them (trailers-only answers).
+                "cancelled" => p.retriable_grpc_codes.push(1),
+                "deadline-exceeded" => p.retriable_grpc_codes.push(4),
+                "resource-exhausted" => p.retriable_grpc_codes.push(8),
+                "internal" => p.retriable_grpc_codes.push(13),
+                "unavailable" => p.retriable_grpc_codes.push(14),
                 other => {
                     return Err(format!(
                         "retry_on[{i}]: unknown condition {other:?} (known: connect-failure, \
-                         reset, 5xx, retriable-status-codes)"
+                         reset, 5xx, retriable-status-codes, cancelled, deadline-exceeded, \
+                         resource-exhausted, internal, unavailable)"
                     ))
                 }
             }
@@ -51,6 +61,10 @@ impl RetryPolicy {
             return Err("base_interval: must not exceed max_interval".to_owned());
         }
         Ok(p)
+    }
+
+    pub fn retries_grpc(&self, code: i32) -> bool {
+        self.retriable_grpc_codes.contains(&code)
     }
 
     pub fn retries_status(&self, status: u16) -> bool {
@@ -92,6 +106,8 @@ mod tests {
         let p = RetryPolicy::build(&cfg(&["5xx", "reset"])).expect("valid");
         assert!(p.on_5xx && p.on_reset && !p.on_connect_failure);
         assert!(p.retries_status(503) && p.retries_status(429) && !p.retries_status(404));
+        let g = RetryPolicy::build(&cfg(&["unavailable", "resource-exhausted"])).expect("valid");
+        assert!(g.retries_grpc(14) && g.retries_grpc(8) && !g.retries_grpc(13));
         let e = RetryPolicy::build(&cfg(&["gateway-error"])).expect_err("unknown");
         assert!(
             e.contains("retry_on[0]") && e.contains("gateway-error"),

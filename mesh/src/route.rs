@@ -42,6 +42,7 @@ pub struct Route {
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<HeaderValue>,
     pub timeout: Option<Duration>,
+    pub per_try_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub request_headers_to_add: Vec<(HeaderName, HeaderValue)>,
     pub request_headers_to_remove: Vec<HeaderName>,
@@ -449,6 +450,7 @@ fn build_route(
         prefix_rewrite: r.prefix_rewrite.clone(),
         host_rewrite,
         timeout: r.timeout.map(|d| d.0),
+        per_try_timeout: r.per_try_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
         retry,
         request_headers_to_add: header_pairs(
             &format!("{rpath}.request_headers_to_add"),
@@ -556,6 +558,7 @@ mod tests {
             prefix_rewrite: None,
             host_rewrite: None,
             timeout: None,
+            per_try_timeout: None,
             retry_policy: None,
             request_headers_to_add: vec![],
             request_headers_to_remove: vec![],
