@@ -45,7 +45,10 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag}: needs a value\n{}", usage()));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag}: needs a value\n{}", usage()))
+        };
         match flag.as_str() {
             "--addr" => {
                 let v = value()?;

@@ -89,7 +89,11 @@ async fn op(client: &mut RuntimeClient<Channel>, name: &str) -> Result<(), Strin
                 .await
                 .map_err(|s| format!("PublishEvent bench-topic: {s}"))?;
         }
-        other => return Err(format!("unknown op {other:?} (prepare|hello|get|save|publish)")),
+        other => {
+            return Err(format!(
+                "unknown op {other:?} (prepare|hello|get|save|publish)"
+            ))
+        }
     }
     Ok(())
 }

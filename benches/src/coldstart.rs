@@ -45,7 +45,9 @@ impl Ready {
                 path: path.to_owned(),
             });
         }
-        Err(format!("--ready {raw:?}: expected http://HOST:PORT/PATH or tcp:HOST:PORT"))
+        Err(format!(
+            "--ready {raw:?}: expected http://HOST:PORT/PATH or tcp:HOST:PORT"
+        ))
     }
 
     fn addr(&self) -> SocketAddr {
@@ -129,7 +131,10 @@ fn run() -> Result<(), String> {
     }
     let ready = ready.ok_or("--ready is required")?;
     if ready.probe() || TcpStream::connect(ready.addr()).is_ok() {
-        return Err(format!("{} is already in use: stop what listens there", ready.addr()));
+        return Err(format!(
+            "{} is already in use: stop what listens there",
+            ready.addr()
+        ));
     }
 
     let mut times = Vec::with_capacity(runs);
