@@ -80,6 +80,14 @@ impl CapabilityFilter {
         };
         let method_index = api.metrics.method_index(method);
         let streaming_request = api.streaming_request_methods.contains(&method);
+        // tonic would say UNIMPLEMENTED with no message; name what was asked for.
+        let unknown = (method_index == api.metrics.unknown_index()).then(|| {
+            format!(
+                "unknown method {}{method} ({} API)",
+                api.prefix.trim_start_matches('/'),
+                api.name
+            )
+        });
 
         if session.req_header().method != http::Method::POST {
             session
@@ -102,6 +110,18 @@ impl CapabilityFilter {
                 .await?;
             return Ok(Decision::Responded);
         };
+        if let Some(msg) = unknown {
+            let sent = grpc_bridge::send_trailers_only(h2, tonic::Code::Unimplemented, &msg);
+            api.metrics.record(
+                method_index,
+                tonic::Code::Unimplemented,
+                started.elapsed().as_secs_f64(),
+            );
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "could not answer unknown method");
+            }
+            return Ok(Decision::Responded);
+        }
         let opts = CallOptions {
             max_request_message: self.max_request_message,
             streaming_request,
@@ -109,7 +129,8 @@ impl CapabilityFilter {
         let result = grpc_bridge::serve(h2, api.service.clone(), opts).await;
         let code = match &result {
             Ok(o) => o.code,
-            Err(_) => tonic::Code::Unknown,
+            // The exchange broke (almost always: the client reset or went away).
+            Err(_) => tonic::Code::Cancelled,
         };
         api.metrics
             .record(method_index, code, started.elapsed().as_secs_f64());

@@ -330,7 +330,8 @@ struct Head<B> {
     feed: Option<mpsc::Sender<Result<Bytes, BridgeError>>>,
 }
 
-fn send_trailers_only(h2: &mut H2Session, code: Code, msg: &str) -> Result<(), BridgeError> {
+/// Answers with a status alone (trailers-only), without calling any service.
+pub fn send_trailers_only(h2: &mut H2Session, code: Code, msg: &str) -> Result<(), BridgeError> {
     h2.write_response_header(trailers_only(code, msg)?, true)
         .map_err(h2_err)
 }

@@ -100,6 +100,11 @@ impl GrpcMetrics {
             .unwrap_or(self.methods.len())
     }
 
+    /// The index [`method_index`](Self::method_index) gives a method not in the table.
+    pub fn unknown_index(&self) -> usize {
+        self.methods.len()
+    }
+
     pub fn method_name(&self, method_index: usize) -> &'static str {
         self.methods.get(method_index).copied().unwrap_or("unknown")
     }

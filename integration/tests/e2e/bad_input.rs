@@ -205,6 +205,11 @@ async fn unknown_method_is_unimplemented() {
     .await
     .expect_err("unknown method");
     assert_eq!(err.code(), Code::Unimplemented, "{}", describe(&err));
+    assert!(
+        err.message().contains("unknown method") && err.message().contains("NoSuch"),
+        "the message names the method: {}",
+        describe(&err)
+    );
 
     // The same over raw h2.
     let r = within(
