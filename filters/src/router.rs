@@ -232,7 +232,9 @@ impl HttpFilter for RouterFilter {
                 return Ok(Decision::Responded);
             }
         };
+        // Only ring hash reads the key: skip building it (an allocation) for other policies.
         let hash_key = match (&cluster.hash_header, session.client_addr()) {
+            _ if !cluster.hashes() => Vec::new(),
             (Some(h), _) if session.req_header().headers.contains_key(h.as_str()) => session
                 .req_header()
                 .headers

@@ -282,6 +282,11 @@ impl Cluster {
         self.balancer.backends().run_health_check(true).await;
     }
 
+    /// Whether picks use the hash key (ring hash).
+    pub fn hashes(&self) -> bool {
+        self.policy == LbPolicy::RingHash
+    }
+
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.read().len()
     }

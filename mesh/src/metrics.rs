@@ -50,14 +50,21 @@ pub struct ClusterMetrics {
 /// Per-route handles: requests by status class (1xx–5xx) and latency.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
-    by_class: [Counter; 5],
+    by_class: [Counter; 6],
     pub latency: Histogram,
 }
 
 impl RouteMetrics {
+    /// `status` 0 (no response: the client went away first) counts as class `aborted`.
     pub fn record(&self, status: u16, seconds: f64) {
-        let idx = (status / 100).clamp(1, 5) as usize - 1;
-        self.by_class[idx].inc();
+        let idx = if status < 100 {
+            5
+        } else {
+            (status / 100).clamp(1, 5) as usize - 1
+        };
+        if let Some(c) = self.by_class.get(idx) {
+            c.inc();
+        }
         self.latency.observe(seconds);
     }
 }
@@ -140,6 +147,7 @@ impl MeshMetrics {
                 class("3xx"),
                 class("4xx"),
                 class("5xx"),
+                class("aborted"),
             ],
             latency: self
                 .route_latency

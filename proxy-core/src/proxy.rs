@@ -77,6 +77,11 @@ pub struct Ctx {
 impl ProxyHttp for ListenerProxy {
     type CTX = Ctx;
 
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // No response compression: Pingora's default adds a (disabled) compression module
+        // whose per-request context costs time on every proxied request.
+    }
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             snapshot: self.snapshot.load_full(),

@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# HTTP proxy benchmark: Mecha (configs/proxy-bench.yaml) vs nginx and HAProxy as reverse proxies
+# of the same upstream, with the same number of workers, and vs the upstream directly (the floor).
+#
+#   HTTP/1.1 keep-alive: wrk  -t WRK_THREADS -c CONNS -d DURATION --latency   (after a WARMUP run)
+#   h2c (prior knowledge): h2load -t H2_THREADS -c H2_CONNS -m H2_STREAMS -D DURATION
+#                                 --warm-up-time WARMUP --log-file LOG
+# Targets alternate every round (direct, nginx, HAProxy, Mecha; the other way round on even
+# rounds; ROUNDS times: A B A B), all servers up for the whole run. Per run: rps, p50, p99 (wrk's --latency; h2load: from its
+# per-request log, 2xx rows), proxy CPU per request (utime+stime from /proc/PID/stat, all of
+# the proxy's processes, over the measured part only), and each proxy's peak RSS (VmHWM).
+#
+# Usage: benches/proxy.sh [--record] [--skip-build] [--no-wait] [--quick] [--help]
+#   --record      also append the section to benches/RESULTS.md
+#   --skip-build  use target/release/mecha as it is
+#   --no-wait     do not wait for a quiet machine
+#   --quick       smoke run: 3 s per run, 1 s warm-up, 1 round (checks the machinery only)
+# Environment (defaults in brackets):
+#   DURATION [10] WARMUP [2] ROUNDS [2]  seconds measured per run, warm-up seconds, rounds
+#   THREADS [2]        worker threads of every proxy: Mecha `threads:`, nginx worker_processes,
+#                      HAProxy nbthread
+#   WRK_THREADS [2] CONNS [64]                     wrk load (HTTP/1.1 keep-alive)
+#   H2_THREADS [2] H2_CONNS [16] H2_STREAMS [4]    h2load load (h2c), in flight = CONNS × STREAMS
+#   UP_WORKERS [1]     upstream nginx worker_processes
+#   WAIT_QUIET [600]   seconds to wait for no rustc before measuring anyway (another benchmark
+#                      running is waited out up to 3 × WAIT_QUIET)
+#   OUT [target/bench-out/proxy-<UTC timestamp>]   raw output, configs, results.tsv, section.md
+#   BOUNDED_N [20000]  requests of the bounded (-n) runs against Mecha at the end (error check)
+# Needs (installed with apt-get when root): wrk, h2load (nghttp2-client), nginx, haproxy, curl.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HERE=$ROOT/benches/proxy
+RECORD=0 SKIP_BUILD=0 NO_WAIT=0
+for a in "$@"; do
+  case "$a" in
+    --record) RECORD=1 ;;
+    --skip-build) SKIP_BUILD=1 ;;
+    --no-wait) NO_WAIT=1 ;;
+    --quick) DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} ROUNDS=${ROUNDS:-1} ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $a (try --help)" >&2; exit 2 ;;
+  esac
+done
+DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} ROUNDS=${ROUNDS:-2} THREADS=${THREADS:-2}
+WRK_THREADS=${WRK_THREADS:-2} CONNS=${CONNS:-64}
+H2_THREADS=${H2_THREADS:-2} H2_CONNS=${H2_CONNS:-16} H2_STREAMS=${H2_STREAMS:-4}
+UP_WORKERS=${UP_WORKERS:-1} WAIT_QUIET=${WAIT_QUIET:-600}
+OUT=${OUT:-$ROOT/target/bench-out/proxy-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT/raw" "$OUT/www"
+RESULTS=$OUT/results.tsv
+: >"$RESULTS"
+log() { printf '[proxy-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- tools -----------------------------------------------------------------------------------
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have wrk || need+=(wrk)
+have h2load || need+=(nghttp2-client)
+have nginx || need+=(nginx-light)
+have haproxy || need+=(haproxy)
+have curl || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && have apt-get; then
+    log "installing: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    die "missing packages: ${need[*]} (Debian/Ubuntu: sudo apt-get install ${need[*]})"
+  fi
+fi
+CLK_TCK=$(getconf CLK_TCK)
+NGINX_VER=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+# h2c on a plain listener: `listen … http2` before nginx 1.25.1, `http2 on;` from 1.25.1 on
+if [ "$(printf '%s\n1.25.1\n' "$NGINX_VER" | sort -V | head -1)" = 1.25.1 ]; then
+  H2_LISTEN="" H2_ON="http2 on;"
+else
+  H2_LISTEN="http2" H2_ON=""
+fi
+
+# --- build -----------------------------------------------------------------------------------
+if [ "$SKIP_BUILD" = 0 ]; then
+  log "cargo build --release --bin mecha"
+  (cd "$ROOT" && cargo build --release -q --bin mecha)
+fi
+MECHA=$ROOT/target/release/mecha
+[ -x "$MECHA" ] || die "$MECHA missing: run without --skip-build"
+
+# --- processes we start (ended by PID on exit) -----------------------------------------------
+PIDS=()
+LOADGEN=""
+cleanup() {
+  local p
+  [ -n "$LOADGEN" ] && kill "$LOADGEN" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_in_use() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_busy() {
+  port_in_use "$1" && return 0
+  have ss && [ -n "$(ss -Htan "( sport = :$1 )" 2>/dev/null)" ] && return 0
+  return 1
+}
+TAKEN=" "
+free_port() { # VAR start: VAR = first free port from start up, not handed out before in this run
+  local p=$2
+  while port_busy "$p" || [[ "$TAKEN" == *" $p "* ]]; do p=$((p + 1)); done
+  TAKEN+="$p "
+  printf -v "$1" '%s' "$p"
+}
+wait_tcp() { # port timeout_s
+  local i
+  for ((i = 0; i < $2 * 100; i++)); do port_in_use "$1" && return 0; sleep 0.01; done
+  return 1
+}
+ticks() { # pids… → utime+stime ticks summed
+  local p s=0 v
+  for p in "$@"; do
+    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')
+    s=$((s + ${v:-0}))
+  done
+  echo "$s"
+}
+vm_sum() { # field pids… → KiB summed (VmRSS, VmHWM)
+  local k=$1 p s=0 v
+  shift
+  for p in "$@"; do
+    v=$(awk -v k="$k:" '$1 == k {print $2}' "/proc/$p/status" 2>/dev/null)
+    s=$((s + ${v:-0}))
+  done
+  echo "$s"
+}
+family() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; } # a master and its children (nginx)
+machine_idle_pct() { # percent of the machine idle over $1 seconds
+  local a b
+  a=$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit}' /proc/stat)
+  sleep "$1"
+  b=$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN {split(a, x, " "); split(b, y, " ")
+    busy = y[1] - x[1]; idle = y[2] - x[2]; printf "%.0f\n", (busy + idle) ? 100 * idle / (busy + idle) : 100}'
+}
+# Another benchmark running now (benches/run.sh and its load generators) would share the cores.
+other_bench() {
+  { pgrep -f 'benches/run\.sh' || true; pgrep -x h2load || true; pgrep -x wrk || true
+    pgrep -x redis-benchmark || true; } | grep -vx "$$" | wc -l
+}
+
+# --- configs and servers ---------------------------------------------------------------------
+# the defaults of configs/proxy-bench.yaml (upstream 18080, listener 15001, admin 34999) when free
+free_port UP_PORT 18080; free_port UP_H2_PORT 18090
+free_port NGINX_PORT 18081; free_port NGINX_H2_PORT 18091
+free_port HAP_PORT 18082; free_port HAP_H2_PORT 18092
+free_port MECHA_PORT 15001; free_port MECHA_ADMIN 34999
+PATH_REQ=/1k.bin
+head -c 1024 /dev/urandom | base64 -w 0 | head -c 1024 >"$OUT/www/1k.bin"
+
+fill() { # template → stdout, every @FIELD@ filled in
+  sed -e "s|@OUT@|$OUT|g" -e "s|@THREADS@|$THREADS|g" -e "s|@UP_WORKERS@|$UP_WORKERS|g" \
+    -e "s|@UP_PORT@|$UP_PORT|g" -e "s|@UP_H2_PORT@|$UP_H2_PORT|g" \
+    -e "s|@H2_LISTEN@|$H2_LISTEN|g" -e "s|@H2_ON@|$H2_ON|g" -e "s|@PORT@|$2|g" -e "s|@H2_PORT@|$3|g" "$1"
+}
+fill "$HERE/upstream-nginx.conf" - - >"$OUT/upstream-nginx.conf"
+fill "$HERE/nginx.conf" "$NGINX_PORT" "$NGINX_H2_PORT" >"$OUT/nginx.conf"
+fill "$HERE/haproxy.cfg" "$HAP_PORT" "$HAP_H2_PORT" >"$OUT/haproxy.cfg"
+# Mecha: configs/proxy-bench.yaml, with the ports this run got and THREADS worker threads
+sed -e "s|127\.0\.0\.1:18080|127.0.0.1:$UP_PORT|" -e "s|127\.0\.0\.1:15001|127.0.0.1:$MECHA_PORT|" \
+  -e "s|127\.0\.0\.1:34999|127.0.0.1:$MECHA_ADMIN|" -e "s|^threads: .*|threads: $THREADS|" \
+  "$ROOT/configs/proxy-bench.yaml" >"$OUT/mecha.yaml"
+"$MECHA" validate "$OUT/mecha.yaml" >"$OUT/raw/mecha-validate.txt" 2>&1 \
+  || die "mecha rejects $OUT/mecha.yaml: $(cat "$OUT/raw/mecha-validate.txt")"
+
+log "upstream nginx on $UP_PORT (h2c $UP_H2_PORT), $UP_WORKERS worker(s)"
+nginx -p "$OUT" -e "$OUT/upstream-error.log" -c "$OUT/upstream-nginx.conf" -g 'daemon off;' \
+  >"$OUT/raw/upstream.stdout" 2>&1 &
+UP_PID=$!; PIDS+=("$UP_PID")
+log "nginx proxy on $NGINX_PORT (h2c $NGINX_H2_PORT), worker_processes $THREADS"
+nginx -p "$OUT" -e "$OUT/nginx-error.log" -c "$OUT/nginx.conf" -g 'daemon off;' \
+  >"$OUT/raw/nginx.stdout" 2>&1 &
+NG_PID=$!; PIDS+=("$NG_PID")
+log "HAProxy on $HAP_PORT (h2c $HAP_H2_PORT), nbthread $THREADS"
+haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/raw/haproxy.log" 2>&1 &
+HAP_PID=$!; PIDS+=("$HAP_PID")
+log "mecha on $MECHA_PORT (admin $MECHA_ADMIN), threads $THREADS"
+"$MECHA" run -c "$OUT/mecha.yaml" >"$OUT/raw/mecha.stdout" 2>"$OUT/raw/mecha.stderr" &
+M_PID=$!; PIDS+=("$M_PID")
+for p in "$UP_PORT" "$UP_H2_PORT" "$NGINX_PORT" "$NGINX_H2_PORT" "$HAP_PORT" "$HAP_H2_PORT" "$MECHA_PORT"; do
+  wait_tcp "$p" 10 || die "nothing listens on $p (see $OUT/raw, $OUT/*-error.log)"
+done
+sleep 0.3
+# nginx's workers are the master's children; the master does no request work but is counted
+UP_FAM=$(family "$UP_PID") NG_FAM=$(family "$NG_PID")
+
+# Every target answers 200 with the 1 KiB body, over HTTP/1.1 and over h2c
+check() { # url [curl flags…]
+  local url=$1 r
+  shift
+  r=$(curl -s -o /dev/null -w '%{http_code} %{size_download} %{http_version}' "$@" "$url") || true
+  echo "$r"
+}
+for t in "direct $UP_PORT $UP_H2_PORT" "nginx $NGINX_PORT $NGINX_H2_PORT" \
+  "haproxy $HAP_PORT $HAP_H2_PORT" "mecha $MECHA_PORT $MECHA_PORT"; do
+  set -- $t
+  r=$(check "http://127.0.0.1:$2$PATH_REQ")
+  [ "$r" = "200 1024 1.1" ] || die "$1: HTTP/1.1 GET $PATH_REQ answered '$r', want '200 1024 1.1'"
+  r=$(check "http://127.0.0.1:$3$PATH_REQ" --http2-prior-knowledge)
+  [ "$r" = "200 1024 2" ] || die "$1: h2c GET $PATH_REQ answered '$r', want '200 1024 2'"
+done
+log "all targets answer 200 + 1024 bytes over HTTP/1.1 and h2c"
+IDLE_NG=$(vm_sum VmRSS $NG_FAM) IDLE_HAP=$(vm_sum VmRSS "$HAP_PID") IDLE_M=$(vm_sum VmRSS "$M_PID")
+
+# --- wait for a quiet machine ----------------------------------------------------------------
+# Quiet = no rustc running and no other benchmark. After WAIT_QUIET seconds we measure anyway
+# while compilers run, but not over another benchmark (both would be wrong) unless that goes
+# on for 3 × WAIT_QUIET.
+WAITED=0 QUIET=yes
+if [ "$NO_WAIT" = 0 ]; then
+  while [ "$(pgrep -c rustc || true)" != 0 ] || [ "$(other_bench)" != 0 ]; do
+    if [ "$WAITED" -ge "$WAIT_QUIET" ] && [ "$(other_bench)" = 0 ]; then QUIET=no; break; fi
+    if [ "$WAITED" -ge $((3 * WAIT_QUIET)) ]; then QUIET=no; break; fi
+    [ $((WAITED % 30)) = 0 ] && log "machine busy (rustc: $(pgrep -c rustc || true), other benchmarks: $(other_bench)); waiting (${WAITED}s/${WAIT_QUIET}s)"
+    sleep 5; WAITED=$((WAITED + 5))
+  done
+fi
+IDLE_PCT=$(machine_idle_pct 3)
+QUIET_NOTE="rustc processes at start: $(pgrep -c rustc || true), other benchmarks running: $(other_bench), machine ${IDLE_PCT} % idle over 3 s, load average $(cut -d' ' -f1-3 /proc/loadavg); waited ${WAITED} s"
+[ "$QUIET" = no ] && QUIET_NOTE="NOT QUIET: measured anyway after waiting ${WAITED} s — $QUIET_NOTE"
+log "$QUIET_NOTE"
+
+# --- measurement -----------------------------------------------------------------------------
+mecha_classes() { # → "2xx 1xx+3xx 4xx 5xx" so far, from mecha_route_requests_total
+  curl -s "http://127.0.0.1:$MECHA_ADMIN/metrics" |
+    awk '/^mecha_route_requests_total/ {n = $NF + 0
+           if ($0 ~ /class="2xx"/) ok += n; else if ($0 ~ /class="4xx"/) c4 += n
+           else if ($0 ~ /class="5xx"/) c5 += n; else o += n}
+         END {printf "%d %d %d %d\n", ok, o, c4, c5}'
+}
+classes_delta() { # "before" "after" → "4xx:N 5xx:N other:N" (non-2xx only; "0" when none)
+  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); s = ""
+    if (y[3] - x[3]) s = s " 4xx:" y[3] - x[3]
+    if (y[4] - x[4]) s = s " 5xx:" y[4] - x[4]
+    if (y[2] - x[2]) s = s " 1xx/3xx:" y[2] - x[2]   # Mecha files status 0 (no answer sent) under 1xx
+    sub(/^ /, "", s); print (s == "" ? "0" : s)}'
+}
+# connections the upstream nginx has accepted so far (its stub_status; this query is one of them)
+up_accepts() { curl -s "http://127.0.0.1:$UP_PORT/nginx_status" | awk 'NR == 3 {print $1}'; }
+to_ms() { awk -v v="$1" 'BEGIN {
+  if (v ~ /us$/) {sub(/us$/, "", v); print v / 1000}
+  else if (v ~ /ms$/) {sub(/ms$/, "", v); print v + 0}
+  else if (v ~ /s$/) {sub(/s$/, "", v); print v * 1000}
+  else print "nan"}'; }
+pctl() { # log file → "p50_ms p99_ms n" over 2xx rows (h2load log: start_us status duration_us)
+  awk -F'\t' '$2 >= 200 && $2 < 300 {print $3}' "$1" | sort -n |
+    awk '{v[NR] = $1} END {
+      if (NR == 0) {print "nan nan 0"; exit}
+      i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999)
+      printf "%.3f %.3f %d\n", v[i50] / 1000, v[i99] / 1000, NR}'
+}
+target_pids() { # name → the PIDs whose CPU counts as the proxy's
+  case "$1" in
+    direct) echo "$UP_FAM" ;; nginx) echo "$NG_FAM" ;; haproxy) echo "$HAP_PID" ;; mecha) echo "$M_PID" ;;
+  esac
+}
+h1_url() { case "$1" in direct) echo "$UP_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAP_PORT" ;; mecha) echo "$MECHA_PORT" ;; esac; }
+h2_url() { case "$1" in direct) echo "$UP_H2_PORT" ;; nginx) echo "$NGINX_H2_PORT" ;; haproxy) echo "$HAP_H2_PORT" ;; mecha) echo "$MECHA_PORT" ;; esac; }
+
+TARGETS=(direct nginx haproxy mecha)
+WRK_ARGS=(-t "$WRK_THREADS" -c "$CONNS" -d "${DURATION}s" --latency)
+H2_ARGS=(-t "$H2_THREADS" -c "$H2_CONNS" -m "$H2_STREAMS" -D "$DURATION" --warm-up-time "$WARMUP")
+
+run_wrk() { # target round
+  local t=$1 r=$2 url pids c0 c1 u0 u1 raw m0="0 0 0 0" m1="0 0 0 0" a0 a1
+  url="http://127.0.0.1:$(h1_url "$t")$PATH_REQ"
+  pids=$(target_pids "$t"); raw=$OUT/raw/wrk-$t-$r.txt
+  wrk -t "$WRK_THREADS" -c "$CONNS" -d "${WARMUP}s" "$url" >"$OUT/raw/wrk-$t-$r-warmup.txt" 2>&1
+  if [ "$t" = mecha ]; then m0=$(mecha_classes); fi
+  a0=$(up_accepts); c0=$(ticks $pids); u0=$(ticks $UP_FAM)
+  wrk "${WRK_ARGS[@]}" "$url" >"$raw" 2>&1 || log "wrk exited non-zero against $t (see $raw)"
+  c1=$(ticks $pids); u1=$(ticks $UP_FAM); a1=$(up_accepts)
+  if [ "$t" = mecha ]; then m1=$(mecha_classes); fi
+  awk -v t="$t" -v r="$r" -v dc=$((c1 - c0)) -v du=$((u1 - u0)) -v hz="$CLK_TCK" \
+    -v md="$(classes_delta "$m0" "$m1")" -v ac=$((a1 - a0 - 1)) '
+    function ms(v) {
+      if (v ~ /us$/) {sub(/us$/, "", v); return v / 1000}
+      if (v ~ /ms$/) {sub(/ms$/, "", v); return v + 0}
+      if (v ~ /s$/) {sub(/s$/, "", v); return v * 1000}
+      return "nan"
+    }
+    $1 == "50%" {p50 = ms($2)} $1 == "99%" {p99 = ms($2)}
+    / requests in / {reqs = $1}
+    /^Requests\/sec:/ {rps = $2}
+    /Non-2xx or 3xx responses:/ {non2xx = $NF}
+    /Socket errors:/ {gsub(/,/, ""); serr = $4 + $6 + $8 + $10; sdet = $4 "/" $6 "/" $8 "/" $10}
+    END {
+      cpu = reqs ? dc / hz * 1e6 / reqs : 0; ucpu = reqs ? du / hz * 1e6 / reqs : 0
+      printf "h1\t%s\t%s\t%.1f\t%.3f\t%.3f\t%.2f\t%d\t%d\t%d\t%s\t%.2f\t%s\t%d\n", t, r, rps, p50, p99, cpu,
+        reqs, non2xx + 0, serr + 0, (sdet == "" ? "0/0/0/0" : sdet), ucpu, md, ac
+    }' "$raw" >>"$RESULTS"
+  log "h1 $t round $r: $(tail -1 "$RESULTS" | cut -f4-10)"
+}
+
+run_h2() { # target round
+  local t=$1 r=$2 url pids c0 c1 u0 u1 raw lg m0="0 0 0 0" m1="0 0 0 0" pc a0 a1
+  url="http://127.0.0.1:$(h2_url "$t")$PATH_REQ"
+  pids=$(target_pids "$t"); raw=$OUT/raw/h2load-$t-$r.txt; lg=$OUT/raw/h2load-$t-$r.log
+  if [ "$t" = mecha ]; then m0=$(mecha_classes); fi
+  a0=$(up_accepts)
+  # CPU over the measured part only: sampled once the warm-up is over and when h2load exits
+  h2load "${H2_ARGS[@]}" --log-file "$lg" "$url" >"$raw" 2>&1 &
+  LOADGEN=$!
+  sleep "$WARMUP"
+  c0=$(ticks $pids); u0=$(ticks $UP_FAM)
+  wait "$LOADGEN" || log "h2load exited non-zero against $t (see $raw)"
+  LOADGEN=""
+  c1=$(ticks $pids); u1=$(ticks $UP_FAM); a1=$(up_accepts)
+  if [ "$t" = mecha ]; then m1=$(mecha_classes); fi
+  pc=$(pctl "$lg")
+  awk -v t="$t" -v r="$r" -v dc=$((c1 - c0)) -v du=$((u1 - u0)) -v hz="$CLK_TCK" -v pc="$pc" \
+    -v md="$(classes_delta "$m0" "$m1")" -v ac=$((a1 - a0 - 1)) '
+    /^finished in/ {rps = $4}
+    /^requests:/ {gsub(/,/, ""); done = $6; ok = $8; failed = $10; errored = $12; tmo = $14}
+    /^status codes:/ {gsub(/,/, ""); s2 = $3; s3 = $5; s4 = $7; s5 = $9}
+    END {
+      split(pc, p, " ")
+      n = p[3]; cpu = n ? dc / hz * 1e6 / n : 0; ucpu = n ? du / hz * 1e6 / n : 0
+      printf "h2\t%s\t%s\t%.1f\t%.3f\t%.3f\t%.2f\t%d\t%d\t%d\t%s\t%.2f\t%s\t%d\n", t, r, rps, p[1], p[2], cpu,
+        n, s3 + s4 + s5, failed + errored + tmo, failed "/" errored "/" tmo, ucpu, md, ac
+    }' "$raw" >>"$RESULTS"
+  log "h2c $t round $r: $(tail -1 "$RESULTS" | cut -f4-10)"
+}
+
+# results.tsv: kind target round rps p50_ms p99_ms cpu_us_per_req requests non2xx errors
+#              error_detail upstream_cpu_us_per_req mecha_non2xx_by_metrics upstream_conns_opened
+# Odd rounds go direct → nginx → HAProxy → Mecha, even rounds the other way round, so a load
+# that comes or goes during the run weighs on every target alike.
+order() { if [ $(($1 % 2)) = 1 ]; then echo "${TARGETS[*]}"; else echo "${TARGETS[*]}" | tr ' ' '\n' | tac | tr '\n' ' '; fi; }
+log "HTTP/1.1: wrk ${WRK_ARGS[*]} (after a ${WARMUP} s wrk warm-up), ${ROUNDS} rounds of: ${TARGETS[*]}"
+for ((round = 1; round <= ROUNDS; round++)); do
+  for t in $(order "$round"); do run_wrk "$t" "$round"; done
+done
+HWM1_NG=$(vm_sum VmHWM $NG_FAM) HWM1_HAP=$(vm_sum VmHWM "$HAP_PID") HWM1_M=$(vm_sum VmHWM "$M_PID")
+log "h2c: h2load ${H2_ARGS[*]}, ${ROUNDS} rounds of: ${TARGETS[*]}"
+for ((round = 1; round <= ROUNDS; round++)); do
+  for t in $(order "$round"); do run_h2 "$t" "$round"; done
+done
+HWM_NG=$(vm_sum VmHWM $NG_FAM) HWM_HAP=$(vm_sum VmHWM "$HAP_PID") HWM_M=$(vm_sum VmHWM "$M_PID")
+# Bounded runs (-n, nothing cut off at the end of a window): does Mecha answer every request
+# 2xx? A timed run ends with requests in flight that the client abandons; Mecha counts those.
+BOUNDED_N=${BOUNDED_N:-20000}
+bounded() { # kind → results.tsv row
+  local kind=$1 raw=$OUT/raw/bounded-mecha-$1.txt m0 m1 url="http://127.0.0.1:$MECHA_PORT$PATH_REQ"
+  m0=$(mecha_classes)
+  if [ "$kind" = h1 ]; then
+    h2load --h1 -t "$WRK_THREADS" -c "$CONNS" -n "$BOUNDED_N" "$url" >"$raw" 2>&1 || true
+  else
+    h2load -t "$H2_THREADS" -c "$H2_CONNS" -m "$H2_STREAMS" -n "$BOUNDED_N" "$url" >"$raw" 2>&1 || true
+  fi
+  m1=$(mecha_classes)
+  awk -v k="$kind" -v md="$(classes_delta "$m0" "$m1")" '
+    /^requests:/ {gsub(/,/, ""); done = $6; ok = $8; failed = $10; errored = $12; tmo = $14}
+    /^status codes:/ {gsub(/,/, ""); s2 = $3; s3 = $5; s4 = $7; s5 = $9}
+    END {printf "bounded\t%s\tdone=%d\t2xx=%d\tnon2xx=%d\tfailed=%d\tmetrics=%s\n", k, done, s2, s3 + s4 + s5, failed + errored + tmo, md}' "$raw" >>"$RESULTS"
+  log "bounded $kind run against mecha: $(tail -1 "$RESULTS" | cut -f3-)"
+}
+bounded h1
+bounded h2
+NG_PROCS=$(echo $NG_FAM | wc -w)
+printf 'rss\tnginx\tidle=%s\th1=%s\tall=%s\tprocs=%s\n' "$IDLE_NG" "$HWM1_NG" "$HWM_NG" "$NG_PROCS" >>"$RESULTS"
+printf 'rss\thaproxy\tidle=%s\th1=%s\tall=%s\tprocs=1\n' "$IDLE_HAP" "$HWM1_HAP" "$HWM_HAP" >>"$RESULTS"
+printf 'rss\tmecha\tidle=%s\th1=%s\tall=%s\tprocs=1\n' "$IDLE_M" "$HWM1_M" "$HWM_M" >>"$RESULTS"
+for f in "$OUT/nginx-error.log" "$OUT/upstream-error.log"; do touch "$f"; done
+# Mecha's stderr: warnings and errors (tracing's WARN/ERROR levels), counted and the first few kept
+sed 's/\x1b\[[0-9;]*m//g' "$OUT/raw/mecha.stderr" >"$OUT/raw/mecha.stderr.txt" # without colours
+M_ERR_LINES=$(grep -cE ' (WARN|ERROR) ' "$OUT/raw/mecha.stderr.txt" || true)
+printf 'log\tmecha\twarn_error_lines=%s\n' "$M_ERR_LINES" >>"$RESULTS"
+printf 'log\tnginx\terror_log_lines=%s\n' "$(grep -vc 'signal process started' "$OUT/nginx-error.log" || true)" >>"$RESULTS"
+printf 'log\thaproxy\tlines=%s\n' "$(grep -c . "$OUT/raw/haproxy.log" || true)" >>"$RESULTS"
+
+# --- report ----------------------------------------------------------------------------------
+SHA=$(git -C "$ROOT" rev-parse --short HEAD)
+DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no | awk '{print $2}' | cut -d/ -f1 | sort -u | tr '\n' ' ')
+CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+MEM_GIB=$(awk '/^MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
+{
+  echo "## $(date -u +%F) — HTTP proxy (commit $SHA)"
+  echo
+  echo "Run by \`benches/proxy.sh\`; raw output in \`target/bench-out/$(basename "$OUT")/\`."
+  echo
+  echo "- machine: $(nproc) cores ($CPU_MODEL), $MEM_GIB GiB${DIRTY:+; uncommitted changes at the time in: $DIRTY}"
+  echo "- shared: $QUIET_NOTE"
+  echo "- versions: $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(h2load --version | head -1), nginx $NGINX_VER, $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(rustc --version | awk '{print $1, $2}')"
+  echo "- upstream (all targets, and the floor): nginx, $UP_WORKERS worker, a static 1024-byte file, HTTP/1.1 keep-alive on :$UP_PORT, h2c on :$UP_H2_PORT (\`benches/proxy/upstream-nginx.conf\`)"
+  echo "- proxies, $THREADS worker threads each, HTTP/1.1 keep-alive to the upstream: Mecha \`configs/proxy-bench.yaml\` (\`threads: $THREADS\`); nginx \`worker_processes $THREADS\`, \`keepalive 64\`, \`proxy_http_version 1.1\`, \`proxy_set_header Connection \"\"\` (\`benches/proxy/nginx.conf\`; h2c via \`listen … $H2_LISTEN$H2_ON\`); HAProxy \`nbthread $THREADS\`, \`http-reuse always\`, h2c via \`bind … proto h2\` (\`benches/proxy/haproxy.cfg\`)"
+  echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS THREADS=$THREADS WRK_THREADS=$WRK_THREADS CONNS=$CONNS H2_THREADS=$H2_THREADS H2_CONNS=$H2_CONNS H2_STREAMS=$H2_STREAMS UP_WORKERS=$UP_WORKERS benches/proxy.sh\`"
+  echo "- HTTP/1.1: \`wrk -t $WRK_THREADS -c $CONNS -d ${WARMUP}s URL\` (warm-up, discarded), then \`wrk -t $WRK_THREADS -c $CONNS -d ${DURATION}s --latency URL\`; rps and p50/p99 from wrk"
+  echo "- h2c: \`h2load -t $H2_THREADS -c $H2_CONNS -m $H2_STREAMS -D $DURATION --warm-up-time $WARMUP --log-file LOG URL\` ($((H2_CONNS * H2_STREAMS)) streams in flight); rps from h2load's summary, p50/p99 from its per-request log (2xx rows)"
+  echo "- order: ${ROUNDS} rounds, odd rounds direct → nginx → HAProxy → Mecha, even rounds Mecha → HAProxy → nginx → direct (A B A B, reversed every other round so drift in the machine's load weighs on all alike), all servers up for the whole run; figures are the mean of the rounds, each round in brackets"
+  echo "- error check at the end: \`h2load --h1 -t $WRK_THREADS -c $CONNS -n $BOUNDED_N URL\` and \`h2load -t $H2_THREADS -c $H2_CONNS -m $H2_STREAMS -n $BOUNDED_N URL\` against Mecha (no request cut off by the end of a timed window), with Mecha's \`mecha_route_requests_total\` before and after"
+  echo "- CPU per request: utime+stime of the proxy's processes (nginx: master + workers) from /proc/PID/stat over the measured part, ÷ requests completed; 10 ms ticks. Peak RSS: VmHWM (nginx: summed over its $NG_PROCS processes, so shared pages count more than once)"
+  echo
+  awk -f "$HERE/report.awk" "$RESULTS"
+  if [ "$M_ERR_LINES" != 0 ]; then
+    echo
+    echo "Mecha's stderr had $M_ERR_LINES WARN/ERROR lines; the first 5:"
+    echo
+    echo '```'
+    grep -E ' (WARN|ERROR) ' "$OUT/raw/mecha.stderr.txt" | head -5 | cut -c1-400
+    echo '```'
+  fi
+} >"$OUT/section.md"
+cat "$OUT/section.md"
+if [ "$RECORD" = 1 ]; then
+  { echo; cat "$OUT/section.md"; } >>"$ROOT/benches/RESULTS.md"
+  log "appended to benches/RESULTS.md"
+fi
+log "raw output: $OUT"
