@@ -136,14 +136,8 @@ vm_sum() { # field pids… → KiB summed (VmRSS, VmHWM)
   echo "$s"
 }
 family() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; } # a master and its children (nginx)
-machine_idle_pct() { # percent of the machine idle over $1 seconds
-  local a b
-  a=$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit}' /proc/stat)
-  sleep "$1"
-  b=$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit}' /proc/stat)
-  awk -v a="$a" -v b="$b" 'BEGIN {split(a, x, " "); split(b, y, " ")
-    busy = y[1] - x[1]; idle = y[2] - x[2]; printf "%.0f\n", (busy + idle) ? 100 * idle / (busy + idle) : 100}'
-}
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 # Another benchmark running now (benches/run.sh and its load generators) would share the cores.
 other_bench() {
   { pgrep -f 'benches/run\.sh' || true; pgrep -x h2load || true; pgrep -x wrk || true

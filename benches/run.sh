@@ -146,15 +146,8 @@ mecha_err_pair() {
 }
 # Busy CPU ticks of the whole machine (user nice system irq softirq steal), from /proc/stat.
 machine_busy() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
-# Percent of the machine idle over $1 seconds.
-machine_idle_pct() {
-  local a b
-  a=$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit}' /proc/stat)
-  sleep "$1"
-  b=$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit}' /proc/stat)
-  awk -v a="$a" -v b="$b" 'BEGIN {split(a, x, " "); split(b, y, " ")
-    busy = y[1] - x[1]; idle = y[2] - x[2]; printf "%.0f\n", (busy + idle) ? 100 * idle / (busy + idle) : 100}'
-}
+# shellcheck source=benches/common.sh
+. benches/common.sh # cwd is the repo root (cd above)
 thread_ticks() { # pid comm → CPU ticks of that process's threads named comm
   local t sum=0 v
   for t in /proc/"$1"/task/*; do
