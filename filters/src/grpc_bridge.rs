@@ -189,7 +189,7 @@ fn status_trailers(code: Code, message: &str) -> HeaderMap {
 }
 
 /// grpc-message is percent-encoded (gRPC HTTP/2 spec): printable ASCII except '%' passes.
-fn percent_encode(msg: &str) -> String {
+pub fn percent_encode(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     for b in msg.bytes() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {

@@ -110,10 +110,7 @@ async fn respond_error(
         let mut resp = ResponseHeader::build(200, Some(4))?;
         resp.insert_header("content-type", "application/grpc")?;
         resp.insert_header("grpc-status", (code as i32).to_string())?;
-        resp.insert_header(
-            "grpc-message",
-            message.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_"),
-        )?;
+        resp.insert_header("grpc-message", crate::grpc_bridge::percent_encode(message))?;
         if let Some((k, v)) = extra {
             resp.insert_header(k, v)?;
         }
@@ -173,7 +170,7 @@ impl HttpFilter for RouterFilter {
         };
         match &route.action {
             Action::Direct { status, body } => {
-                let body = Bytes::copy_from_slice(body.as_bytes());
+                let body = body.clone();
                 let mut resp = ResponseHeader::build(*status, Some(3))?;
                 resp.insert_header("content-length", body.len().to_string())?;
                 for (k, v) in &route.response_headers_to_add {

@@ -120,6 +120,28 @@ pub fn run_mecha(args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
     )
 }
 
+/// `mecha run -c CONFIG` in `dir`, as every harness here starts it: stderr piped for the
+/// failure report, and stdin a pipe with `MECHA_EXIT_ON_STDIN_EOF` so the sidecar never
+/// outlives the test process (even one killed before `Drop` runs; the pipe lives in the
+/// `Child`).
+pub fn mecha_run_command(config: &std::path::Path, dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(mecha_bin());
+    cmd.arg("run")
+        .arg("-c")
+        .arg(config)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .env("MECHA_EXIT_ON_STDIN_EOF", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1")
+        .env(
+            "MECHA_LOG",
+            std::env::var("MECHA_LOG").unwrap_or_else(|_| "info".to_owned()),
+        );
+    cmd
+}
+
 /// Runs `cmd` to completion with stdout and stderr captured; a run still going after
 /// `timeout` is killed and reported as an error.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
@@ -374,22 +396,7 @@ impl SidecarBuilder {
         let admin_addr = free_addr();
         let config = self.config_yaml(dir.path(), grpc_addr, admin_addr);
         let config_path = dir.write("mecha.yaml", &config);
-        let mut cmd = Command::new(mecha_bin());
-        cmd.arg("run")
-            .arg("-c")
-            .arg(&config_path)
-            .current_dir(dir.path())
-            // The sidecar exits when this pipe closes, so it never outlives the test process
-            // (even one killed before `Drop` runs).
-            .stdin(Stdio::piped())
-            .env("MECHA_EXIT_ON_STDIN_EOF", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
-            .env(
-                "MECHA_LOG",
-                std::env::var("MECHA_LOG").unwrap_or_else(|_| "info".to_owned()),
-            );
+        let mut cmd = mecha_run_command(&config_path, dir.path());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

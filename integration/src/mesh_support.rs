@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,19 +119,7 @@ impl Mesh {
         let config = format!("{threads}admin:\n  address: {admin}\n{body}");
         let dir = TempDir::new("mesh");
         let path = dir.write("mecha.yaml", &config);
-        let mut child = Command::new(mecha_bin())
-            .arg("run")
-            .arg("-c")
-            .arg(&path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
-            .env(
-                "MECHA_LOG",
-                std::env::var("MECHA_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
+        let mut child = crate::mecha_run_command(&path, dir.path())
             .spawn()
             .map_err(|e| (false, format!("spawn {}: {e}", mecha_bin().display())))?;
         let stderr = Arc::new(Mutex::new(String::new()));

@@ -462,19 +462,7 @@ impl BareSidecar {
             "threads: 1\napp:\n  id: app\nadmin:\n  address: {admin_addr}\nlisteners:\n  - name: runtime\n    address: {grpc_addr}\n    filters:\n      - type: capability\n        apis: [layotto]\ncomponents:\n{components}"
         );
         let path = dir.write("mecha.yaml", &config);
-        let mut child = Command::new(mecha_bin())
-            .arg("run")
-            .arg("-c")
-            .arg(&path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
-            .env(
-                "MECHA_LOG",
-                std::env::var("MECHA_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
+        let mut child = crate::mecha_run_command(&path, dir.path())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", mecha_bin().display()));
         let stderr = Arc::new(Mutex::new(String::new()));

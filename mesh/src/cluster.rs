@@ -13,7 +13,6 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
-use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{
     ClusterConfig, HealthCheckConfig, HealthCheckKind, LbPolicy, OutlierConfig, UpstreamProtocol,
@@ -467,9 +466,6 @@ where
     }
     lb
 }
-
-/// Counters every cluster has.
-pub type ClusterCounter = Counter;
 
 fn backend(sa: SocketAddr, weight: usize) -> Backend {
     Backend {

@@ -82,7 +82,8 @@ pub enum Action {
     },
     Direct {
         status: u16,
-        body: bytes_body::Body,
+        /// Shared: answering clones a reference, never the bytes.
+        body: bytes::Bytes,
     },
     Redirect {
         scheme: Option<String>,
@@ -90,11 +91,6 @@ pub enum Action {
         path: Option<String>,
         code: u16,
     },
-}
-
-/// A static body, shared without copying.
-pub mod bytes_body {
-    pub type Body = std::sync::Arc<str>;
 }
 
 // === build ===
@@ -275,7 +271,9 @@ impl RouteTable {
                     DomainMatch::Exact(e) if e.eq_ignore_ascii_case(host) => usize::MAX - 1,
                     DomainMatch::Suffix(s)
                         if host.len() > s.len()
-                            && host[host.len() - s.len()..].eq_ignore_ascii_case(s) =>
+                            // Bytes, not str: no char-boundary panic on odd input.
+                            && host.as_bytes()[host.len() - s.len()..]
+                                .eq_ignore_ascii_case(s.as_bytes()) =>
                     {
                         s.len() + 1
                     }
@@ -397,7 +395,7 @@ fn build_route(
         }
         Action::Direct {
             status: d.status,
-            body: d.body.as_str().into(),
+            body: bytes::Bytes::from(d.body.clone()),
         }
     } else if let Some(rd) = &r.redirect {
         if ![301, 302, 303, 307, 308].contains(&rd.code) {
@@ -415,7 +413,7 @@ fn build_route(
     } else {
         Action::Direct {
             status: 500,
-            body: "route has no action".into(),
+            body: bytes::Bytes::from_static(b"route has no action"),
         }
     };
     let host_rewrite =
