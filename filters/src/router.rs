@@ -5,6 +5,10 @@
 //!
 //! Proxy-generated errors are gRPC statuses when the request is gRPC (UNAVAILABLE,
 //! DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), plain HTTP statuses otherwise.
+//!
+//! CONNECT: only HTTP/2 extended CONNECT (RFC 8441, a `:protocol` such as `websocket`) is
+//! routed, by its `:path`, and only to HTTP/2 clusters, which receive `:protocol` unchanged.
+//! Plain CONNECT tunnels are refused with 405.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
-use mecha_mesh::cluster::{RequestSlot, RetrySlot};
+use mecha_mesh::cluster::{ConnectionSlot, RequestSlot, RetrySlot};
 use mecha_mesh::config::UpstreamProtocol;
 use mecha_mesh::metrics::{MeshMetrics, RouteMetrics};
 use mecha_mesh::{Action, AttemptResult, Cluster, Clusters, Endpoint, PickError, RouteTable};
@@ -43,6 +47,7 @@ pub struct Routed {
     route: (usize, usize),
     cluster: Arc<Cluster>,
     _slot: RequestSlot,
+    _connection: ConnectionSlot,
     endpoint: Option<Endpoint>,
     attempts: u32,
     retry_slot: Option<RetrySlot>,
@@ -59,6 +64,10 @@ pub struct Routed {
 impl Routed {
     pub fn cluster_name(&self) -> &str {
         &self.cluster.name
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 }
 
@@ -129,6 +138,24 @@ async fn respond_error(
     Ok(())
 }
 
+/// Answers a breaker overflow or a pending timeout (gRPC: RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED).
+/// Returns the HTTP status recorded for the route.
+async fn respond_pick_error(
+    session: &mut Session,
+    grpc: bool,
+    e: &PickError,
+) -> pingora::Result<u16> {
+    let (status, wire) = match (e, grpc) {
+        (PickError::PendingTimeout(..), _) => (504, 504),
+        (PickError::NoHealthy(_), _) => (503, 503),
+        (_, true) => (503, 429),
+        (_, false) => (503, 503),
+    };
+    let extra = e.breaker().map(|b| ("x-mecha-overloaded", b));
+    respond_error(session, grpc, wire, &e.to_string(), extra).await?;
+    Ok(status)
+}
+
 #[async_trait]
 impl HttpFilter for RouterFilter {
     fn name(&self) -> &'static str {
@@ -143,6 +170,13 @@ impl HttpFilter for RouterFilter {
         let router = &self.0;
         let req = session.req_header();
         let grpc = is_grpc(req);
+        if req.method == http::Method::CONNECT
+            && req.extensions.get::<h2::ext::Protocol>().is_none()
+        {
+            let msg = "CONNECT tunnels are not supported; HTTP/2 extended CONNECT (RFC 8441) is";
+            respond_error(session, grpc, 405, msg, None).await?;
+            return Ok(Decision::Responded);
+        }
         let authority = req
             .uri
             .authority()
@@ -213,22 +247,37 @@ impl HttpFilter for RouterFilter {
             router.record(idx, 503, ctx.started);
             return Ok(Decision::Responded);
         };
+        if req.method == http::Method::CONNECT && cluster.protocol == UpstreamProtocol::Http1 {
+            let msg = format!(
+                "cluster {:?} speaks HTTP/1.1; extended CONNECT needs an h2 or h2c cluster",
+                cluster.name
+            );
+            respond_error(session, grpc, 502, &msg, None).await?;
+            router.record(idx, 502, ctx.started);
+            return Ok(Decision::Responded);
+        }
         let slot = match cluster.admit() {
             Ok(s) => s,
             Err(e) => {
-                let status = if grpc { 429 } else { 503 };
-                respond_error(
-                    session,
-                    grpc,
-                    status,
-                    &e.to_string(),
-                    Some(("x-mecha-overloaded", "max_requests")),
-                )
-                .await?;
-                router.record(idx, 503, ctx.started);
+                let status = respond_pick_error(session, grpc, &e).await?;
+                router.record(idx, status, ctx.started);
                 return Ok(Decision::Responded);
             }
         };
+        // Waiting for a connection slot counts against the route timeout (0: no bound).
+        let wait = route.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let connection = match cluster
+            .acquire_connection((!wait.is_zero()).then_some(wait))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let status = respond_pick_error(session, grpc, &e).await?;
+                router.record(idx, status, ctx.started);
+                return Ok(Decision::Responded);
+            }
+        };
+
         // Only ring hash reads the key: skip building it (an allocation) for other policies.
         let hash_key = match (&cluster.hash_header, session.client_addr()) {
             _ if !cluster.hashes() => Vec::new(),
@@ -267,6 +316,7 @@ impl HttpFilter for RouterFilter {
             route: idx,
             cluster,
             _slot: slot,
+            _connection: connection,
             endpoint: None,
             attempts: 0,
             retry_slot: None,
@@ -317,16 +367,15 @@ impl Router {
             .cluster
             .pick(&routed.hash_key, avoid)
             .map_err(|e| match e {
-                PickError::NoHealthy(_) => {
-                    Error::explain(ErrorType::HTTPStatus(503), e.to_string())
+                PickError::PendingTimeout(..) => {
+                    Error::explain(ErrorType::HTTPStatus(504), e.to_string())
                 }
-                PickError::Overloaded(..) => {
-                    Error::explain(ErrorType::HTTPStatus(503), e.to_string())
-                }
+                _ => Error::explain(ErrorType::HTTPStatus(503), e.to_string()),
             })?;
         let cluster = &routed.cluster;
         let tls = cluster.protocol == UpstreamProtocol::H2;
         let mut peer = HttpPeer::new(ep.addr, tls, cluster.sni.clone());
+        peer.options.ca = cluster.ca.clone();
         // `timeout` bounds the whole request: a try may wait only for what is left of it, and
         // at most `per_try_timeout`. `timeout: 0` disables it (as in Envoy), e.g. for streams.
         let total = route.timeout.unwrap_or(DEFAULT_TIMEOUT);

@@ -1,6 +1,8 @@
 //! Clusters: endpoints, load balancing (pingora-load-balancing for round robin, random and
-//! Ketama; power-of-two-choices least-request here, which that crate lacks), active health
-//! checks, passive outlier detection and circuit breakers.
+//! Ketama; power-of-two-choices least-request here and Maglev in [`crate::maglev`], which that
+//! crate lacks), active health
+//! checks, passive outlier detection and circuit breakers (requests, retries, connections,
+//! pending requests).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,10 +15,13 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::tls::CaType;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{
     ClusterConfig, HealthCheckConfig, HealthCheckKind, LbPolicy, OutlierConfig, UpstreamProtocol,
 };
+use crate::maglev::Maglev;
 use crate::metrics::{ClusterMetrics, MeshMetrics};
 
 /// How one upstream attempt ended, as outlier detection sees it.
@@ -61,6 +66,7 @@ enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
     Random(LoadBalancer<Random>),
     RingHash(LoadBalancer<Consistent>),
+    Maglev(LoadBalancer<Maglev>),
 }
 
 impl Balancer {
@@ -69,6 +75,7 @@ impl Balancer {
             Balancer::RoundRobin(lb) => lb.backends(),
             Balancer::Random(lb) => lb.backends(),
             Balancer::RingHash(lb) => lb.backends(),
+            Balancer::Maglev(lb) => lb.backends(),
         }
     }
 
@@ -79,6 +86,7 @@ impl Balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_ITER, accept),
             Balancer::Random(lb) => lb.select_with(key, MAX_ITER, accept),
             Balancer::RingHash(lb) => lb.select_with(key, MAX_ITER, accept),
+            Balancer::Maglev(lb) => lb.select_with(key, MAX_ITER, accept),
         }
     }
 }
@@ -90,12 +98,32 @@ pub enum PickError {
     NoHealthy(String),
     #[error("cluster {0:?} circuit breaker open: {1} requests in flight (max_requests)")]
     Overloaded(String, usize),
+    #[error(
+        "cluster {0:?} circuit breaker open: {1} requests already waiting for a connection \
+         (max_pending_requests)"
+    )]
+    PendingOverflow(String, usize),
+    #[error("cluster {0:?}: no upstream connection free within {1:?} (max_connections {2})")]
+    PendingTimeout(String, Duration, usize),
+}
+
+impl PickError {
+    /// The breaker that tripped, for the `x-mecha-overloaded` header.
+    pub fn breaker(&self) -> Option<&'static str> {
+        match self {
+            PickError::Overloaded(..) => Some("max_requests"),
+            PickError::PendingOverflow(..) => Some("max_pending_requests"),
+            PickError::NoHealthy(_) | PickError::PendingTimeout(..) => None,
+        }
+    }
 }
 
 pub struct Cluster {
     pub name: String,
     pub protocol: UpstreamProtocol,
     pub sni: String,
+    /// Trusted roots for TLS upstreams (`ca_file`); the platform store when absent.
+    pub ca: Option<Arc<CaType>>,
     pub connect_timeout: Duration,
     pub max_h2_streams: usize,
     /// Request header `ring_hash` hashes on (client address when absent).
@@ -112,6 +140,11 @@ pub struct Cluster {
     retry_budget: Option<(u32, usize)>,
     active_requests: AtomicUsize,
     active_retries: AtomicUsize,
+    max_connections: usize,
+    max_pending: usize,
+    /// Upstream request slots: `max_connections` (× `max_h2_streams` on HTTP/2).
+    connection_slots: Arc<Semaphore>,
+    pending: AtomicUsize,
     pub metrics: ClusterMetrics,
 }
 
@@ -145,6 +178,29 @@ pub struct RetrySlot(Arc<Cluster>);
 impl Drop for RetrySlot {
     fn drop(&mut self) {
         self.0.active_retries.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Holds one upstream connection slot (`max_connections`) until dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    active: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// Counts one pending request until dropped (also when the waiting request is abandoned).
+struct PendingGuard<'a>(&'a Cluster);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.pending.dec();
     }
 }
 
@@ -184,6 +240,28 @@ impl Cluster {
         if cfg.max_h2_streams == 0 {
             errors.push("max_h2_streams: must be at least 1".to_owned());
         }
+        let cb = &cfg.circuit_breakers;
+        for (field, v) in [
+            ("max_connections", cb.max_connections),
+            ("max_requests", cb.max_requests),
+        ] {
+            if v == 0 {
+                errors.push(format!("circuit_breakers.{field}: must be at least 1"));
+            }
+        }
+        let ca = match &cfg.ca_file {
+            Some(path) => match load_ca(path) {
+                Ok(ca) => Some(ca),
+                Err(e) => {
+                    errors.push(format!("ca_file: {path}: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        if cfg.ca_file.is_some() && cfg.protocol != UpstreamProtocol::H2 {
+            errors.push("ca_file: only used with protocol: h2 (TLS)".to_owned());
+        }
         if let Some(o) = &cfg.outlier_detection {
             if o.max_ejection_percent > 100 {
                 errors.push("outlier_detection.max_ejection_percent: at most 100".to_owned());
@@ -202,6 +280,7 @@ impl Cluster {
             LbPolicy::RoundRobin => Balancer::RoundRobin(lb_from(discovery)),
             LbPolicy::Random | LbPolicy::LeastRequest => Balancer::Random(lb_from(discovery)),
             LbPolicy::RingHash => Balancer::RingHash(lb_from(discovery)),
+            LbPolicy::Maglev => Balancer::Maglev(lb_from(discovery)),
         };
         let first_host = cfg
             .endpoints
@@ -212,6 +291,7 @@ impl Cluster {
             name: cfg.name.clone(),
             protocol: cfg.protocol,
             sni: cfg.sni.clone().unwrap_or(first_host),
+            ca,
             connect_timeout: cfg.connect_timeout.0,
             max_h2_streams: cfg.max_h2_streams,
             hash_header: cfg.hash_header.clone(),
@@ -229,6 +309,17 @@ impl Cluster {
                 .map(|p| (p, cfg.circuit_breakers.min_retry_concurrency)),
             active_requests: AtomicUsize::new(0),
             active_retries: AtomicUsize::new(0),
+            max_connections: cb.max_connections,
+            max_pending: cb.max_pending_requests,
+            connection_slots: Arc::new(Semaphore::new(
+                cb.max_connections
+                    .saturating_mul(match cfg.protocol {
+                        UpstreamProtocol::Http1 => 1,
+                        UpstreamProtocol::H2c | UpstreamProtocol::H2 => cfg.max_h2_streams,
+                    })
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+            pending: AtomicUsize::new(0),
             metrics: metrics.cluster(&cfg.name),
         };
         cluster.sync_endpoints();
@@ -238,6 +329,7 @@ impl Cluster {
                 Balancer::RoundRobin(lb) => lb.set_health_check(check),
                 Balancer::Random(lb) => lb.set_health_check(check),
                 Balancer::RingHash(lb) => lb.set_health_check(check),
+                Balancer::Maglev(lb) => lb.set_health_check(check),
             }
         }
         Ok(cluster)
@@ -268,6 +360,7 @@ impl Cluster {
                 if self.protocol != UpstreamProtocol::Http1 {
                     c.peer_template.options.set_http_version(2, 2);
                 }
+                c.peer_template.options.ca = self.ca.clone();
                 if let Ok(uri) = hc.path.parse() {
                     c.req.set_uri(uri);
                 }
@@ -281,9 +374,9 @@ impl Cluster {
         self.balancer.backends().run_health_check(true).await;
     }
 
-    /// Whether picks use the hash key (ring hash).
+    /// Whether picks use the hash key (ring hash, Maglev).
     pub fn hashes(&self) -> bool {
-        self.policy == LbPolicy::RingHash
+        matches!(self.policy, LbPolicy::RingHash | LbPolicy::Maglev)
     }
 
     pub fn endpoint_count(&self) -> usize {
@@ -296,6 +389,7 @@ impl Cluster {
             Balancer::RoundRobin(lb) => lb.update().await,
             Balancer::Random(lb) => lb.update().await,
             Balancer::RingHash(lb) => lb.update().await,
+            Balancer::Maglev(lb) => lb.update().await,
         };
         if let Err(e) = res {
             tracing::warn!(cluster = %self.name, error = %e, "endpoint refresh failed");
@@ -327,6 +421,48 @@ impl Cluster {
             return Err(PickError::Overloaded(self.name.clone(), n));
         }
         Ok(slot)
+    }
+
+    /// Takes an upstream connection slot (`max_connections`). When none is free the request
+    /// waits as pending — unless `max_pending_requests` already wait — for at most `wait`
+    /// (`None`: until one frees).
+    pub async fn acquire_connection(
+        &self,
+        wait: Option<Duration>,
+    ) -> Result<ConnectionSlot, PickError> {
+        let permit = match self.connection_slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let n = self.pending.fetch_add(1, Ordering::AcqRel);
+                self.metrics.pending.inc();
+                let _guard = PendingGuard(self);
+                if n >= self.max_pending {
+                    self.metrics.breaker_trips.inc();
+                    return Err(PickError::PendingOverflow(self.name.clone(), n));
+                }
+                let acquire = self.connection_slots.clone().acquire_owned();
+                let res = match wait {
+                    Some(w) => tokio::time::timeout(w, acquire).await.map_err(|_| w),
+                    None => Ok(acquire.await),
+                };
+                match res {
+                    Ok(Ok(p)) => p,
+                    // The semaphore is never closed; treat it like a timeout all the same.
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(PickError::PendingTimeout(
+                            self.name.clone(),
+                            wait.unwrap_or_default(),
+                            self.max_connections,
+                        ))
+                    }
+                }
+            }
+        };
+        self.metrics.active_requests.inc();
+        Ok(ConnectionSlot {
+            _permit: permit,
+            active: self.metrics.active_requests.clone(),
+        })
     }
 
     /// Takes a `max_retries` slot; `None` when retries are exhausted cluster-wide.
@@ -453,6 +589,27 @@ impl Cluster {
     }
 }
 
+/// Reads a PEM bundle of CA certificates; every certificate must parse.
+fn load_ca(path: &str) -> Result<Arc<CaType>, String> {
+    use pingora::utils::tls::{parse_x509, WrappedX509};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut certs = Vec::new();
+    for (i, item) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let der = item.map_err(|e| format!("certificate {}: {e}", i + 1))?;
+        // Pingora's wrapper panics on what x509-parser rejects: check first.
+        if let Err(e) = x509_parser::parse_x509_certificate(der.as_ref()) {
+            return Err(format!("certificate {}: {e}", i + 1));
+        }
+        certs.push(WrappedX509::new(der.to_vec(), parse_x509));
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate in the file".to_owned());
+    }
+    Ok(Arc::from(certs.into_boxed_slice()))
+}
+
 fn lb_from<S>(discovery: DnsDiscovery) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
@@ -534,6 +691,7 @@ mod tests {
             }],
             protocol: UpstreamProtocol::Http1,
             sni: None,
+            ca_file: None,
             lb_policy: LbPolicy::RoundRobin,
             hash_header: None,
             connect_timeout: Dur(Duration::from_secs(1)),
@@ -545,6 +703,48 @@ mod tests {
         };
         let metrics = MeshMetrics::register(&mut prometheus_client::registry::Registry::default());
         Arc::new(Cluster::build(&cfg, &metrics).expect("valid"))
+    }
+
+    #[test]
+    fn maglev_keeps_a_key_on_one_endpoint_and_falls_back_elsewhere() {
+        let cfg = ClusterConfig {
+            name: "m".into(),
+            endpoints: (1..=5)
+                .map(|p| EndpointConfig {
+                    address: format!("127.0.0.1:{p}"),
+                    weight: 1,
+                })
+                .collect(),
+            protocol: UpstreamProtocol::Http1,
+            sni: None,
+            ca_file: None,
+            lb_policy: LbPolicy::Maglev,
+            hash_header: Some("x-user".into()),
+            connect_timeout: Dur(Duration::from_secs(1)),
+            dns_refresh: Dur(Duration::from_secs(30)),
+            max_h2_streams: 1,
+            health_check: None,
+            outlier_detection: None,
+            circuit_breakers: CircuitBreakerConfig::default(),
+        };
+        let metrics = MeshMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let c = Cluster::build(&cfg, &metrics).expect("valid");
+        assert!(c.hashes());
+        let first = c.pick(b"alice", None).expect("pick").addr;
+        for _ in 0..20 {
+            assert_eq!(c.pick(b"alice", None).expect("pick").addr, first);
+        }
+        let spread: std::collections::HashSet<_> = (0..200)
+            .map(|i| {
+                c.pick(format!("user-{i}").as_bytes(), None)
+                    .expect("pick")
+                    .addr
+            })
+            .collect();
+        assert_eq!(spread.len(), 5, "keys spread over all endpoints");
+        let other = c.pick(b"alice", Some(first)).expect("fallback").addr;
+        assert_ne!(other, first);
+        assert_eq!(c.pick(b"alice", Some(first)).expect("fallback").addr, other);
     }
 
     #[test]
@@ -561,6 +761,67 @@ mod tests {
         assert!(c.admit_retry().is_none(), "a third retry exceeds 50%");
         drop(r1);
         assert!(c.admit_retry().is_some(), "a finished retry frees its slot");
+    }
+
+    #[tokio::test]
+    async fn connection_slots_queue_then_overflow_pending() {
+        let c = cluster(CircuitBreakerConfig {
+            max_connections: 1,
+            max_pending_requests: 1,
+            ..CircuitBreakerConfig::default()
+        });
+        let first = c.acquire_connection(None).await.expect("a free slot");
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.acquire_connection(None).await.map(|_| ()) })
+        };
+        // The waiter counts as pending once it is parked on the semaphore.
+        while c.pending.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let overflow = c.acquire_connection(None).await;
+        assert!(
+            matches!(&overflow, Err(e) if e.breaker() == Some("max_pending_requests")),
+            "{overflow:?}"
+        );
+        drop(first);
+        waiter
+            .await
+            .expect("joined")
+            .expect("served once the slot freed");
+        assert_eq!(c.pending.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn pending_wait_is_bounded() {
+        let c = cluster(CircuitBreakerConfig {
+            max_connections: 1,
+            ..CircuitBreakerConfig::default()
+        });
+        let _held = c.acquire_connection(None).await.expect("a free slot");
+        let r = c.acquire_connection(Some(Duration::from_millis(1))).await;
+        assert!(matches!(r, Err(PickError::PendingTimeout(..))), "{r:?}");
+        assert_eq!(c.pending.load(Ordering::Acquire), 0, "the waiter left");
+    }
+
+    #[test]
+    fn ca_file_must_hold_certificates() {
+        let dir = std::env::temp_dir().join(format!("mecha-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a pem\n").expect("write");
+        let err = load_ca(empty.to_str().expect("utf8")).expect_err("no certificate");
+        assert!(err.contains("no PEM certificate"), "{err}");
+        let missing = dir.join("missing.pem");
+        assert!(load_ca(missing.to_str().expect("utf8")).is_err());
+        let bad = dir.join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let err = load_ca(bad.to_str().expect("utf8")).expect_err("garbage DER");
+        assert!(err.contains("certificate 1"), "{err}");
     }
 
     #[test]

@@ -41,12 +41,17 @@ pub struct ClusterConfig {
     pub endpoints: Vec<EndpointConfig>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// SNI for `protocol: h2` (TLS); defaults to the endpoint host.
+    /// SNI for `protocol: h2` (TLS); defaults to the endpoint host. The upstream's
+    /// certificate must be valid for this name.
     #[serde(default)]
     pub sni: Option<String>,
+    /// PEM file with the CA certificates trusted for `protocol: h2` upstreams, instead of the
+    /// platform trust store (read when the config is loaded).
+    #[serde(default)]
+    pub ca_file: Option<String>,
     #[serde(default)]
     pub lb_policy: LbPolicy,
-    /// What `ring_hash` hashes: a request header, or the client address when absent.
+    /// What `ring_hash` and `maglev` hash: a request header, or the client address when absent.
     #[serde(default)]
     pub hash_header: Option<String>,
     #[serde(default = "default_connect_timeout")]
@@ -113,6 +118,9 @@ pub enum LbPolicy {
     LeastRequest,
     /// Consistent hashing (Ketama) on `hash_header` or the client address.
     RingHash,
+    /// Maglev consistent hashing on `hash_header` or the client address: evener spread and
+    /// faster picks than the ring, at the cost of a 65537-entry table per cluster.
+    Maglev,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -201,6 +209,15 @@ fn default_max_percent() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
+    /// Upstream connections in use. An HTTP/1.1 request holds one while it is upstream; on
+    /// HTTP/2 (`h2`, `h2c`) one connection carries `max_h2_streams` requests. A request that
+    /// finds none free waits as pending.
+    #[serde(default = "default_max_requests")]
+    pub max_connections: usize,
+    /// Requests waiting for a connection (see `max_connections`); beyond → 503
+    /// `x-mecha-overloaded: max_pending_requests`. Waiting is bounded by the route timeout.
+    #[serde(default = "default_max_requests")]
+    pub max_pending_requests: usize,
     /// Requests in flight to the cluster; beyond → 503 `x-mecha-overloaded: max_requests`.
     #[serde(default = "default_max_requests")]
     pub max_requests: usize,
@@ -231,6 +248,8 @@ fn default_max_retries() -> usize {
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
         Self {
+            max_connections: default_max_requests(),
+            max_pending_requests: default_max_requests(),
             max_requests: default_max_requests(),
             max_retries: default_max_retries(),
             retry_budget_percent: None,

@@ -7,6 +7,7 @@
 //! - [`cluster`]: endpoints, load balancing, active health checks, outlier detection, circuit
 //!   breakers.
 //! - [`grpc_health`]: gRPC health v1 active checks.
+//! - [`maglev`]: Maglev consistent hashing (pingora-load-balancing has Ketama only).
 //! - [`retry`]: retry policies and backoff.
 //! - [`metrics`]: per-route and per-cluster metric families.
 //!
@@ -17,6 +18,7 @@
 pub mod cluster;
 pub mod config;
 pub mod grpc_health;
+pub mod maglev;
 pub mod metrics;
 pub mod retry;
 pub mod route;

@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -30,6 +31,9 @@ pub struct MeshMetrics {
     breaker_trips: Family<ClusterLabel, Counter>,
     upstream_requests: Family<ClusterLabel, Counter>,
     upstream_failures: Family<ClusterLabel, Counter>,
+    connections_opened: Family<ClusterLabel, Counter>,
+    active_requests: Family<ClusterLabel, Gauge>,
+    pending: Family<ClusterLabel, Gauge>,
     route_requests: Family<RouteStatusLabels, Counter>,
     route_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
 }
@@ -45,6 +49,12 @@ pub struct ClusterMetrics {
     pub breaker_trips: Counter,
     pub upstream_requests: Counter,
     pub upstream_failures: Counter,
+    /// New upstream connections (reused pooled ones are not counted).
+    pub connections_opened: Counter,
+    /// Requests holding an upstream connection slot (`max_connections`).
+    pub active_requests: Gauge,
+    /// Requests waiting for a connection slot (`max_pending_requests`).
+    pub pending: Gauge,
 }
 
 /// Per-route handles: requests by status class (1xx–5xx) and latency.
@@ -77,6 +87,9 @@ impl MeshMetrics {
             breaker_trips: Family::default(),
             upstream_requests: Family::default(),
             upstream_failures: Family::default(),
+            connections_opened: Family::default(),
+            active_requests: Family::default(),
+            pending: Family::default(),
             route_requests: Family::default(),
             route_latency: Family::new_with_constructor(latency as fn() -> Histogram),
         };
@@ -99,6 +112,21 @@ impl MeshMetrics {
             "mecha_cluster_upstream_failures",
             "Upstream attempts that failed (connect, reset, timeout) by cluster",
             m.upstream_failures.clone(),
+        );
+        registry.register(
+            "mecha_cluster_upstream_connections_opened",
+            "New upstream connections by cluster (pooled reuse not counted)",
+            m.connections_opened.clone(),
+        );
+        registry.register(
+            "mecha_cluster_upstream_requests_active",
+            "Requests holding an upstream connection slot (max_connections) by cluster",
+            m.active_requests.clone(),
+        );
+        registry.register(
+            "mecha_cluster_pending_requests",
+            "Requests waiting for an upstream connection slot by cluster",
+            m.pending.clone(),
         );
         registry.register(
             "mecha_cluster_retries",
@@ -128,6 +156,9 @@ impl MeshMetrics {
             breaker_trips: self.breaker_trips.get_or_create(&l).clone(),
             upstream_requests: self.upstream_requests.get_or_create(&l).clone(),
             upstream_failures: self.upstream_failures.get_or_create(&l).clone(),
+            connections_opened: self.connections_opened.get_or_create(&l).clone(),
+            active_requests: self.active_requests.get_or_create(&l).clone(),
+            pending: self.pending.get_or_create(&l).clone(),
         }
     }
 

@@ -5,6 +5,7 @@
 //!   registry and one filter chain per listener — published through `ArcSwap`.
 //! - [`lean`]: capability-only listeners served without the proxy phases.
 //! - [`proxy`]: the Pingora `ProxyHttp` of a listener: load the Snapshot once, run the chain.
+//! - [`sniff`]: HTTP/1 vs h2c detection that never waits on a short HTTP/1 request.
 //! - [`tcp`]: L4 TCP proxy listeners (opaque protocols to a cluster).
 //! - [`admin`]: `/healthz`, `/ready`, Layotto's `/actuator/health/*`, `/metrics`.
 //! - [`server`]: bootstrap (one Pingora service per listener, admin, background tasks) and
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
+pub mod sniff;
 pub mod tcp;
 
 pub use config::Config;

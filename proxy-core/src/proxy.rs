@@ -126,6 +126,23 @@ impl ProxyHttp for ListenerProxy {
         }
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if !reused {
+            if let Some(routed) = ctx.req.routed.as_ref() {
+                routed.cluster().metrics.connections_opened.inc();
+            }
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         session: &mut Session,

@@ -11,8 +11,6 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use mecha_mesh::config::UpstreamProtocol;
 use pingora::apps::HttpServerOptions;
-use pingora::connectors::ConnectorOptions;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -24,6 +22,7 @@ use crate::lean::LeanListener;
 use crate::metrics::Metrics;
 use crate::proxy::{ListenerProxy, ProcessState};
 use crate::snapshot::Snapshot;
+use crate::sniff::H2cSniff;
 use crate::tcp::TcpProxy;
 
 /// Why the process could not start; printed by the binary, which then exits non-zero.
@@ -73,8 +72,16 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let process = Arc::new(ProcessState::default());
 
+    let needs_tls_roots = config
+        .clusters
+        .iter()
+        .any(|c| c.protocol == UpstreamProtocol::H2 && c.ca_file.is_none());
     let conf = ServerConf {
         threads: config.threads,
+        // No TLS upstream trusting the platform store: skip loading it, which costs tens of
+        // milliseconds per listener at start (an empty PEM file loads zero roots). Clusters
+        // with `ca_file` carry their own roots.
+        ca_file: (!needs_tls_roots).then(|| "/dev/null".to_owned()),
         // Draining happens in our signal watch (below), which returns only once requests
         // are done or the drain time is up; after that Pingora need not wait again.
         grace_period_seconds: Some(0),
@@ -84,10 +91,6 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let needs_tls_roots = config
-        .clusters
-        .iter()
-        .any(|c| c.protocol == UpstreamProtocol::H2);
     let initial = snapshot.load_full();
     for (index, l) in config.listeners.iter().enumerate() {
         if let Some(tp) = &l.tcp_proxy {
@@ -109,27 +112,29 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
                 process: process.clone(),
                 options: opts,
             };
-            let mut svc = Service::new(format!("listener {}", l.name), app);
+            // Every HTTP listener detects HTTP/1 vs h2c itself (see `sniff`).
+            let mut svc = Service::new(format!("listener {}", l.name), H2cSniff::new(app));
             svc.add_tcp(&l.address);
             server.add_service(svc);
             continue;
         }
-        let proxy = ListenerProxy {
-            index,
-            snapshot: snapshot.clone(),
-            process: process.clone(),
-        };
-        let mut builder = ProxyServiceBuilder::new(&server.configuration, proxy)
-            .name(format!("listener {}", l.name))
-            .server_options(opts);
-        if !needs_tls_roots {
-            // No TLS upstream: skip loading the platform trust store, which costs tens of
-            // milliseconds per listener at start (an empty PEM file loads zero roots).
-            let mut co = ConnectorOptions::from_server_conf(&server.configuration);
-            co.ca_file = Some("/dev/null".to_owned());
-            builder = builder.client_options(co);
-        }
-        let mut svc = builder.build();
+        // Extended CONNECT reaches the router (Pingora would answer 405 to any CONNECT).
+        opts.allow_connect_method_proxying = true;
+        let mut proxy = pingora::proxy::http_proxy(
+            &server.configuration,
+            ListenerProxy {
+                index,
+                snapshot: snapshot.clone(),
+                process: process.clone(),
+            },
+        );
+        proxy.server_options = Some(opts);
+        // HTTP/2 extended CONNECT (RFC 8441, e.g. WebSocket over h2) is routed like any
+        // request; the router refuses plain CONNECT tunnels.
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.enable_connect_protocol();
+        proxy.h2_options = Some(h2);
+        let mut svc = Service::new(format!("listener {}", l.name), H2cSniff::new(proxy));
         svc.add_tcp(&l.address);
         server.add_service(svc);
     }
