@@ -446,12 +446,23 @@ async fn breaker_timeouts_truncation_and_malformed_requests() {
         b"GET / HTTP/1.1\r\nHost: svc.test\r\nContent-Length: nope\r\n\r\n",
         b"garbage garbage garbage garbage\r\n\r\n",
         b"GET / HTTP/9.9\r\nHost: svc.test\r\n\r\n",
+        // Shorter than the 24-byte h2 preface: answered, not left waiting for more bytes.
+        b"\x01\x02\x03\r\n\r\n",
+        b"BAD\r\n\r\n",
     ] {
         let r = within("an answer to a malformed request", http_raw(edge, bad))
             .await
             .unwrap_or_else(|e| panic!("{:?}: {e:#}", String::from_utf8_lossy(bad)));
         assert_eq!(r.status, 400, "{:?}: {r:?}", String::from_utf8_lossy(bad));
     }
+    // A complete HTTP/1.0 request shorter than the h2 preface is served.
+    let r = within(
+        "an answer to a short HTTP/1.0 request",
+        http_raw(edge, b"GET /after HTTP/1.0\r\n\r\n"),
+    )
+    .await
+    .expect("short HTTP/1.0 request");
+    assert_eq!(r.status, 200, "{r:?}");
     assert!(mesh.is_running(), "mecha is still running");
     for proto in [Proto::H1, Proto::H2c] {
         let r = send(edge, proto, Req::get("/after"))
