@@ -72,10 +72,7 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let process = Arc::new(ProcessState::default());
 
-    let needs_tls_roots = config
-        .clusters
-        .iter()
-        .any(|c| c.protocol == UpstreamProtocol::H2 && c.ca_file.is_none());
+    let needs_tls_roots = needs_platform_roots(&config);
     let conf = ServerConf {
         threads: config.threads,
         // No TLS upstream trusting the platform store: skip loading it, which costs tens of
@@ -205,6 +202,14 @@ struct ConfigReload {
     metrics: Arc<Metrics>,
 }
 
+/// Whether some TLS cluster trusts the platform store (no `ca_file`): only then is it loaded.
+fn needs_platform_roots(config: &Config) -> bool {
+    config
+        .clusters
+        .iter()
+        .any(|c| c.protocol == UpstreamProtocol::H2 && c.ca_file.is_none())
+}
+
 impl ConfigReload {
     fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
         // Follows symlinks, so a Kubernetes ConfigMap's atomic swap is seen.
@@ -249,6 +254,13 @@ impl ConfigReload {
             return tracing::error!(
                 "config reload: {path}: listeners (address, kind), admin or threads changed; \
                  these need a restart — keeping the running config"
+            );
+        }
+        if needs_platform_roots(&cfg) && !needs_platform_roots(&current.config) {
+            return tracing::error!(
+                "config reload: {path}: a TLS (h2) cluster without ca_file needs the platform \
+                 trust store, which this process did not load; add ca_file or restart — \
+                 keeping the running config"
             );
         }
         match Snapshot::build(cfg, &self.metrics) {
