@@ -303,8 +303,14 @@ impl HttpFilter for RouterFilter {
             req.append_header(k.clone(), v.clone())?;
         }
         if let Some(p) = new_path {
-            if let Ok(uri) = p.parse::<http::Uri>() {
-                req.set_uri(uri);
+            // Keep scheme and authority: an h2 request carries its authority only in the URI,
+            // and the upstream h2 request needs it.
+            let mut parts = req.uri.clone().into_parts();
+            if let Ok(pq) = p.parse::<http::uri::PathAndQuery>() {
+                parts.path_and_query = Some(pq);
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    req.set_uri(uri);
+                }
             }
         }
         if route.retry.is_some() {
@@ -376,6 +382,9 @@ impl Router {
         let tls = cluster.protocol == UpstreamProtocol::H2;
         let mut peer = HttpPeer::new(ep.addr, tls, cluster.sni.clone());
         peer.options.ca = cluster.ca.clone();
+        // Pingora's pool key leaves out the CA: without this, a cluster trusting other roots
+        // could reuse a connection another cluster verified to the same address and SNI.
+        peer.group_key = cluster.pool_key;
         // `timeout` bounds the whole request: a try may wait only for what is left of it, and
         // at most `per_try_timeout`. `timeout: 0` disables it (as in Envoy), e.g. for streams.
         let total = route.timeout.unwrap_or(DEFAULT_TIMEOUT);

@@ -20,6 +20,10 @@ listeners:
               - name: h2
                 match: { prefix: /h2/ }
                 cluster: h2c-up
+              - name: h2-rewrite
+                match: { prefix: /h2rw/ }
+                prefix_rewrite: /inner/
+                cluster: h2c-up
               - name: api
                 match: { prefix: /api/ }
                 prefix_rewrite: /v2/
@@ -155,6 +159,19 @@ async fn http1_and_h2c_are_proxied_with_rewrites_header_mutations_and_trace_cont
         assert_eq!(seen.version, Version::HTTP_2);
         assert_eq!(seen.path, "/h2/x");
         assert_eq!(r.header("x-seen-version"), Some("HTTP/2.0"));
+
+        // A rewritten path keeps the authority an HTTP/2 upstream request needs.
+        let r = send(edge, proto, Req::get("/h2rw/y?z=1"))
+            .await
+            .expect("GET /h2rw/y");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "h2up"),
+            "{proto:?}: {r:?}"
+        );
+        let seen = h2up.last_seen();
+        assert_eq!(seen.path, "/inner/y?z=1");
+        assert_eq!(seen.host, "svc.test", "{proto:?}: authority kept");
     }
 }
 

@@ -124,6 +124,8 @@ pub struct Cluster {
     pub sni: String,
     /// Trusted roots for TLS upstreams (`ca_file`); the platform store when absent.
     pub ca: Option<Arc<CaType>>,
+    /// Separates pooled upstream connections by trusted roots (0: platform roots, or none).
+    pub pool_key: u64,
     pub connect_timeout: Duration,
     pub max_h2_streams: usize,
     /// Request header `ring_hash` hashes on (client address when absent).
@@ -291,6 +293,7 @@ impl Cluster {
             name: cfg.name.clone(),
             protocol: cfg.protocol,
             sni: cfg.sni.clone().unwrap_or(first_host),
+            pool_key: ca.as_deref().map_or(0, ca_key),
             ca,
             connect_timeout: cfg.connect_timeout.0,
             max_h2_streams: cfg.max_h2_streams,
@@ -587,6 +590,16 @@ impl Cluster {
         self.metrics.ejections.inc();
         tracing::warn!(cluster = %self.name, endpoint = %ep.addr, ejection = n, ?time, "outlier ejected");
     }
+}
+
+/// A process-local key for a set of trusted roots (never 0, which means the platform roots).
+fn ca_key(ca: &CaType) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for cert in ca {
+        cert.borrow_raw_cert().hash(&mut h);
+    }
+    h.finish().max(1)
 }
 
 /// Reads a PEM bundle of CA certificates; every certificate must parse.
