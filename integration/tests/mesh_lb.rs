@@ -1,5 +1,5 @@
 //! Mesh end-to-end: load balancing across real upstreams — round robin, weighted round robin,
-//! a weighted-cluster canary split, ring hash on a header, least request. Distributions are
+//! a weighted-cluster canary split, ring hash and Maglev on a header, least request. Distributions are
 //! checked within tolerances wide enough never to flake (≥ 4 standard deviations for random
 //! splits); no timing is asserted.
 
@@ -25,6 +25,7 @@ listeners:
                 match: { prefix: /split }
                 weighted_clusters: [{ name: v1, weight: 90 }, { name: v2, weight: 10 }]
               - { name: hash, match: { prefix: /hash }, cluster: hash }
+              - { name: maglev, match: { prefix: /maglev }, cluster: maglev }
               - { name: least, match: { prefix: /least }, cluster: least }
 clusters:
   - name: rr
@@ -37,6 +38,10 @@ clusters:
     endpoints: [{ address: "@b@" }]
   - name: hash
     lb_policy: ring_hash
+    hash_header: x-user
+    endpoints: [{ address: "@a@" }, { address: "@b@" }, { address: "@c@" }]
+  - name: maglev
+    lb_policy: maglev
     hash_header: x-user
     endpoints: [{ address: "@a@" }, { address: "@b@" }, { address: "@c@" }]
   - name: least
@@ -133,20 +138,26 @@ async fn weighted_clusters_split_traffic_90_10() {
 }
 
 #[tokio::test]
-async fn ring_hash_keeps_each_key_on_one_endpoint() {
+async fn ring_hash_and_maglev_keep_each_key_on_one_endpoint() {
     let (_up, mesh) = three().await;
-    let mut owners = HashMap::new();
-    for user in 0..24 {
-        let c = spread(&mesh, "/hash", 6, Some(("x-user", format!("user-{user}")))).await;
-        assert_eq!(c.len(), 1, "user-{user} hit more than one endpoint: {c:?}");
-        let owner = c.keys().next().cloned().unwrap_or_default();
-        owners.insert(user, owner);
+    for path in ["/hash", "/maglev"] {
+        let mut owners = HashMap::new();
+        for user in 0..24 {
+            let c = spread(&mesh, path, 6, Some(("x-user", format!("user-{user}")))).await;
+            assert_eq!(
+                c.len(),
+                1,
+                "{path}: user-{user} hit more than one endpoint: {c:?}"
+            );
+            let owner = c.keys().next().cloned().unwrap_or_default();
+            owners.insert(user, owner);
+        }
+        let distinct: std::collections::HashSet<&String> = owners.values().collect();
+        assert!(
+            distinct.len() >= 2,
+            "{path}: 24 keys all hashed to one endpoint: {owners:?}"
+        );
     }
-    let distinct: std::collections::HashSet<&String> = owners.values().collect();
-    assert!(
-        distinct.len() >= 2,
-        "24 keys all hashed to one endpoint: {owners:?}"
-    );
 }
 
 #[tokio::test]
