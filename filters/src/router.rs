@@ -482,14 +482,16 @@ impl Router {
             };
             routed.cluster.report(ep, result);
         }
-        // A trailers-only gRPC answer carries its status in the headers.
-        let grpc_code = resp
-            .headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i32>().ok());
+        // A trailers-only gRPC answer carries its status in the headers (looked up only when
+        // the route retries and the HTTP status alone does not decide).
+        let grpc_code = || {
+            resp.headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+        };
         if Self::may_retry(routed, session, |p| {
-            p.retries_status(status) || grpc_code.is_some_and(|c| p.retries_grpc(c))
+            p.retries_status(status) || grpc_code().is_some_and(|c| p.retries_grpc(c))
         }) {
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -535,7 +537,8 @@ impl Router {
                 }
             }
         }
-        let traceparent = next_traceparent(req.headers.get("traceparent"));
+        let traceparent = next_traceparent(req.headers.get("traceparent"))
+            .map_err(|e| Error::because(ErrorType::InternalError, "building traceparent", e))?;
         req.insert_header("traceparent", traceparent)?;
         Ok(())
     }
@@ -626,24 +629,52 @@ impl Router {
 }
 
 /// W3C trace context: keep the trace id, make this hop a new parent span; create one if
-/// absent or malformed.
-fn next_traceparent(incoming: Option<&HeaderValue>) -> String {
+/// absent or malformed. Written into a fixed buffer (no `format!`: this runs per request).
+fn next_traceparent(
+    incoming: Option<&HeaderValue>,
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    // "00-" trace(32) "-" span(16) "-" flags(2)
+    let mut out = [0u8; 55];
+    out[..3].copy_from_slice(b"00-");
+    out[35] = b'-';
+    out[52] = b'-';
     let mut rng = rand::rng();
     let span: u64 = rng.random::<u64>().max(1);
-    if let Some(v) = incoming.and_then(|v| v.to_str().ok()) {
-        let parts: Vec<&str> = v.split('-').collect();
-        if parts.len() == 4
-            && parts[0].len() == 2
-            && parts[1].len() == 32
-            && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
-            && parts[1] != "00000000000000000000000000000000"
-            && parts[3].len() == 2
-        {
-            return format!("00-{}-{span:016x}-{}", parts[1], parts[3]);
+    put_hex(&mut out[36..52], u128::from(span));
+    let kept = incoming.and_then(|v| v.to_str().ok()).and_then(|v| {
+        let mut parts = v.split('-');
+        let (version, trace, _parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        (parts.next().is_none()
+            && version.len() == 2
+            && trace.len() == 32
+            && trace.bytes().all(|b| b.is_ascii_hexdigit())
+            && trace != "00000000000000000000000000000000"
+            && flags.len() == 2)
+            .then_some((trace, flags))
+    });
+    match kept {
+        Some((trace, flags)) => {
+            out[3..35].copy_from_slice(trace.as_bytes());
+            out[53..].copy_from_slice(flags.as_bytes());
+        }
+        None => {
+            let trace: u128 = rng.random::<u128>().max(1);
+            put_hex(&mut out[3..35], trace);
+            out[53..].copy_from_slice(b"01");
         }
     }
-    let trace: u128 = rng.random::<u128>().max(1);
-    format!("00-{trace:032x}-{span:016x}-01")
+    // Every byte is visible ASCII (hex digits, '-', or copied from a valid header value).
+    HeaderValue::from_bytes(&out)
+}
+
+/// Lower-case hex of `v`, right-aligned and zero-padded to `dst.len()` digits.
+fn put_hex(dst: &mut [u8], mut v: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for d in dst.iter_mut().rev() {
+        *d = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
 }
 
 #[cfg(test)]
@@ -654,7 +685,8 @@ mod tests {
     fn traceparent_keeps_the_trace_and_makes_a_new_span() {
         let incoming =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let out = next_traceparent(Some(&incoming));
+        let out = next_traceparent(Some(&incoming)).expect("valid header value");
+        let out = out.to_str().expect("ascii");
         assert!(
             out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
             "{out}"
@@ -664,9 +696,47 @@ mod tests {
     }
 
     #[test]
+    fn traceparent_matches_the_w3c_shape_for_edge_cases() {
+        let trace_kept = |incoming: &'static str| {
+            let v = HeaderValue::from_static(incoming);
+            let out = next_traceparent(Some(&v)).expect("valid header value");
+            let out = out.to_str().expect("ascii").to_owned();
+            assert_eq!(out.len(), 55, "{out}");
+            let span = &out[36..52];
+            assert!(span
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            assert_ne!(span, "0000000000000000");
+            let parts: Vec<&str> = incoming.split('-').collect();
+            out == format!("00-{}-{span}-{}", parts[1], parts[3])
+        };
+        assert!(trace_kept("00-4BF92F3577B34DA6A3CE929D0E0E4736-x-zz"));
+        assert!(trace_kept(
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        ));
+        for malformed in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+        ] {
+            let v = HeaderValue::from_static(malformed);
+            let out = next_traceparent(Some(&v)).expect("valid header value");
+            let out = out.to_str().expect("ascii");
+            assert!(out.starts_with("00-") && out.ends_with("-01"), "{out}");
+            assert!(!out.contains("4bf92f3577b34da6a3ce929d0e0e473"), "{out}");
+            assert!(out[3..35]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        }
+    }
+
+    #[test]
     fn traceparent_is_created_when_absent_or_malformed() {
         for v in [None, Some(HeaderValue::from_static("garbage"))] {
-            let out = next_traceparent(v.as_ref());
+            let out = next_traceparent(v.as_ref()).expect("valid header value");
+            let out = out.to_str().expect("ascii");
             let parts: Vec<&str> = out.split('-').collect();
             assert_eq!(parts.len(), 4, "{out}");
             assert_eq!(parts[1].len(), 32);

@@ -490,13 +490,18 @@ impl Cluster {
     /// Picks an endpoint by the cluster's policy among healthy, non-ejected ones. `hash_key`
     /// is used by ring hash only. `avoid` skips an endpoint (the one that just failed).
     pub fn pick(&self, hash_key: &[u8], avoid: Option<SocketAddr>) -> Result<Endpoint, PickError> {
-        let now = Instant::now();
+        // Without outlier detection nothing is ever ejected: skip the clock and the locks.
+        let now = self.outlier.is_some().then(Instant::now);
         let endpoints = self.endpoints.read();
         let usable = |b: &Backend, healthy: bool| {
             let Some(sa) = b.addr.as_inet() else {
                 return false;
             };
-            healthy && Some(*sa) != avoid && endpoints.get(sa).is_some_and(|s| !s.is_ejected(now))
+            healthy
+                && Some(*sa) != avoid
+                && endpoints
+                    .get(sa)
+                    .is_some_and(|s| now.is_none_or(|n| !s.is_ejected(n)))
         };
         let first = self
             .balancer
@@ -509,7 +514,7 @@ impl Cluster {
                             && b.addr
                                 .as_inet()
                                 .and_then(|sa| endpoints.get(sa))
-                                .is_some_and(|s| !s.is_ejected(now))
+                                .is_some_and(|s| now.is_none_or(|n| !s.is_ejected(n)))
                     })
                 })
             })
