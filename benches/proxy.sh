@@ -402,7 +402,7 @@ MEM_GIB=$(awk '/^MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
     echo "Mecha's stderr had $M_ERR_LINES WARN/ERROR lines; the first 5:"
     echo
     echo '```'
-    grep -E ' (WARN|ERROR) ' "$OUT/raw/mecha.stderr.txt" | head -5 | cut -c1-400
+    grep -m 5 -E ' (WARN|ERROR) ' "$OUT/raw/mecha.stderr.txt" | cut -c1-400
     echo '```'
   fi
 } >"$OUT/section.md"

@@ -74,7 +74,14 @@ fn main() -> ExitCode {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("MECHA_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                        // Pingora's connector logs "failed to acquire reusable stream" at ERROR
+                        // when a pooled connection's idle watcher (on another worker thread)
+                        // has not let go yet; the connection is replaced by a new one, which
+                        // `mecha_cluster_upstream_connections_opened_total` counts. Under load
+                        // that is hundreds of lines a minute saying nothing actionable.
+                        .unwrap_or_else(|_| {
+                            tracing_subscriber::EnvFilter::new("info,pingora_core::connectors=off")
+                        }),
                 )
                 .with_writer(std::io::stderr)
                 .init();
