@@ -1,7 +1,9 @@
 //! The reference server for the capability-API benchmarks: a bare `tonic::transport::Server`
 //! (h2c) serving the same generated service Mecha's capability filter runs
 //! (`mecha_api::layotto::server`, a `RuntimeServer<LayottoRuntime>`) over the same components,
-//! on a tokio multi-thread runtime with as many workers as Mecha's `threads:`.
+//! on the same kind of tokio runtime Mecha's workers use: with `--threads 1` one current-thread
+//! runtime (Mecha runs one per worker thread, without work stealing), otherwise a multi-thread
+//! runtime with that many workers.
 //!
 //! Whatever Mecha adds on top of this (Pingora's h2 session, the filter chain, the
 //! Pingora ↔ tower bridge, per-method metrics) is what the benchmark measures.
@@ -106,11 +108,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build()
-    {
+    let mut builder = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bare-tonic: tokio runtime: {e}");
