@@ -22,6 +22,10 @@ pub(crate) struct Backend {
     /// Created on first use (it needs a Tokio runtime; building a registry must not), and
     /// replaced after errors it would not recover from by itself (see `needs_new_connection`).
     manager: Mutex<Option<ConnectionManager>>,
+    /// Health pings' own connection. A connection's I/O task runs on the runtime that first
+    /// used it, and `/ready` (the admin thread) usually asks first: pinging on the shared
+    /// connection would put every request's Redis I/O on the admin thread.
+    probe: Mutex<Option<ConnectionManager>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -41,6 +45,7 @@ impl Backend {
             s,
             client,
             manager: Mutex::new(None),
+            probe: Mutex::new(None),
         })
     }
 
@@ -179,7 +184,7 @@ impl Backend {
                 match f(c).await {
                     Ok(v) => return Ok(v),
                     Err(e) => {
-                        if conn.is_none() && needs_new_connection(&e) {
+                        if conn.is_none() && (needs_new_connection(&e) || e.is_timeout()) {
                             *self.manager.lock() = None;
                         }
                         if never_ran(&e) && Instant::now() + pause < deadline {
@@ -198,24 +203,48 @@ impl Backend {
         match tokio::time::timeout_at(deadline, attempts).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.map_err(&e, what, key)),
-            Err(_) => Err(Error::Unavailable(format!(
-                "{}: redis at {} did not answer within {timeout:?} ({})",
-                self.s.label,
-                self.s.addr,
-                target(what, key)
-            ))),
+            Err(_) => {
+                // A connection that let a call time out may be stuck (a stalled server, a
+                // half-open socket): later calls start on a new one.
+                if conn.is_none() {
+                    *self.manager.lock() = None;
+                }
+                Err(Error::Unavailable(format!(
+                    "{}: redis at {} did not answer within {timeout:?} ({})",
+                    self.s.label,
+                    self.s.addr,
+                    target(what, key)
+                )))
+            }
         }
     }
 
-    /// PING within the timeout: what `/ready` asks.
+    /// PING within the timeout, on the probe connection: what `/ready` asks.
     pub async fn ping(&self) -> Result<()> {
+        let conn = {
+            let mut slot = self.probe.lock();
+            match slot.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let c = self.dedicated(self.s.timeout, "ping", "")?;
+                    *slot = Some(c.clone());
+                    c
+                }
+            }
+        };
         let cmd = redis::cmd("PING");
-        self.call("ping", "", |mut c| {
-            let cmd = &cmd;
-            async move { cmd.query_async::<Value>(&mut c).await }
-        })
-        .await
-        .map(drop)
+        let res = self
+            .call_on(&conn, self.s.timeout, "ping", "", |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async::<Value>(&mut c).await }
+            })
+            .await;
+        if res.is_err() {
+            // The next ping starts on a fresh connection (a handshake that failed on a loading
+            // or stalled server would otherwise keep failing).
+            *self.probe.lock() = None;
+        }
+        res.map(drop)
     }
 
     /// Maps a Redis error onto an error kind, naming the component, the address and the item.
