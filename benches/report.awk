@@ -165,6 +165,6 @@ END {
     row("PublishEvent p99", "bare tonic, same pubsub.redis", "redis", "PublishEvent", "bare-tonic", "mecha", "p99", "-")
     print ""
     errline("redis", "", "redis")
-    printf "Mecha peak RSS (VmHWM) over the Redis runs: %.1f MiB. CPU of Mecha's `admin` thread per Mecha request in the Redis runs: %s µs (Redis connections are driven by the runtime that first used the component — here /ready's health ping, so the admin thread — in addition to the listener thread).\n", RSS["redis", "mecha", "peak"] / 1024, (ADMIN["redis"] == "" ? "n/a" : ADMIN["redis"])
+    printf "Mecha peak RSS (VmHWM) over the Redis runs: %.1f MiB. CPU of Mecha's `admin` thread per Mecha request in the Redis runs: %s µs (should be ~0: /ready's health pings have their own Redis connection since commit ae9c613; before, the shared connection's I/O ran on the admin thread).\n", RSS["redis", "mecha", "peak"] / 1024, (ADMIN["redis"] == "" ? "n/a" : ADMIN["redis"])
   }
 }

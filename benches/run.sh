@@ -394,8 +394,8 @@ if [ "$NO_REDIS" = 0 ]; then
     done
     ADMIN1=$(thread_ticks "$MR_PID" admin); MREQ1=$(curl -s "http://127.0.0.1:$MR_ADMIN/metrics" |
       awk '/^mecha_api_requests_total/ {s += $NF} END {printf "%d\n", s}')
-    # Redis calls are driven by the runtime that first used the component; when /ready's
-    # health ping came first, that is the admin thread, not the listener's.
+    # Redis I/O runs on the runtime that created the connection; health pings have their own
+    # connection, so the admin thread should stay near 0 here (it was not, before).
     printf 'admin\tredis\tmecha\tus_per_req=%s\n' "$(awk -v d=$((ADMIN1 - ADMIN0)) -v hz="$CLK_TCK" \
       -v n=$((MREQ1 - MREQ0)) 'BEGIN {printf "%.1f", n ? d / hz * 1e6 / n : 0}')" >>"$RESULTS"
     printf 'rss\tredis\tmecha\tidle_kib=-\tpeak_kib=%s\t%s\n' "$(vm "$MR_PID" VmHWM)" \
