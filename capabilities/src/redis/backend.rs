@@ -1,5 +1,6 @@
-//! One component's link to Redis: a lazily created `ConnectionManager` (reconnects by itself; replaced after a timeout), a separate probe connection for health pings,
-//! a deadline on every call, and the mapping of Redis errors onto [`Error`] kinds.
+//! One component's link to Redis: a lazily created `ConnectionManager` (reconnects by itself;
+//! replaced after a timeout), a probe connection of its own for health pings, a deadline on
+//! every call, and the mapping of Redis errors onto [`Error`] kinds.
 
 use std::future::Future;
 use std::time::Duration;
