@@ -372,12 +372,8 @@ impl Router {
         let ep = routed
             .cluster
             .pick(&routed.hash_key, avoid)
-            .map_err(|e| match e {
-                PickError::PendingTimeout(..) => {
-                    Error::explain(ErrorType::HTTPStatus(504), e.to_string())
-                }
-                _ => Error::explain(ErrorType::HTTPStatus(503), e.to_string()),
-            })?;
+            // `pick` fails only for want of a healthy endpoint.
+            .map_err(|e| Error::explain(ErrorType::HTTPStatus(503), e.to_string()))?;
         let cluster = &routed.cluster;
         let tls = cluster.protocol == UpstreamProtocol::H2;
         let mut peer = HttpPeer::new(ep.addr, tls, cluster.sni.clone());

@@ -118,8 +118,8 @@ pub enum LbPolicy {
     LeastRequest,
     /// Consistent hashing (Ketama) on `hash_header` or the client address.
     RingHash,
-    /// Maglev consistent hashing on `hash_header` or the client address: evener spread and
-    /// faster picks than the ring, at the cost of a 65537-entry table per cluster.
+    /// Maglev consistent hashing on `hash_header` or the client address: a lookup table
+    /// (65537 entries per cluster) instead of a ring; few keys move when endpoints change.
     Maglev,
 }
 
