@@ -37,7 +37,9 @@ enum Command {
     DefaultConfig,
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+/// Reads a config: its text, and the config parsed and checked (`full`: built as serving
+/// would build it, which is what `validate` does; `run` builds it once when starting).
+fn load(path: Option<&PathBuf>, full: bool) -> Result<(Config, String), String> {
     let (name, text) = match path {
         None => ("embedded default".to_owned(), DEFAULT_YAML.to_owned()),
         Some(p) => (
@@ -45,7 +47,14 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
             std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?,
         ),
     };
-    config::load(&text).map_err(|errs| format!("{name}: invalid config:\n  {}", errs.join("\n  ")))
+    let checked = if full {
+        mecha_proxy_core::check(&text)
+    } else {
+        config::load(&text)
+    };
+    checked
+        .map(|c| (c, text))
+        .map_err(|errs| format!("{name}: invalid config:\n  {}", errs.join("\n  ")))
 }
 
 fn main() -> ExitCode {
@@ -55,8 +64,8 @@ fn main() -> ExitCode {
             print!("{DEFAULT_YAML}");
             ExitCode::SUCCESS
         }
-        Command::Validate { file } => match load(Some(&file)) {
-            Ok(cfg) => {
+        Command::Validate { file } => match load(Some(&file), true) {
+            Ok((cfg, _)) => {
                 println!(
                     "{}: valid ({} listeners, {} components)",
                     file.display(),
@@ -85,7 +94,7 @@ fn main() -> ExitCode {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let cfg = match load(config.as_ref()) {
+            let (cfg, text) = match load(config.as_ref(), false) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -108,7 +117,7 @@ fn main() -> ExitCode {
                     std::process::exit(0);
                 });
             }
-            match mecha_proxy_core::run_with_source(cfg, config) {
+            match mecha_proxy_core::run_with_source(cfg, config, &text) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mecha: {e}");

@@ -1,6 +1,7 @@
 //! Push delivery of pub/sub events to an app that implements Layotto's `AppCallback` service.
 //!
-//! [`run_app_callback`] is Layotto's start-up subscription flow, kept running:
+//! [`run_app_callback`] is Layotto's start-up subscription flow, kept running and kept in step
+//! with config updates:
 //! 1. connect to the app (h2c) and call `ListTopicSubscriptions`, retrying with backoff until
 //!    the app answers (each failure is logged with the address);
 //! 2. subscribe every listed `(pubsub_name, topic, metadata)`; the dead-letter topic comes from
@@ -10,17 +11,26 @@
 //!    call is RETRY, except UNIMPLEMENTED, which Layotto and Dapr treat as "this app will never
 //!    take it": DROP (to the dead-letter topic when one is set).
 //!
+//! The subscription set is re-synced when
+//! - a config update publishes a new registry: a subscription whose pubsub component is the
+//!   same object keeps flowing; one whose component was changed is resubscribed on the new
+//!   instance; one whose component was removed stops (logged);
+//! - every `relist_every`, and as soon as a delivery finds the app unreachable (it restarted,
+//!   perhaps with other topics): the app's subscriptions are listed again.
+//!
 //! Everything stops when the shutdown flag turns true (or its sender is dropped); deliveries in
 //! flight are then dropped unanswered, which the component counts as RETRY.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mecha_capabilities::pubsub::{Outcome, PubSub, SubscribeRequest, Subscription};
+use mecha_capabilities::registry::{Block, Lifecycle};
 use mecha_capabilities::{Error, Registry};
 use mecha_proto::layotto::app_callback_client::AppCallbackClient;
 use mecha_proto::layotto::TopicSubscription;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -33,18 +43,23 @@ pub const DEAD_LETTER_METADATA: &str = "deadLetterTopic";
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Deadline of one callback RPC; past it the event is retried.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the app's subscriptions are listed again by default (an app that restarted
+/// with other topics is served within this, or at once when a delivery found it gone).
+pub const DEFAULT_RELIST_INTERVAL: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 type Client = AppCallbackClient<Channel>;
 
-/// Delivers events to the app at `endpoint` (`host:port`, or a full `http://` URI) until
-/// `shutdown` turns true.
+/// Delivers events to the app at `endpoint` (`host:port`, or a full `http://` URI) from the
+/// components of the registry `registries` holds (a new value after each config update),
+/// until `shutdown` turns true. `relist_every` must not be zero.
 pub async fn run_app_callback(
-    registry: Arc<Registry>,
+    mut registries: watch::Receiver<Arc<Registry>>,
     app_id: String,
     endpoint: String,
+    relist_every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let uri = if endpoint.contains("://") {
@@ -63,47 +78,140 @@ pub async fn run_app_callback(
             return;
         }
     };
-    let client = AppCallbackClient::new(channel);
-
-    let subscriptions = tokio::select! {
-        s = list_subscriptions(client.clone(), &endpoint) => s,
+    let mut sync = Syncer {
+        client: AppCallbackClient::new(channel),
+        app_id: Arc::from(app_id),
+        endpoint,
+        limit: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        relist: Arc::new(Notify::new()),
+        shutdown: shutdown.clone(),
+        running: HashMap::new(),
+        tasks: JoinSet::new(),
+    };
+    let relist_every = relist_every.max(Duration::from_millis(1));
+    let mut wanted = tokio::select! {
+        s = list_subscriptions(sync.client.clone(), &sync.endpoint) => s,
         _ = shutdown_requested(&mut shutdown) => return,
     };
-    if subscriptions.is_empty() {
-        tracing::info!(%endpoint, "app subscribes to no topics");
+    if wanted.is_empty() {
+        tracing::info!(endpoint = %sync.endpoint, "app subscribes to no topics");
     }
+    let registry = registries.borrow_and_update().clone();
+    sync.apply(&wanted, &registry);
+    let mut next_list = tokio::time::Instant::now() + relist_every;
+    loop {
+        let relist = sync.relist.clone();
+        let relist_now = tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => break,
+            changed = registries.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                false
+            }
+            _ = tokio::time::sleep_until(next_list) => true,
+            _ = relist.notified() => true,
+            Some(_) = sync.tasks.join_next() => false,
+        };
+        if relist_now {
+            wanted = tokio::select! {
+                s = list_subscriptions(sync.client.clone(), &sync.endpoint) => s,
+                _ = shutdown_requested(&mut shutdown) => break,
+            };
+            next_list = tokio::time::Instant::now() + relist_every;
+        }
+        let registry = registries.borrow_and_update().clone();
+        sync.apply(&wanted, &registry);
+    }
+    sync.tasks.shutdown().await;
+}
 
-    let app_id: Arc<str> = Arc::from(app_id);
-    let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut tasks = JoinSet::new();
-    for s in subscriptions {
-        let pubsub = match registry.pubsub(&s.pubsub_name) {
-            Ok(p) => p.clone(),
-            Err(e) => {
-                tracing::error!(%endpoint, topic = %s.topic, error = %e,
-                    "app subscribes to an unknown pubsub; skipped");
+/// One running subscription: which component instance it reads and with what request.
+struct Running {
+    lifecycle: Arc<Lifecycle>,
+    sub: TopicSubscription,
+    task: tokio::task::AbortHandle,
+}
+
+/// Keeps the running subscriptions equal to what the app asks for, on the current components.
+struct Syncer {
+    client: Client,
+    app_id: Arc<str>,
+    endpoint: String,
+    limit: Arc<Semaphore>,
+    /// Workers ask for a re-list when the app looks gone.
+    relist: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+    running: HashMap<(String, String), Running>,
+    tasks: JoinSet<()>,
+}
+
+impl Syncer {
+    fn apply(&mut self, wanted: &[TopicSubscription], registry: &Registry) {
+        let mut keep = HashMap::new();
+        for s in wanted {
+            if s.topic.is_empty() {
+                tracing::error!(endpoint = %self.endpoint, pubsub = %s.pubsub_name,
+                    "app subscription has an empty topic; skipped");
                 continue;
             }
-        };
-        if s.topic.is_empty() {
-            tracing::error!(%endpoint, pubsub = %s.pubsub_name, "app subscription has an empty topic; skipped");
-            continue;
+            let key = (s.pubsub_name.clone(), s.topic.clone());
+            if keep.contains_key(&key) {
+                tracing::warn!(endpoint = %self.endpoint, pubsub = %s.pubsub_name, topic = %s.topic,
+                    "app lists the same subscription twice; the first is used");
+                continue;
+            }
+            let (Some(info), Ok(pubsub)) = (
+                registry.find(Block::PubSub, &s.pubsub_name),
+                registry.pubsub(&s.pubsub_name),
+            ) else {
+                if let Err(e) = registry.pubsub(&s.pubsub_name) {
+                    tracing::error!(endpoint = %self.endpoint, topic = %s.topic, error = %e,
+                        "app subscribes to an unknown pubsub; skipped");
+                }
+                continue;
+            };
+            match self.running.remove(&key) {
+                Some(r)
+                    // A worker that gave up (the request itself was refused) stays given up
+                    // until the component or the subscription changes.
+                    if Arc::ptr_eq(&r.lifecycle, &info.lifecycle) && r.sub == *s =>
+                {
+                    keep.insert(key, r);
+                }
+                old => {
+                    if let Some(r) = old {
+                        tracing::info!(pubsub = %s.pubsub_name, topic = %s.topic,
+                            "component or subscription changed: resubscribing for the app");
+                        r.task.abort();
+                    }
+                    let worker = Worker {
+                        client: self.client.clone(),
+                        app_id: self.app_id.clone(),
+                        endpoint: self.endpoint.clone(),
+                        limit: self.limit.clone(),
+                        relist: self.relist.clone(),
+                        shutdown: self.shutdown.clone(),
+                    };
+                    let task = self.tasks.spawn(worker.run(pubsub.clone(), s.clone()));
+                    keep.insert(
+                        key,
+                        Running {
+                            lifecycle: info.lifecycle.clone(),
+                            sub: s.clone(),
+                            task,
+                        },
+                    );
+                }
+            }
         }
-        let worker = Worker {
-            client: client.clone(),
-            app_id: app_id.clone(),
-            endpoint: endpoint.clone(),
-            limit: limit.clone(),
-            shutdown: shutdown.clone(),
-        };
-        tasks.spawn(worker.run(pubsub, s));
+        for ((pubsub, topic), r) in self.running.drain() {
+            tracing::info!(%pubsub, %topic,
+                "no longer subscribed for the app (the app or config dropped it)");
+            r.task.abort();
+        }
+        self.running = keep;
     }
-
-    tokio::select! {
-        _ = shutdown_requested(&mut shutdown) => {}
-        _ = async { while tasks.join_next().await.is_some() {} } => {}
-    }
-    tasks.shutdown().await;
 }
 
 /// Resolves once shutdown is asked for, or when nobody can ask any more (sender dropped).
@@ -142,6 +250,7 @@ struct Worker {
     app_id: Arc<str>,
     endpoint: String,
     limit: Arc<Semaphore>,
+    relist: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -163,18 +272,23 @@ impl Worker {
         };
 
         let mut shutdown = self.shutdown.clone();
-        let subscription = tokio::select! {
-            s = subscribe(&*pubsub, req, &pubsub_name) => s,
-            _ = shutdown_requested(&mut shutdown) => return,
-        };
-        let Some(subscription) = subscription else {
-            return;
-        };
-        tracing::info!(endpoint = %self.endpoint, pubsub = %pubsub_name, %topic, "subscribed for the app");
-
-        tokio::select! {
-            _ = self.deliver(subscription, &pubsub_name, &topic) => {}
-            _ = shutdown_requested(&mut shutdown) => {}
+        let mut backoff = BACKOFF_START;
+        loop {
+            let subscription = tokio::select! {
+                s = subscribe(&*pubsub, req.clone(), &pubsub_name) => s,
+                _ = shutdown_requested(&mut shutdown) => return,
+            };
+            let Some(subscription) = subscription else {
+                return;
+            };
+            tracing::info!(endpoint = %self.endpoint, pubsub = %pubsub_name, %topic, "subscribed for the app");
+            tokio::select! {
+                _ = self.deliver(subscription, &pubsub_name, &topic) => {}
+                _ = shutdown_requested(&mut shutdown) => return,
+            }
+            // The component closed the subscription (e.g. its backend restarted): again.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -195,6 +309,7 @@ impl Worker {
             let event = convert::topic_event(&self.app_id, pubsub_name, &mut delivery.message);
             let mut client = self.client.clone();
             let endpoint = self.endpoint.clone();
+            let relist = self.relist.clone();
             in_flight.spawn(async move {
                 let id = event.id.clone();
                 let outcome = match client.on_topic_event(event).await {
@@ -207,6 +322,11 @@ impl Worker {
                     Err(status) => {
                         tracing::debug!(%endpoint, %id, code = ?status.code(),
                             error = %status.message(), "OnTopicEvent failed; event will be retried");
+                        if status.code() == Code::Unavailable {
+                            // The app is gone or restarting: list its topics again once it
+                            // answers (it may come back with other ones).
+                            relist.notify_one();
+                        }
                         Outcome::Retry
                     }
                 };
@@ -319,10 +439,12 @@ mod tests {
             l.local_addr().expect("addr")
         };
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (_registries_tx, registries) = watch::channel(registry.clone());
         let runner = tokio::spawn(run_app_callback(
-            registry.clone(),
+            registries,
             "app1".into(),
             addr.to_string(),
+            DEFAULT_RELIST_INTERVAL,
             stop_rx,
         ));
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -390,7 +512,14 @@ mod tests {
     async fn an_invalid_address_returns_at_once() {
         let (_stop_tx, stop_rx) = watch::channel(false);
         let registry = crate::layotto::tests::registry();
-        let run = run_app_callback(registry, "app1".into(), "not a uri".into(), stop_rx);
+        let (_tx, registries) = watch::channel(registry);
+        let run = run_app_callback(
+            registries,
+            "app1".into(),
+            "not a uri".into(),
+            DEFAULT_RELIST_INTERVAL,
+            stop_rx,
+        );
         tokio::time::timeout(Duration::from_secs(2), run)
             .await
             .expect("returns");
@@ -406,10 +535,12 @@ mod tests {
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let registry = crate::layotto::tests::registry();
+        let (_tx, registries) = watch::channel(registry);
         let runner = tokio::spawn(run_app_callback(
-            registry,
+            registries,
             "app1".into(),
             addr.to_string(),
+            DEFAULT_RELIST_INTERVAL,
             stop_rx,
         ));
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -417,6 +548,124 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(2), runner)
             .await
             .expect("stops")
+            .expect("no panic");
+    }
+
+    /// An app that takes every event (SUCCESS) and reports it.
+    struct Recorder {
+        topics: Vec<&'static str>,
+        events: mpsc::UnboundedSender<TopicEventRequest>,
+    }
+
+    #[tonic::async_trait]
+    impl AppCallback for Recorder {
+        async fn list_topic_subscriptions(
+            &self,
+            _request: Request<()>,
+        ) -> Result<Response<ListTopicSubscriptionsResponse>, Status> {
+            Ok(Response::new(ListTopicSubscriptionsResponse {
+                subscriptions: self
+                    .topics
+                    .iter()
+                    .map(|t| TopicSubscription {
+                        pubsub_name: "pubsub".into(),
+                        topic: (*t).into(),
+                        metadata: HashMap::new(),
+                    })
+                    .collect(),
+            }))
+        }
+
+        async fn on_topic_event(
+            &self,
+            request: Request<TopicEventRequest>,
+        ) -> Result<Response<TopicEventResponse>, Status> {
+            let _ = self.events.send(request.into_inner());
+            Ok(Response::new(TopicEventResponse {
+                status: TopicEventResponseStatus::Success as i32,
+            }))
+        }
+    }
+
+    /// Publishes `data` on `pubsub`/`orders` until the app receives it (the subscription is
+    /// made asynchronously after the app lists its topics; memory pub/sub keeps no events
+    /// for topics nobody subscribes to).
+    async fn publish_until_received(
+        pubsub: &Arc<dyn PubSub>,
+        events: &mut mpsc::UnboundedReceiver<TopicEventRequest>,
+        data: &'static [u8],
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            pubsub
+                .publish(PublishRequest {
+                    topic: "orders".into(),
+                    data: bytes::Bytes::from_static(data),
+                    content_type: "text/plain".into(),
+                    metadata: HashMap::new(),
+                })
+                .await
+                .expect("publish");
+            match tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+                Ok(Some(e)) if e.data == data => return,
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => panic!("app server gone"),
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event {data:?} never reached the app"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_changed_pubsub_component_is_resubscribed_by_itself() {
+        use mecha_capabilities::{BuildContext, ComponentSpec};
+        let spec = |interval: &str| {
+            [ComponentSpec::new("pubsub", "pubsub.memory").with("redeliverInterval", interval)]
+        };
+        let ctx = BuildContext::default();
+        let first = Arc::new(Registry::build(&spec("50ms"), &ctx).expect("valid"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let app = Recorder {
+            topics: vec!["orders"],
+            events: events_tx,
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AppCallbackServer::new(app))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let (registries_tx, registries) = watch::channel(first.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let runner = tokio::spawn(run_app_callback(
+            registries,
+            "app1".into(),
+            addr.to_string(),
+            DEFAULT_RELIST_INTERVAL,
+            stop_rx,
+        ));
+        let old = first.pubsub("pubsub").expect("configured").clone();
+        publish_until_received(&old, &mut events, b"before").await;
+
+        let second = Arc::new(Registry::update(Some(&first), &spec("60ms"), &ctx).expect("valid"));
+        let new = second.pubsub("pubsub").expect("configured").clone();
+        assert!(
+            !Arc::ptr_eq(&old, &new),
+            "a changed spec builds a new component"
+        );
+        registries_tx.send(second.clone()).expect("runner alive");
+        Registry::retire_superseded(&first, &second);
+        publish_until_received(&new, &mut events, b"after").await;
+
+        stop_tx.send(true).expect("runner alive");
+        tokio::time::timeout(Duration::from_secs(5), runner)
+            .await
+            .expect("stops on shutdown")
             .expect("no panic");
     }
 }

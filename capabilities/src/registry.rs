@@ -1,12 +1,18 @@
-//! The registry of named components: built once per config Snapshot from its component specs,
-//! then read by the API adapters (`registry.state("statestore")`).
+//! The registry of named components: built per config update from its component specs, then
+//! read by the API adapters (`registry.state("statestore")`).
 //!
-//! Components are `Arc`s, so a Snapshot that replaces this registry leaves in-flight calls on
-//! the old components to finish.
+//! A config update builds the next registry from the previous one ([`Registry::update`]): a
+//! component whose spec (and build context) did not change is carried over as the *same*
+//! object, so it keeps its data, connections and subscriptions; a changed one is built anew.
+//! Once the update is published, [`Registry::retire_superseded`] tells every replaced or removed
+//! component's [`Lifecycle`] so long-lived users (subscription streams, AppCallback delivery)
+//! end or resubscribe. Components are `Arc`s: in-flight calls on a replaced component finish.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::configuration::ConfigStore;
 use crate::error::{Error, Result};
@@ -18,6 +24,68 @@ use crate::sequencer::Sequencer;
 use crate::spec::{BuildContext, ComponentSpec};
 use crate::state::StateStore;
 use crate::{memory, redis, Health};
+
+/// Why a component instance stopped being the one config names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retirement {
+    /// A config update changed its spec: a new instance serves the name now.
+    Changed,
+    /// A config update removed it.
+    Removed,
+}
+
+impl Retirement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retirement::Changed => "changed",
+            Retirement::Removed => "removed",
+        }
+    }
+}
+
+/// The life of one component instance across config updates: current until retired.
+#[derive(Debug)]
+pub struct Lifecycle {
+    tx: watch::Sender<Option<Retirement>>,
+}
+
+impl Lifecycle {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            tx: watch::Sender::new(None),
+        })
+    }
+
+    /// Marks the instance replaced or removed; every [`RetiredWatch`] wakes.
+    pub fn retire(&self, why: Retirement) {
+        self.tx.send_replace(Some(why));
+    }
+
+    /// `Some` once retired.
+    pub fn retired(&self) -> Option<Retirement> {
+        *self.tx.borrow()
+    }
+
+    pub fn watch(&self) -> RetiredWatch {
+        RetiredWatch(self.tx.subscribe())
+    }
+}
+
+/// Waits for a component instance to be retired.
+#[derive(Debug, Clone)]
+pub struct RetiredWatch(watch::Receiver<Option<Retirement>>);
+
+impl RetiredWatch {
+    /// Resolves when the instance is retired; never, while it stays current.
+    pub async fn retired(&mut self) -> Retirement {
+        let seen = self.0.wait_for(Option::is_some).await.map(|r| *r);
+        match seen {
+            Ok(r) => r.unwrap_or(Retirement::Removed),
+            // The lifecycle is gone only with its registry: nothing will retire it.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
 
 /// The building block a component implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,6 +149,8 @@ pub struct ComponentInfo {
     pub name: String,
     pub kind: String,
     pub block: Block,
+    pub spec: ComponentSpec,
+    pub lifecycle: Arc<Lifecycle>,
     health: Arc<dyn Health>,
 }
 
@@ -104,6 +174,7 @@ pub struct Registry {
     secrets: BTreeMap<String, Arc<dyn SecretStore>>,
     hello: BTreeMap<String, Arc<dyn Hello>>,
     components: Vec<ComponentInfo>,
+    ctx: BuildContext,
 }
 
 impl std::fmt::Debug for Registry {
@@ -132,10 +203,26 @@ impl Registry {
     /// (`components[2].type: unknown type "state.foo"`). Does no network I/O: backends are
     /// connected on first use, so this also serves `mecha validate`.
     pub fn build(specs: &[ComponentSpec], ctx: &BuildContext) -> Result<Self, Vec<String>> {
-        let mut reg = Registry::default();
+        Self::update(None, specs, ctx)
+    }
+
+    /// Builds the registry a config update asks for, carrying over from `prev` every component
+    /// whose spec and build context are unchanged (the same object: data, connections and
+    /// subscriptions kept). Touches nothing in `prev`: call [`Registry::retire_superseded`] once
+    /// the result is published.
+    pub fn update(
+        prev: Option<&Registry>,
+        specs: &[ComponentSpec],
+        ctx: &BuildContext,
+    ) -> Result<Self, Vec<String>> {
+        let mut reg = Registry {
+            ctx: ctx.clone(),
+            ..Registry::default()
+        };
+        let prev = prev.filter(|p| p.ctx == *ctx);
         let mut errors = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
-            if let Err(e) = reg.add(spec, ctx) {
+            if let Err(e) = reg.add(spec, ctx, prev) {
                 let msg = e.to_string();
                 if msg.starts_with("metadata.")
                     || msg.starts_with("type:")
@@ -154,7 +241,62 @@ impl Registry {
         }
     }
 
-    fn add(&mut self, spec: &ComponentSpec, ctx: &BuildContext) -> Result<()> {
+    /// Tells each component of `old` that `new` no longer holds (replaced or removed) that it
+    /// is retired, so its long-lived users end or resubscribe.
+    pub fn retire_superseded(old: &Registry, new: &Registry) {
+        for c in &old.components {
+            match new.find(c.block, &c.name) {
+                Some(n) if Arc::ptr_eq(&n.lifecycle, &c.lifecycle) => {}
+                Some(_) => c.lifecycle.retire(Retirement::Changed),
+                None => c.lifecycle.retire(Retirement::Removed),
+            }
+        }
+    }
+
+    /// The component of `block` named `name`, as the admin endpoints report it.
+    pub fn find(&self, block: Block, name: &str) -> Option<&ComponentInfo> {
+        self.components
+            .iter()
+            .find(|c| c.block == block && c.name == name)
+    }
+
+    /// Copies `prev`'s instance of an unchanged component into this registry.
+    fn carry_over(&mut self, prev: &Registry, info: &ComponentInfo) -> bool {
+        fn take<T: ?Sized>(
+            from: &BTreeMap<String, Arc<T>>,
+            to: &mut BTreeMap<String, Arc<T>>,
+            name: &str,
+        ) -> bool {
+            match from.get(name) {
+                Some(c) => {
+                    to.insert(name.to_owned(), c.clone());
+                    true
+                }
+                None => false,
+            }
+        }
+        let name = info.name.as_str();
+        let found = match info.block {
+            Block::State => take(&prev.state, &mut self.state, name),
+            Block::PubSub => take(&prev.pubsub, &mut self.pubsub, name),
+            Block::Lock => take(&prev.lock, &mut self.lock, name),
+            Block::Sequencer => take(&prev.sequencer, &mut self.sequencer, name),
+            Block::Configuration => take(&prev.configuration, &mut self.configuration, name),
+            Block::Secrets => take(&prev.secrets, &mut self.secrets, name),
+            Block::Hello => take(&prev.hello, &mut self.hello, name),
+        };
+        if found {
+            self.components.push(info.clone());
+        }
+        found
+    }
+
+    fn add(
+        &mut self,
+        spec: &ComponentSpec,
+        ctx: &BuildContext,
+        prev: Option<&Registry>,
+    ) -> Result<()> {
         if spec.name.trim().is_empty() {
             return Err(Error::InvalidArgument("name: must not be empty".to_owned()));
         }
@@ -176,6 +318,13 @@ impl Registry {
                 block.as_str(),
                 spec.name
             )));
+        }
+        if let Some(p) = prev {
+            if let Some(info) = p.find(block, &spec.name).filter(|c| c.spec == *spec) {
+                if self.carry_over(p, &info.clone()) {
+                    return Ok(());
+                }
+            }
         }
         let name = spec.name.clone();
         let health: Arc<dyn Health> = match spec.kind.as_str() {
@@ -254,6 +403,8 @@ impl Registry {
             name: spec.name.clone(),
             kind: spec.kind.clone(),
             block,
+            spec: spec.clone(),
+            lifecycle: Lifecycle::new(),
             health,
         });
         Ok(())
@@ -352,5 +503,72 @@ mod tests {
             err.contains("\"nope\"") && err.contains("statestore"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_update_keeps_unchanged_components_and_retires_the_rest() {
+        use crate::state::SetRequest;
+        let ctx = BuildContext::default();
+        let first = Registry::build(
+            &[
+                ComponentSpec::new("keep", "state.memory"),
+                ComponentSpec::new("change", "state.memory"),
+                ComponentSpec::new("drop", "lock.memory"),
+            ],
+            &ctx,
+        )
+        .expect("valid");
+        let store = first.state("keep").expect("configured").clone();
+        store
+            .set(SetRequest {
+                key: "k".to_owned(),
+                value: bytes::Bytes::from_static(b"v"),
+                ..SetRequest::default()
+            })
+            .await
+            .expect("set");
+        let mut changed = first
+            .find(Block::State, "change")
+            .expect("configured")
+            .lifecycle
+            .watch();
+        let second = Registry::update(
+            Some(&first),
+            &[
+                ComponentSpec::new("keep", "state.memory"),
+                ComponentSpec::new("change", "state.memory").with("maxKeys", "10"),
+                ComponentSpec::new("new", "lock.memory"),
+            ],
+            &ctx,
+        )
+        .expect("valid");
+        assert!(
+            Arc::ptr_eq(second.state("keep").expect("kept"), &store),
+            "the unchanged component is the same object"
+        );
+        assert!(!Arc::ptr_eq(
+            second.state("change").expect("rebuilt"),
+            first.state("change").expect("old")
+        ));
+        Registry::retire_superseded(&first, &second);
+        assert_eq!(changed.retired().await, Retirement::Changed);
+        let lc = |r: &Registry, b, n| r.find(b, n).map(|c| c.lifecycle.retired());
+        assert_eq!(
+            lc(&first, Block::Lock, "drop"),
+            Some(Some(Retirement::Removed))
+        );
+        assert_eq!(lc(&first, Block::State, "keep"), Some(None));
+        assert_eq!(lc(&second, Block::State, "keep"), Some(None));
+        // A different app id rebuilds everything (key prefixes depend on it).
+        let other = BuildContext {
+            app_id: "other".to_owned(),
+        };
+        let third = Registry::update(
+            Some(&second),
+            &[ComponentSpec::new("keep", "state.memory")],
+            &other,
+        )
+        .expect("valid");
+        assert!(!Arc::ptr_eq(third.state("keep").expect("rebuilt"), &store));
     }
 }

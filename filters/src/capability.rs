@@ -165,12 +165,16 @@ pub fn layotto_api(
     }
 }
 
-/// Delivers pub/sub events to the app's `AppCallback` gRPC service until `shutdown` turns true.
+/// Delivers pub/sub events to the app's `AppCallback` gRPC service from the components of the
+/// registry `registries` holds (a new one after each config update) until `shutdown` turns
+/// true; the app's subscriptions are listed again every `relist_every`.
 pub async fn run_app_callback(
-    registry: Arc<mecha_capabilities::Registry>,
+    registries: tokio::sync::watch::Receiver<Arc<mecha_capabilities::Registry>>,
     app_id: String,
     endpoint: String,
+    relist_every: std::time::Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    mecha_api::callback::run_app_callback(registry, app_id, endpoint, shutdown).await
+    mecha_api::callback::run_app_callback(registries, app_id, endpoint, relist_every, shutdown)
+        .await
 }

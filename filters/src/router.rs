@@ -19,7 +19,7 @@ use http::HeaderValue;
 use mecha_mesh::cluster::{ConnectionSlot, RequestSlot, RetrySlot};
 use mecha_mesh::config::UpstreamProtocol;
 use mecha_mesh::metrics::{MeshMetrics, RouteMetrics};
-use mecha_mesh::{Action, AttemptResult, Cluster, Clusters, Endpoint, PickError, RouteTable};
+use mecha_mesh::{Action, AttemptResult, Cluster, Endpoint, PickError, RouteTable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, Session};
@@ -32,10 +32,9 @@ use crate::chain::{Decision, HttpFilter, RequestCtx};
 /// (Envoy's default route timeout is 15 s).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A compiled route table with its clusters and per-route metrics.
+/// A compiled route table (cluster references resolved) with per-route metrics.
 pub struct Router {
     table: RouteTable,
-    clusters: Clusters,
     /// Parallel to `table.virtual_hosts[v].routes[r]`.
     route_metrics: Vec<Vec<RouteMetrics>>,
     access_log: bool,
@@ -72,12 +71,7 @@ impl Routed {
 }
 
 impl Router {
-    pub fn new(
-        table: RouteTable,
-        clusters: Clusters,
-        metrics: &MeshMetrics,
-        access_log: bool,
-    ) -> Self {
+    pub fn new(table: RouteTable, metrics: &MeshMetrics, access_log: bool) -> Self {
         let route_metrics = table
             .virtual_hosts
             .iter()
@@ -85,10 +79,25 @@ impl Router {
             .collect();
         Self {
             table,
-            clusters,
             route_metrics,
             access_log,
         }
+    }
+
+    /// The metric label of every route.
+    pub fn route_labels(&self) -> impl Iterator<Item = &str> {
+        self.table
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.routes.iter().map(|r| r.label.as_str()))
+    }
+
+    /// Every cluster some route sends to (for telling whether a rebuilt cluster concerns it).
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.table
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.routes.iter().flat_map(|r| r.clusters()))
     }
 }
 
@@ -238,11 +247,7 @@ impl HttpFilter for RouterFilter {
             Action::Cluster(_) | Action::Weighted { .. } => {}
         }
         let roll = rand::rng().random_range(0..u32::MAX);
-        let Some(cluster) = route
-            .cluster_for(roll)
-            .and_then(|c| router.clusters.get(c))
-            .cloned()
-        else {
+        let Some(cluster) = route.cluster_for(roll).cloned() else {
             respond_error(session, grpc, 503, "route names no usable cluster", None).await?;
             router.record(idx, 503, ctx.started);
             return Ok(Decision::Responded);

@@ -4,7 +4,7 @@
 //! checks, passive outlier detection and circuit breakers (requests, retries, connections,
 //! pending requests).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -133,8 +133,16 @@ pub struct Cluster {
     policy: LbPolicy,
     balancer: Balancer,
     endpoints: RwLock<HashMap<SocketAddr, Arc<EndpointState>>>,
-    /// Endpoints given as DNS names, re-resolved every `dns_refresh`.
-    pub dns_refresh: Option<Duration>,
+    /// What config lists as endpoints (addresses and DNS names with their last resolution);
+    /// the balancer's discovery reads it, so adopting a change is synchronous.
+    source: Arc<Mutex<EndpointSource>>,
+    /// Serialises balancer updates (pingora: updates of one view must not overlap).
+    update_lock: Mutex<()>,
+    /// The config this cluster was built from, its endpoints as last set (see
+    /// [`Cluster::set_endpoints`]): what the next config update is compared with.
+    spec: RwLock<ClusterConfig>,
+    /// How often endpoints given as DNS names are re-resolved.
+    pub dns_refresh: Duration,
     outlier: Option<OutlierConfig>,
     pub health_check: Option<HealthCheckConfig>,
     max_requests: usize,
@@ -209,34 +217,34 @@ impl Drop for PendingGuard<'_> {
 // === impl Cluster ===
 
 impl Cluster {
-    /// Errors are `field: message` under the cluster's path.
+    /// Errors are `field: message` under the cluster's path. Does no I/O but reading
+    /// `ca_file`: DNS names are resolved by [`Cluster::refresh`].
     pub fn build(cfg: &ClusterConfig, metrics: &MeshMetrics) -> Result<Self, Vec<String>> {
+        Self::build_from(cfg, metrics, None)
+    }
+
+    /// Like [`Cluster::build`], for a cluster that replaces `prev` (same name, changed
+    /// config): endpoints that stay keep their outlier state, and DNS names keep their last
+    /// resolution, so the new cluster serves at once.
+    pub fn build_from(
+        cfg: &ClusterConfig,
+        metrics: &MeshMetrics,
+        prev: Option<&Cluster>,
+    ) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let mut backends = std::collections::BTreeSet::new();
-        let mut names = Vec::new();
-        let mut endpoints = HashMap::new();
-        if cfg.endpoints.is_empty() {
-            errors.push("endpoints: at least one endpoint is required".to_owned());
-        }
-        for (i, e) in cfg.endpoints.iter().enumerate() {
-            if e.weight == 0 {
-                errors.push(format!("endpoints[{i}].weight: must be at least 1"));
-                continue;
+        let (backends, names) = match parse_endpoints(&cfg.endpoints) {
+            Ok(parsed) => parsed,
+            Err(es) => {
+                errors.extend(es);
+                Default::default()
             }
-            match e.address.parse::<SocketAddr>() {
-                Ok(sa) => {
-                    backends.insert(backend(sa, e.weight));
-                    endpoints.insert(sa, Arc::new(EndpointState::default()));
-                }
-                Err(_) => match e.address.rsplit_once(':') {
-                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                        names.push((e.address.clone(), e.weight));
-                    }
-                    _ => errors.push(format!(
-                        "endpoints[{i}].address: expected ip:port or host:port, got {:?}",
-                        e.address
-                    )),
-                },
+        };
+        // Endpoints that stay keep their state; `sync_endpoints` drops the ones that went.
+        let mut endpoints: HashMap<SocketAddr, Arc<EndpointState>> =
+            prev.map(|p| p.endpoints.read().clone()).unwrap_or_default();
+        for b in &backends {
+            if let Some(sa) = b.addr.as_inet() {
+                endpoints.entry(*sa).or_default();
             }
         }
         if cfg.max_h2_streams == 0 {
@@ -272,11 +280,23 @@ impl Cluster {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let dns_refresh = (!names.is_empty()).then_some(cfg.dns_refresh.0);
-        let discovery = DnsDiscovery {
+        let last = match prev {
+            Some(p) => {
+                let old = p.source.lock();
+                names
+                    .iter()
+                    .filter_map(|(n, _)| old.last.get(n).map(|a| (n.clone(), a.clone())))
+                    .collect()
+            }
+            None => HashMap::new(),
+        };
+        let source = Arc::new(Mutex::new(EndpointSource {
             fixed: backends,
             names,
-            last: Mutex::new(Default::default()),
+            last,
+        }));
+        let discovery = DnsDiscovery {
+            source: source.clone(),
         };
         let balancer = match cfg.lb_policy {
             LbPolicy::RoundRobin => Balancer::RoundRobin(lb_from(discovery)),
@@ -301,7 +321,10 @@ impl Cluster {
             policy: cfg.lb_policy,
             balancer,
             endpoints: RwLock::new(endpoints),
-            dns_refresh,
+            source,
+            update_lock: Mutex::new(()),
+            spec: RwLock::new(cfg.clone()),
+            dns_refresh: cfg.dns_refresh.0,
             outlier: cfg.outlier_detection.clone(),
             health_check: cfg.health_check.clone(),
             max_requests: cfg.circuit_breakers.max_requests,
@@ -386,16 +409,120 @@ impl Cluster {
         self.endpoints.read().len()
     }
 
-    /// Re-resolves DNS endpoints and adopts the result (called every `dns_refresh`).
-    pub async fn refresh(&self) {
-        let res = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.update().await,
-            Balancer::Random(lb) => lb.update().await,
-            Balancer::RingHash(lb) => lb.update().await,
-            Balancer::Maglev(lb) => lb.update().await,
+    /// Whether some endpoint is a DNS name (re-resolved every `dns_refresh`).
+    pub fn has_dns_names(&self) -> bool {
+        !self.source.lock().names.is_empty()
+    }
+
+    /// The config this cluster serves, endpoints as last set.
+    pub fn spec(&self) -> ClusterConfig {
+        self.spec.read().clone()
+    }
+
+    /// Whether `cfg` differs from what this cluster serves in its endpoints only (so
+    /// [`Cluster::set_endpoints`] can adopt it in place, keeping every other state).
+    pub fn differs_in_endpoints_only(&self, cfg: &ClusterConfig) -> bool {
+        let spec = self.spec.read();
+        if spec.endpoints == cfg.endpoints {
+            return false;
+        }
+        // The default SNI is the first endpoint's host: a change there is a new cluster.
+        let first_host = |c: &ClusterConfig| {
+            c.endpoints
+                .first()
+                .and_then(|e| e.address.rsplit_once(':').map(|(h, _)| h.to_owned()))
         };
-        if let Err(e) = res {
-            tracing::warn!(cluster = %self.name, error = %e, "endpoint refresh failed");
+        if cfg.sni.is_none() && first_host(&spec) != first_host(cfg) {
+            return false;
+        }
+        let mut same = cfg.clone();
+        same.endpoints.clone_from(&spec.endpoints);
+        same == *spec
+    }
+
+    /// Adopts a new endpoint list in place (an EDS-style update): health, outlier, breaker
+    /// and pool state of the cluster and of the endpoints that stay are kept. New DNS names
+    /// are resolved before this returns. The list must have passed [`Cluster::build`].
+    pub async fn set_endpoints(&self, list: &[crate::config::EndpointConfig]) {
+        let (fixed, names) = match parse_endpoints(list) {
+            Ok(parsed) => parsed,
+            Err(errs) => {
+                return tracing::error!(cluster = %self.name, errors = ?errs,
+                    "endpoint update refused");
+            }
+        };
+        let unresolved = {
+            let mut src = self.source.lock();
+            src.last.retain(|n, _| names.iter().any(|(m, _)| m == n));
+            src.fixed = fixed;
+            src.names = names;
+            src.names.iter().any(|(n, _)| !src.last.contains_key(n))
+        };
+        self.spec.write().endpoints = list.to_vec();
+        if unresolved {
+            self.resolve_names().await;
+        }
+        self.adopt_endpoints();
+        tracing::info!(cluster = %self.name, endpoints = self.endpoint_count(), "endpoints updated");
+    }
+
+    /// Re-resolves DNS endpoints and adopts the result (every `dns_refresh`, and once when a
+    /// cluster with names is first published). A name that fails to resolve keeps its last
+    /// good addresses: a DNS hiccup must not empty a cluster.
+    pub async fn refresh(&self) {
+        self.resolve_names().await;
+        self.adopt_endpoints();
+    }
+
+    async fn resolve_names(&self) {
+        let names: Vec<String> = self
+            .source
+            .lock()
+            .names
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let n = name.clone();
+            // Blocking getaddrinfo: off the runtime's workers when there is a runtime.
+            let res = match tokio::runtime::Handle::try_current() {
+                Ok(_) => tokio::task::spawn_blocking(move || resolve(&n))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+                Err(_) => resolve(&n),
+            };
+            match res {
+                Ok(a) if !a.is_empty() => {
+                    self.source.lock().last.insert(name, a);
+                }
+                Ok(_) => {
+                    tracing::warn!(cluster = %self.name, endpoint = %name,
+                        "DNS name resolved to no address; keeping last addresses");
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %self.name, endpoint = %name, error = %e,
+                        "DNS resolution failed; keeping last addresses");
+                }
+            }
+        }
+    }
+
+    /// Hands the current endpoint source to the balancer. Discovery reads memory only, so
+    /// the update completes in this call.
+    fn adopt_endpoints(&self) {
+        let _serial = self.update_lock.lock();
+        let done = match &self.balancer {
+            Balancer::RoundRobin(lb) => futures::FutureExt::now_or_never(lb.update()),
+            Balancer::Random(lb) => futures::FutureExt::now_or_never(lb.update()),
+            Balancer::RingHash(lb) => futures::FutureExt::now_or_never(lb.update()),
+            Balancer::Maglev(lb) => futures::FutureExt::now_or_never(lb.update()),
+        };
+        match done {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::warn!(cluster = %self.name, error = %e, "endpoint update failed")
+            }
+            None => tracing::error!(cluster = %self.name, "endpoint discovery did not complete"),
         }
         self.sync_endpoints();
     }
@@ -634,8 +761,8 @@ where
     S::Iter: pingora::lb::selection::BackendIter,
 {
     let lb = LoadBalancer::from_backends(Backends::new(Box::new(discovery)));
-    // Discovery resolves names synchronously outside a runtime (start-up), so this completes
-    // in place and the cluster is usable immediately.
+    // Discovery reads memory only (names are resolved by `Cluster::refresh`), so this
+    // completes in place and the cluster's fixed endpoints are usable immediately.
     if let Some(Err(e)) = futures::FutureExt::now_or_never(lb.update()) {
         tracing::error!(error = %e, "endpoint discovery failed");
     }
@@ -650,13 +777,57 @@ fn backend(sa: SocketAddr, weight: usize) -> Backend {
     }
 }
 
-/// Static addresses plus DNS names resolved on each discovery; a name that fails to resolve
-/// keeps its last good addresses (a DNS hiccup must not empty a cluster).
-struct DnsDiscovery {
-    fixed: std::collections::BTreeSet<Backend>,
+/// A cluster's endpoints as config lists them: fixed addresses, and DNS names with their last
+/// resolution (kept when a later resolution fails).
+#[derive(Default)]
+struct EndpointSource {
+    fixed: BTreeSet<Backend>,
     /// `host:port` with weight.
     names: Vec<(String, usize)>,
-    last: Mutex<HashMap<String, Vec<SocketAddr>>>,
+    last: HashMap<String, Vec<SocketAddr>>,
+}
+
+/// Checks an endpoint list as [`Cluster::build`] does (errors are `endpoints[i].…`).
+pub fn check_endpoints(list: &[crate::config::EndpointConfig]) -> Result<(), Vec<String>> {
+    parse_endpoints(list).map(|_| ())
+}
+
+/// Fixed backends, and DNS names (`host:port`) with their weights.
+type ParsedEndpoints = (BTreeSet<Backend>, Vec<(String, usize)>);
+
+/// Parses endpoint addresses: `ip:port` is fixed, `host:port` a DNS name.
+fn parse_endpoints(list: &[crate::config::EndpointConfig]) -> Result<ParsedEndpoints, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut fixed = BTreeSet::new();
+    let mut names = Vec::new();
+    if list.is_empty() {
+        errors.push("endpoints: at least one endpoint is required".to_owned());
+    }
+    for (i, e) in list.iter().enumerate() {
+        if e.weight == 0 {
+            errors.push(format!("endpoints[{i}].weight: must be at least 1"));
+            continue;
+        }
+        match e.address.parse::<SocketAddr>() {
+            Ok(sa) => {
+                fixed.insert(backend(sa, e.weight));
+            }
+            Err(_) => match e.address.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    names.push((e.address.clone(), e.weight));
+                }
+                _ => errors.push(format!(
+                    "endpoints[{i}].address: expected ip:port or host:port, got {:?}",
+                    e.address
+                )),
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok((fixed, names))
+    } else {
+        Err(errors)
+    }
 }
 
 fn resolve(name: &str) -> std::io::Result<Vec<SocketAddr>> {
@@ -664,44 +835,40 @@ fn resolve(name: &str) -> std::io::Result<Vec<SocketAddr>> {
     Ok(name.to_socket_addrs()?.collect())
 }
 
+/// The balancer's discovery: reads the cluster's [`EndpointSource`], never the network.
+struct DnsDiscovery {
+    source: Arc<Mutex<EndpointSource>>,
+}
+
 #[async_trait::async_trait]
 impl pingora::lb::discovery::ServiceDiscovery for DnsDiscovery {
-    async fn discover(
-        &self,
-    ) -> pingora::Result<(std::collections::BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let mut out = self.fixed.clone();
-        for (name, weight) in &self.names {
-            let n = name.clone();
-            // Blocking getaddrinfo: off the runtime's workers when there is a runtime.
-            let res = match tokio::runtime::Handle::try_current() {
-                Ok(_) => tokio::task::spawn_blocking(move || resolve(&n))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
-                Err(_) => resolve(&n),
-            };
-            let addrs = match res {
-                Ok(a) if !a.is_empty() => {
-                    self.last.lock().insert(name.clone(), a.clone());
-                    a
-                }
-                Ok(_) | Err(_) => {
-                    tracing::warn!(endpoint = %name, "DNS resolution failed; keeping last addresses");
-                    self.last.lock().get(name).cloned().unwrap_or_default()
-                }
-            };
-            out.extend(addrs.into_iter().map(|a| backend(a, *weight)));
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let src = self.source.lock();
+        let mut out = src.fixed.clone();
+        for (name, weight) in &src.names {
+            for a in src.last.get(name).into_iter().flatten() {
+                out.insert(backend(*a, *weight));
+            }
         }
         Ok((out, HashMap::new()))
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{CircuitBreakerConfig, Dur, EndpointConfig};
 
-    fn cluster(breakers: CircuitBreakerConfig) -> Arc<Cluster> {
-        let cfg = ClusterConfig {
+    /// A one-endpoint cluster named `name` (for route-table tests).
+    pub(crate) fn cluster_named(name: &str) -> Arc<Cluster> {
+        let metrics = MeshMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let mut cfg = config(CircuitBreakerConfig::default());
+        cfg.name = name.to_owned();
+        Arc::new(Cluster::build(&cfg, &metrics).expect("valid"))
+    }
+
+    fn config(breakers: CircuitBreakerConfig) -> ClusterConfig {
+        ClusterConfig {
             name: "c".into(),
             endpoints: vec![EndpointConfig {
                 address: "127.0.0.1:1".into(),
@@ -718,9 +885,12 @@ mod tests {
             health_check: None,
             outlier_detection: None,
             circuit_breakers: breakers,
-        };
+        }
+    }
+
+    fn cluster(breakers: CircuitBreakerConfig) -> Arc<Cluster> {
         let metrics = MeshMetrics::register(&mut prometheus_client::registry::Registry::default());
-        Arc::new(Cluster::build(&cfg, &metrics).expect("valid"))
+        Arc::new(Cluster::build(&config(breakers), &metrics).expect("valid"))
     }
 
     #[test]

@@ -32,31 +32,90 @@ pub use route::{Action, Route, RouteTable};
 /// The clusters of one Snapshot, by name.
 pub type Clusters = HashMap<String, Arc<Cluster>>;
 
+/// What a config update does to one cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterChange {
+    /// Unchanged: the same object (health, outlier, breaker and pool state) serves on.
+    Kept,
+    /// Only the endpoint list changed: the same object adopts it in place when the update is
+    /// applied ([`Cluster::set_endpoints`]).
+    Endpoints(Vec<config::EndpointConfig>),
+    /// Changed otherwise: a new object (seeded with the old one's endpoint state).
+    Rebuilt,
+    Added,
+}
+
+/// The clusters an update asks for, and how each relates to the running ones.
+#[derive(Debug, Default)]
+pub struct ClusterPlan {
+    pub clusters: Clusters,
+    pub changes: Vec<(String, ClusterChange)>,
+    /// Running clusters the update drops.
+    pub removed: Vec<String>,
+}
+
 /// Builds every cluster; errors carry `clusters[i].…` paths.
 pub fn build_clusters(
     cfgs: &[config::ClusterConfig],
     metrics: &metrics::MeshMetrics,
 ) -> Result<Clusters, Vec<String>> {
-    let mut out = HashMap::new();
+    plan_clusters(cfgs, metrics, None).map(|p| p.clusters)
+}
+
+/// Builds the clusters of a config update against the running ones (`prev`), carrying over
+/// unchanged clusters as the same objects. Changes nothing that runs: endpoint-only changes
+/// are applied by the caller once the whole update is accepted.
+pub fn plan_clusters(
+    cfgs: &[config::ClusterConfig],
+    metrics: &metrics::MeshMetrics,
+    prev: Option<&Clusters>,
+) -> Result<ClusterPlan, Vec<String>> {
+    let mut plan = ClusterPlan::default();
     let mut errors = Vec::new();
     for (i, c) in cfgs.iter().enumerate() {
         if c.name.trim().is_empty() {
             errors.push(format!("clusters[{i}].name: must not be empty"));
             continue;
         }
-        if out.contains_key(&c.name) {
+        if plan.clusters.contains_key(&c.name) {
             errors.push(format!("clusters[{i}].name: {:?} is defined twice", c.name));
             continue;
         }
-        match Cluster::build(c, metrics) {
+        let old = prev.and_then(|p| p.get(&c.name));
+        let (cluster, change) = match old {
+            Some(o) if o.spec() == *c => (Ok(o.clone()), ClusterChange::Kept),
+            Some(o) if o.differs_in_endpoints_only(c) => (
+                cluster::check_endpoints(&c.endpoints).map(|()| o.clone()),
+                ClusterChange::Endpoints(c.endpoints.clone()),
+            ),
+            Some(o) => (
+                Cluster::build_from(c, metrics, Some(o)).map(Arc::new),
+                ClusterChange::Rebuilt,
+            ),
+            None => (
+                Cluster::build(c, metrics).map(Arc::new),
+                ClusterChange::Added,
+            ),
+        };
+        match cluster {
             Ok(cl) => {
-                out.insert(c.name.clone(), Arc::new(cl));
+                plan.clusters.insert(c.name.clone(), cl);
+                plan.changes.push((c.name.clone(), change));
             }
             Err(es) => errors.extend(es.into_iter().map(|e| format!("clusters[{i}].{e}"))),
         }
     }
+    if let Some(p) = prev {
+        let mut removed: Vec<String> = p
+            .keys()
+            .filter(|n| !plan.clusters.contains_key(*n))
+            .cloned()
+            .collect();
+        removed.sort();
+        plan.removed = removed;
+    }
     if errors.is_empty() {
-        Ok(out)
+        Ok(plan)
     } else {
         Err(errors)
     }

@@ -57,6 +57,9 @@ pub struct ClusterMetrics {
     pub pending: Gauge,
 }
 
+/// The `class` label values of route requests, in [`RouteMetrics::record`]'s index order.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "aborted"];
+
 /// Per-route handles: requests by status class (1xx–5xx) and latency.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
@@ -162,6 +165,34 @@ impl MeshMetrics {
         }
     }
 
+    /// Drops a removed cluster's series, so scrapes stop reporting it.
+    pub fn remove_cluster(&self, name: &str) {
+        let l = ClusterLabel {
+            cluster: name.to_owned(),
+        };
+        self.retries.remove(&l);
+        self.ejections.remove(&l);
+        self.breaker_trips.remove(&l);
+        self.upstream_requests.remove(&l);
+        self.upstream_failures.remove(&l);
+        self.connections_opened.remove(&l);
+        self.active_requests.remove(&l);
+        self.pending.remove(&l);
+    }
+
+    /// Drops a removed route's series.
+    pub fn remove_route(&self, label: &str) {
+        for class in CLASSES {
+            self.route_requests.remove(&RouteStatusLabels {
+                route: label.to_owned(),
+                class,
+            });
+        }
+        self.route_latency.remove(&RouteLabel {
+            route: label.to_owned(),
+        });
+    }
+
     pub fn route(&self, label: &str) -> RouteMetrics {
         let class = |c: &'static str| {
             self.route_requests
@@ -172,14 +203,7 @@ impl MeshMetrics {
                 .clone()
         };
         RouteMetrics {
-            by_class: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-                class("aborted"),
-            ],
+            by_class: CLASSES.map(class),
             latency: self
                 .route_latency
                 .get_or_create(&RouteLabel {

@@ -1,15 +1,20 @@
 //! Compiled route tables: virtual hosts matched on the authority, then the first route whose
 //! path, method and header conditions hold.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 
+use crate::cluster::Cluster;
 use crate::config::{
     HeaderMatchConfig, HeaderValueConfig, MatchConfig, RouteConfig, RouterConfig, VirtualHostConfig,
 };
 use crate::retry::RetryPolicy;
+
+/// Finds a cluster by name while a table is built; `None` when config has no such cluster.
+pub type ResolveCluster<'a> = &'a dyn Fn(&str) -> Option<Arc<Cluster>>;
 
 #[derive(Debug)]
 pub struct RouteTable {
@@ -71,13 +76,14 @@ enum HeaderCond {
     Present(bool),
 }
 
-/// What a matched route does.
+/// What a matched route does. Cluster references are resolved when the table is built: a
+/// request never looks a cluster up by name.
 #[derive(Debug)]
 pub enum Action {
-    Cluster(String),
+    Cluster(Arc<Cluster>),
     /// Clusters with cumulative weights (canary split).
     Weighted {
-        clusters: Vec<(String, u32)>,
+        clusters: Vec<(Arc<Cluster>, u32)>,
         total: u32,
     },
     Direct {
@@ -208,17 +214,17 @@ fn build_header_match(
 
 impl RouteTable {
     /// Compiles a router config; `path` prefixes error paths (e.g. `listeners[0].filters[1]`).
-    /// `cluster_exists` checks every referenced cluster.
+    /// `resolve` finds every referenced cluster (an unknown one is an error).
     pub fn build(
         path: &str,
         cfg: &RouterConfig,
-        cluster_exists: &dyn Fn(&str) -> bool,
+        resolve: ResolveCluster<'_>,
     ) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let mut vhs = Vec::new();
         for (vi, vh) in cfg.virtual_hosts.iter().enumerate() {
             let vpath = format!("{path}.virtual_hosts[{vi}]");
-            vhs.push(build_vhost(&vpath, vh, cluster_exists, &mut errors));
+            vhs.push(build_vhost(&vpath, vh, resolve, &mut errors));
         }
         if errors.is_empty() {
             Ok(Self { virtual_hosts: vhs })
@@ -307,7 +313,7 @@ fn strip_port(authority: &str) -> &str {
 fn build_vhost(
     vpath: &str,
     vh: &VirtualHostConfig,
-    cluster_exists: &dyn Fn(&str) -> bool,
+    resolve: ResolveCluster<'_>,
     errors: &mut Vec<String>,
 ) -> VirtualHost {
     let mut domains = Vec::new();
@@ -333,7 +339,7 @@ fn build_vhost(
             vh.name,
             r.name.clone().unwrap_or_else(|| format!("#{ri}"))
         );
-        routes.push(build_route(&rpath, label, r, cluster_exists, errors));
+        routes.push(build_route(&rpath, label, r, resolve, errors));
     }
     VirtualHost {
         name: vh.name.clone(),
@@ -346,7 +352,7 @@ fn build_route(
     rpath: &str,
     label: String,
     r: &RouteConfig,
-    cluster_exists: &dyn Fn(&str) -> bool,
+    resolve: ResolveCluster<'_>,
     errors: &mut Vec<String>,
 ) -> Route {
     let (path, methods, headers) = build_match(&format!("{rpath}.match"), &r.matcher, errors);
@@ -364,21 +370,30 @@ fn build_route(
             "{rpath}: set exactly one of cluster, weighted_clusters, direct_response, redirect"
         ));
     }
-    let mut check_cluster = |p: String, name: &str| {
-        if !cluster_exists(name) {
+    let mut find = |p: String, name: &str| {
+        let found = resolve(name);
+        if found.is_none() {
             errors.push(format!("{p}: unknown cluster {name:?}"));
         }
+        found
     };
     let action = if let Some(c) = &r.cluster {
-        check_cluster(format!("{rpath}.cluster"), c);
-        Action::Cluster(c.clone())
+        match find(format!("{rpath}.cluster"), c) {
+            Some(c) => Action::Cluster(c),
+            None => Action::Direct {
+                status: 503,
+                body: bytes::Bytes::new(),
+            },
+        }
     } else if let Some(w) = &r.weighted_clusters {
         let mut total = 0u32;
         let mut clusters = Vec::new();
         for (i, wc) in w.iter().enumerate() {
-            check_cluster(format!("{rpath}.weighted_clusters[{i}].name"), &wc.name);
+            let Some(c) = find(format!("{rpath}.weighted_clusters[{i}].name"), &wc.name) else {
+                continue;
+            };
             total = total.saturating_add(wc.weight);
-            clusters.push((wc.name.clone(), total));
+            clusters.push((c, total));
         }
         if total == 0 {
             errors.push(format!(
@@ -513,18 +528,25 @@ impl Route {
     }
 
     /// Picks the cluster: fixed, or by weight with `roll` uniformly in `0..total`.
-    pub fn cluster_for(&self, roll: u32) -> Option<&str> {
+    pub fn cluster_for(&self, roll: u32) -> Option<&Arc<Cluster>> {
         match &self.action {
             Action::Cluster(c) => Some(c),
             Action::Weighted { clusters, total } => {
                 let r = roll % (*total).max(1);
-                clusters
-                    .iter()
-                    .find(|(_, cum)| r < *cum)
-                    .map(|(c, _)| c.as_str())
+                clusters.iter().find(|(_, cum)| r < *cum).map(|(c, _)| c)
             }
             _ => None,
         }
+    }
+
+    /// Every cluster this route may send to.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        let (one, many) = match &self.action {
+            Action::Cluster(c) => (Some(c), &[][..]),
+            Action::Weighted { clusters, .. } => (None, clusters.as_slice()),
+            _ => (None, &[][..]),
+        };
+        one.into_iter().chain(many.iter().map(|(c, _)| c))
     }
 }
 
@@ -532,6 +554,11 @@ impl Route {
 mod tests {
     use super::*;
     use crate::config::*;
+
+    /// Resolves any name to a one-endpoint cluster of that name.
+    fn any_cluster(name: &str) -> Option<Arc<Cluster>> {
+        Some(crate::cluster::tests::cluster_named(name))
+    }
 
     fn table(yaml_routes: Vec<RouteConfig>, domains: Vec<&str>) -> RouteTable {
         let cfg = RouterConfig {
@@ -542,7 +569,7 @@ mod tests {
             }],
             access_log: false,
         };
-        RouteTable::build("r", &cfg, &|_| true).expect("valid")
+        RouteTable::build("r", &cfg, &any_cluster).expect("valid")
     }
 
     fn route(m: MatchConfig, cluster: &str) -> RouteConfig {
@@ -590,7 +617,7 @@ mod tests {
         let get = Method::GET;
         let c = |p: &str| {
             t.find("x", p, &get, &h)
-                .and_then(|r| r.cluster_for(0))
+                .and_then(|r| r.cluster_for(0).map(|c| c.name.as_str()))
                 .map(String::from)
         };
         assert_eq!(c("/exact").as_deref(), Some("a"));
@@ -615,11 +642,11 @@ mod tests {
             ],
             access_log: false,
         };
-        let t = RouteTable::build("r", &cfg, &|_| true).expect("valid");
+        let t = RouteTable::build("r", &cfg, &any_cluster).expect("valid");
         let h = HeaderMap::new();
         let c = |host: &str| {
             t.find(host, "/", &Method::GET, &h)
-                .and_then(|r| r.cluster_for(0))
+                .and_then(|r| r.cluster_for(0).map(|c| c.name.as_str()))
                 .map(String::from)
         };
         assert_eq!(c("api.example.com:8080").as_deref(), Some("exact"));
@@ -648,7 +675,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let c = |me: &Method, h: &HeaderMap| {
             t.find("x", "/", me, h)
-                .and_then(|r| r.cluster_for(0))
+                .and_then(|r| r.cluster_for(0).map(|c| c.name.as_str()))
                 .map(String::from)
         };
         assert_eq!(c(&Method::POST, &h).as_deref(), Some("stable"));
@@ -676,7 +703,7 @@ mod tests {
             .find("x", "/", &Method::GET, &HeaderMap::new())
             .expect("route");
         let a = (0..100)
-            .filter(|roll| route.cluster_for(*roll) == Some("a"))
+            .filter(|roll| route.cluster_for(*roll).map(|c| c.name.as_str()) == Some("a"))
             .count();
         assert_eq!(a, 90);
     }
@@ -696,8 +723,10 @@ mod tests {
             }],
             access_log: false,
         };
-        let errs = RouteTable::build("listeners[0].filters[0]", &cfg, &|c| c == "known")
-            .expect_err("invalid");
+        let errs = RouteTable::build("listeners[0].filters[0]", &cfg, &|c| {
+            (c == "known").then(|| any_cluster(c)).flatten()
+        })
+        .expect_err("invalid");
         let all = errs.join("\n");
         assert!(
             all.contains("virtual_hosts[0].domains: must not be empty"),

@@ -6,6 +6,9 @@
 //! - `GET /actuator/health/liveness`, `/actuator/health/readiness` — Layotto's actuator JSON
 //!   `{"status":"UP"|"DOWN","components":{…}}`, 500 when DOWN.
 //! - `GET /metrics` — Prometheus/OpenMetrics text: API metrics, process RSS, open connections.
+//! - `GET /config_dump` — the running resources (listeners, route tables, clusters,
+//!   components), each with the config version in which it last changed and when, plus the
+//!   last rejected update with every error (JSON shaped after Envoy's admin endpoint).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -22,6 +25,7 @@ use serde_json::json;
 
 use crate::metrics::{established_connections, process_rss_bytes, Metrics};
 use crate::proxy::ProcessState;
+use crate::resources::ResourceManager;
 use crate::snapshot::Snapshot;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,6 +34,7 @@ pub struct AdminApp {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub process: Arc<ProcessState>,
+    pub resources: Arc<ResourceManager>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
@@ -200,11 +205,16 @@ impl ServeHttp for AdminApp {
             "/actuator/health/liveness" => self.actuator_liveness(),
             "/actuator/health/readiness" => self.actuator_readiness().await,
             "/metrics" => self.metrics_text(),
+            "/config_dump" => {
+                let mut body = self.resources.config_dump().to_string();
+                body.push('\n');
+                reply(StatusCode::OK, "application/json", body)
+            }
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
                 format!(
-                    "unknown admin path {path:?}; try /healthz, /ready, /metrics, \
+                    "unknown admin path {path:?}; try /healthz, /ready, /metrics, /config_dump, \
                      /actuator/health/liveness, /actuator/health/readiness\n"
                 ),
             ),

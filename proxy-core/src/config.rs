@@ -20,9 +20,10 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use mecha_capabilities::{BuildContext, ComponentSpec, Registry};
-use mecha_mesh::config::{ClusterConfig, RouterConfig};
+use mecha_capabilities::{BuildContext, ComponentSpec};
+use mecha_mesh::config::{ClusterConfig, Dur, RouterConfig};
 use serde::Deserialize;
 
 /// The embedded default config: runtime API on 127.0.0.1:34904, admin on 127.0.0.1:34999,
@@ -64,6 +65,14 @@ pub struct AppConfig {
     /// sidecar asks it for topic subscriptions at start and delivers events with OnTopicEvent.
     #[serde(default)]
     pub grpc_callback: Option<String>,
+    /// How often the app's topic subscriptions are listed again (an app that restarted with
+    /// other topics is served within this; at once when a delivery finds the app gone).
+    #[serde(default = "default_list_interval")]
+    pub list_subscriptions_interval: Dur,
+}
+
+fn default_list_interval() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 fn default_app_id() -> String {
@@ -75,6 +84,7 @@ impl Default for AppConfig {
         Self {
             id: default_app_id(),
             grpc_callback: None,
+            list_subscriptions_interval: default_list_interval(),
         }
     }
 }
@@ -166,18 +176,12 @@ fn default_max_message() -> usize {
 /// The runtime APIs the capability filter can terminate.
 pub const KNOWN_APIS: &[&str] = &["layotto"];
 
-/// Parses and validates a config; every problem is returned with its path.
+/// Parses a config and checks what needs no building (addresses, names, filter settings);
+/// every problem is returned with its path. Components, clusters and route tables are
+/// checked by building them ([`crate::snapshot::Snapshot::build`], no network I/O), so a
+/// config is validated by the same code that serves it: see [`crate::check`].
 pub fn load(yaml: &str) -> Result<Config, Vec<String>> {
-    let de = serde_yaml_ng::Deserializer::from_str(yaml);
-    let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." || path.is_empty() {
-            vec![inner]
-        } else {
-            vec![format!("{path}: {inner}")]
-        }
-    })?;
+    let cfg = parse(yaml)?;
     let errors = validate(&cfg);
     if errors.is_empty() {
         Ok(cfg)
@@ -186,8 +190,22 @@ pub fn load(yaml: &str) -> Result<Config, Vec<String>> {
     }
 }
 
-/// Checks what the schema cannot: addresses, names, filter settings, component types and
-/// metadata (the latter by building the registry, which does no network I/O).
+/// Parses a config against the schema only (unknown fields, wrong types: the first error,
+/// with its path).
+pub fn parse(yaml: &str) -> Result<Config, Vec<String>> {
+    let de = serde_yaml_ng::Deserializer::from_str(yaml);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." || path.is_empty() {
+            vec![inner]
+        } else {
+            vec![format!("{path}: {inner}")]
+        }
+    })
+}
+
+/// Checks what the schema cannot and building does not: addresses, names, filter settings.
 pub fn validate(cfg: &Config) -> Vec<String> {
     let mut errors = Vec::new();
     if cfg.threads == 0 || cfg.threads > 1024 {
@@ -203,6 +221,12 @@ pub fn validate(cfg: &Config) -> Vec<String> {
         if cb.parse::<SocketAddr>().is_err() && !cb.contains(':') {
             errors.push(format!("app.grpc_callback: expected host:port, got {cb:?}"));
         }
+    }
+    if cfg.app.list_subscriptions_interval.0 < Duration::from_millis(100) {
+        errors.push(format!(
+            "app.list_subscriptions_interval: must be at least 100ms, got {:?}",
+            cfg.app.list_subscriptions_interval.0
+        ));
     }
     let mut addresses = HashSet::new();
     if let Some(a) = &cfg.admin.address {
@@ -279,36 +303,16 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                         ));
                     }
                 }
-                FilterConfig::Router(rc) => {
+                // The table itself is checked by building it (Snapshot::build).
+                FilterConfig::Router(_) => {
                     if j + 1 != l.filters.len() {
                         errors.push(format!(
                             "listeners[{i}].filters[{j}]: the router must be the last filter"
                         ));
                     }
-                    let names: HashSet<&str> =
-                        cfg.clusters.iter().map(|c| c.name.as_str()).collect();
-                    if let Err(errs) = mecha_mesh::RouteTable::build(
-                        &format!("listeners[{i}].filters[{j}]"),
-                        rc,
-                        &|c| names.contains(c),
-                    ) {
-                        errors.extend(errs);
-                    }
                 }
             }
         }
-    }
-    if let Err(errs) = Registry::build(&cfg.components, &build_context(cfg)) {
-        errors.extend(errs);
-    }
-    // Metrics handles made here are throw-away: validation only.
-    if let Err(errs) = mecha_mesh::build_clusters(
-        &cfg.clusters,
-        &mecha_mesh::metrics::MeshMetrics::register(
-            &mut prometheus_client::registry::Registry::default(),
-        ),
-    ) {
-        errors.extend(errs);
     }
     errors
 }
@@ -344,6 +348,7 @@ mod tests {
 
     #[test]
     fn every_error_is_reported_with_its_path() {
+        let load = crate::check;
         let yaml = r#"
 threads: 0
 listeners:

@@ -5,12 +5,27 @@ use std::sync::Arc;
 
 use mecha_filters::metrics::GrpcMetrics;
 use mecha_mesh::metrics::MeshMetrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+/// Labels of `mecha_config_updates_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    /// `file`, later `xds`.
+    pub source: &'static str,
+    /// `applied`, `rejected` or `unchanged`.
+    pub result: &'static str,
+}
 
 pub struct Metrics {
     pub registry: Registry,
     pub layotto: Arc<GrpcMetrics>,
     pub mesh: MeshMetrics,
+    /// Handles that record nowhere: for objects built only to be checked or to stand in.
+    pub throwaway_mesh: MeshMetrics,
+    pub config_updates: Family<UpdateLabels, Counter>,
 }
 
 impl Metrics {
@@ -23,10 +38,18 @@ impl Metrics {
             mecha_filters::capability::LAYOTTO_METHODS,
         ));
         let mesh = MeshMetrics::register(&mut registry);
+        let config_updates = Family::<UpdateLabels, Counter>::default();
+        registry.register(
+            "mecha_config_updates",
+            "Config updates by source and result (applied, rejected, unchanged)",
+            config_updates.clone(),
+        );
         Self {
             registry,
             layotto,
             mesh,
+            throwaway_mesh: MeshMetrics::register(&mut Registry::default()),
+            config_updates,
         }
     }
 }

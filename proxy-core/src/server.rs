@@ -1,13 +1,14 @@
-//! Process bootstrap: Snapshot → Pingora server with one proxy service per listener, the admin
-//! service and background tasks → run until SIGTERM (drain) or SIGINT (fast exit).
+//! Process bootstrap: first Snapshot → resource manager → Pingora server with one proxy
+//! service per listener, the admin service and background tasks (config file watch, cluster
+//! maintenance, AppCallback delivery) → run until SIGTERM (drain) or SIGINT (fast exit).
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use mecha_mesh::config::UpstreamProtocol;
 use pingora::apps::HttpServerOptions;
@@ -21,7 +22,8 @@ use crate::config::Config;
 use crate::lean::LeanListener;
 use crate::metrics::Metrics;
 use crate::proxy::{ListenerProxy, ProcessState};
-use crate::snapshot::Snapshot;
+use crate::resources::{Outcome, ResourceManager};
+use crate::snapshot::{Snapshot, UpdateSource};
 use crate::sniff::H2cSniff;
 use crate::tcp::TcpProxy;
 
@@ -38,8 +40,13 @@ pub enum StartError {
     },
 }
 
+/// How long start-up retries an address that is taken (a restart right after a crash, a
+/// port in TIME_WAIT or briefly held by a previous instance) before giving up.
+pub const BIND_RETRY: Duration = Duration::from_secs(5);
+
 /// Binds and releases every address first, so a taken port is a clear error before anything
-/// listens (Pingora itself panics on a failed bind, after other listeners are up).
+/// listens (Pingora itself panics on a failed bind, after other listeners are up). An address
+/// in use is retried for [`BIND_RETRY`].
 fn check_addresses(config: &Config) -> Result<(), StartError> {
     let mut all: Vec<(String, String)> = config
         .listeners
@@ -49,29 +56,57 @@ fn check_addresses(config: &Config) -> Result<(), StartError> {
     if let Some(a) = &config.admin.address {
         all.push(("admin".to_owned(), a.clone()));
     }
+    let deadline = Instant::now() + BIND_RETRY;
     for (what, addr) in all {
         let sa: SocketAddr = addr
             .parse()
             .map_err(|e| StartError::Config(vec![format!("{what}: {addr:?}: {e}")]))?;
-        TcpListener::bind(sa).map_err(|source| StartError::Bind { what, addr, source })?;
+        let mut warned = false;
+        loop {
+            match TcpListener::bind(sa) {
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+                {
+                    if !warned {
+                        tracing::warn!(%what, %addr, retry_for = ?BIND_RETRY,
+                            "address in use; retrying");
+                        warned = true;
+                    }
+                    // Start-up, before any runtime exists: blocking here holds nothing up.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(source) => return Err(StartError::Bind { what, addr, source }),
+            }
+        }
     }
     Ok(())
 }
 
-/// Runs the sidecar until shutdown. Returns only after a signal (or an error at start).
+/// Runs the sidecar on the embedded default config's text until shutdown.
 pub fn run(config: Config) -> Result<(), StartError> {
-    run_with_source(config, None)
+    run_with_source(config, None, crate::config::DEFAULT_YAML)
 }
 
-/// Like [`run`]; with `source`, the file is watched and a valid change is applied live
-/// (components, clusters, routes; listener addresses need a restart).
-pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), StartError> {
+/// Runs the sidecar until shutdown; returns only after a signal (or an error at start).
+/// `text` is the config as read (its version and `/config_dump` contents come from it); with
+/// `source`, that file is watched and every change is applied live as a resource update.
+pub fn run_with_source(
+    config: Config,
+    source: Option<PathBuf>,
+    text: &str,
+) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
-    let snapshot = Snapshot::build(config.clone(), &metrics).map_err(StartError::Config)?;
+    let origin = source.as_ref().map_or_else(
+        || "embedded".to_owned(),
+        |p| format!("file:{}", p.display()),
+    );
+    let update = UpdateSource::yaml(&origin, text);
+    let (first, plan) =
+        Snapshot::build(config.clone(), &metrics, None, &update).map_err(StartError::Config)?;
     check_addresses(&config)?;
-    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-    let process = Arc::new(ProcessState::default());
-
+    ResourceManager::prepare_start(&plan);
     let needs_tls_roots = needs_platform_roots(&config);
     let conf = ServerConf {
         threads: config.threads,
@@ -88,14 +123,21 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
+    let manager = Arc::new(ResourceManager::new(
+        first,
+        metrics.clone(),
+        needs_tls_roots,
+    ));
+    let snapshot = manager.snapshots();
+    let process = Arc::new(ProcessState::default());
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let initial = snapshot.load_full();
     for (index, l) in config.listeners.iter().enumerate() {
-        if let Some(tp) = &l.tcp_proxy {
+        if l.tcp_proxy.is_some() {
             let app = TcpProxy {
-                cluster: tp.cluster.clone(),
+                index,
                 snapshot: snapshot.clone(),
             };
             let mut svc = Service::new(format!("tcp listener {}", l.name), app);
@@ -144,6 +186,7 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
             snapshot: snapshot.clone(),
             metrics: metrics.clone(),
             process: process.clone(),
+            resources: manager.clone(),
         };
         let mut svc = Service::new("admin".to_owned(), admin);
         svc.add_tcp(addr);
@@ -151,34 +194,28 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
         server.add_service(svc);
     }
 
-    if !config.clusters.is_empty() {
-        let mut svc = background_service(
-            "cluster maintenance",
-            HealthChecks {
-                snapshot: snapshot.clone(),
-            },
-        );
-        svc.threads = Some(1);
-        server.add_service(svc);
-    }
+    // Background tasks follow the published Snapshots, so clusters and the app callback added
+    // by a later update are served too.
+    let mut svc = background_service(
+        "cluster maintenance",
+        Maintenance {
+            manager: manager.clone(),
+        },
+    );
+    svc.threads = Some(1);
+    server.add_service(svc);
 
-    if let Some(endpoint) = &config.app.grpc_callback {
-        let task = AppCallbackTask {
-            snapshot: snapshot.clone(),
-            app_id: config.app.id.clone(),
-            endpoint: endpoint.clone(),
-        };
-        let mut svc = background_service("app callback", task);
-        svc.threads = Some(1);
-        server.add_service(svc);
-    }
+    let mut svc = background_service(
+        "app callback",
+        AppCallbackTask {
+            manager: manager.clone(),
+        },
+    );
+    svc.threads = Some(1);
+    server.add_service(svc);
 
     if let Some(path) = source {
-        let reload = ConfigReload {
-            path,
-            snapshot: snapshot.clone(),
-            metrics,
-        };
+        let reload = ConfigReload { path, manager };
         let mut svc = background_service("config reload", reload);
         svc.threads = Some(1);
         server.add_service(svc);
@@ -197,16 +234,15 @@ pub fn run_with_source(config: Config, source: Option<PathBuf>) -> Result<(), St
     Ok(())
 }
 
-/// Watches the config file; a valid change becomes the new Snapshot (swapped atomically:
-/// requests in flight keep the one they loaded). An invalid change is logged and ignored.
+/// Watches the config file; each change is a resource update (see [`crate::resources`]):
+/// applied as a diff, or rejected whole with every error logged and shown in `/config_dump`.
 struct ConfigReload {
     path: PathBuf,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    metrics: Arc<Metrics>,
+    manager: Arc<ResourceManager>,
 }
 
 /// Whether some TLS cluster trusts the platform store (no `ca_file`): only then is it loaded.
-fn needs_platform_roots(config: &Config) -> bool {
+pub(crate) fn needs_platform_roots(config: &Config) -> bool {
     config
         .clusters
         .iter()
@@ -220,59 +256,25 @@ impl ConfigReload {
         Some((m.modified().ok()?, m.len()))
     }
 
-    fn apply(&self) {
+    async fn apply(&self) {
         let path = self.path.display();
-        let text = match std::fs::read_to_string(&self.path) {
+        let text = match tokio::fs::read_to_string(&self.path).await {
             Ok(t) => t,
             Err(e) => return tracing::error!("config reload: {path}: cannot read: {e}"),
         };
-        let cfg = match crate::config::load(&text) {
-            Ok(c) => c,
-            Err(errs) => {
-                return tracing::error!(
-                    "config reload: {path}: invalid, keeping the running config:\n  {}",
-                    errs.join("\n  ")
-                )
-            }
-        };
-        let current = self.snapshot.load_full();
-        // A listener's kind (TCP, capability-only, full chain) picks its Pingora service at
-        // start, so it cannot change live.
-        let listeners = |c: &Config| {
-            c.listeners
-                .iter()
-                .map(|l| {
-                    let lean = matches!(
-                        l.filters.as_slice(),
-                        [crate::config::FilterConfig::Capability { .. }]
-                    );
-                    (l.name.clone(), l.address.clone(), l.tcp_proxy.clone(), lean)
-                })
-                .collect::<Vec<_>>()
-        };
-        if listeners(&cfg) != listeners(&current.config)
-            || cfg.admin != current.config.admin
-            || cfg.threads != current.config.threads
+        let started = Instant::now();
+        match self
+            .manager
+            .apply_yaml("file", &format!("file:{path}"), &text)
+            .await
         {
-            return tracing::error!(
-                "config reload: {path}: listeners (address, kind), admin or threads changed; \
-                 these need a restart — keeping the running config"
-            );
-        }
-        if needs_platform_roots(&cfg) && !needs_platform_roots(&current.config) {
-            return tracing::error!(
-                "config reload: {path}: a TLS (h2) cluster without ca_file needs the platform \
-                 trust store, which this process did not load; add ca_file or restart — \
-                 keeping the running config"
-            );
-        }
-        match Snapshot::build(cfg, &self.metrics) {
-            Ok(next) => {
-                self.snapshot.store(Arc::new(next));
-                tracing::info!("config reload: {path}: applied");
-            }
+            Ok(Outcome::Applied(summary)) => tracing::info!(
+                took = ?started.elapsed(),
+                "config reload: {path}: applied ({summary})"
+            ),
+            Ok(Outcome::Unchanged) => tracing::debug!("config reload: {path}: unchanged"),
             Err(errs) => tracing::error!(
-                "config reload: {path}: cannot build, keeping the running config:\n  {}",
+                "config reload: {path}: rejected, keeping the running config:\n  {}",
                 errs.join("\n  ")
             ),
         }
@@ -283,100 +285,137 @@ impl ConfigReload {
 impl BackgroundService for ConfigReload {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut last = self.stamp();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => return,
             }
             let now = self.stamp();
             if now.is_some() && now != last {
                 last = now;
-                self.apply();
+                self.apply().await;
             }
         }
     }
 }
 
-/// Runs each cluster's active health checks and DNS re-resolution on their intervals.
-struct HealthChecks {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+/// Runs each cluster's active health checks and DNS re-resolution. Tasks follow cluster
+/// identity: a cluster an update kept (the same object) keeps its tasks and state; a new or
+/// rebuilt one gets new tasks; a removed one's stop.
+struct Maintenance {
+    manager: Arc<ResourceManager>,
 }
 
 #[async_trait]
-impl BackgroundService for HealthChecks {
+impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut published = self.manager.subscribe();
+        let mut running: HashMap<usize, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
         loop {
-            let snap = self.snapshot.load_full();
-            let tasks = spawn_maintenance(&snap);
-            // A reloaded config brings new cluster objects: restart the loops on them.
-            let mut poll = tokio::time::interval(Duration::from_secs(1));
-            let stop = loop {
-                tokio::select! {
-                    _ = shutdown.changed() => break true,
-                    _ = poll.tick() => {
-                        if !Arc::ptr_eq(&snap, &self.snapshot.load_full()) {
-                            break false;
-                        }
-                    }
+            let snap = published.borrow_and_update().clone();
+            let live: HashMap<usize, &Arc<mecha_mesh::Cluster>> = snap
+                .clusters
+                .values()
+                .map(|c| (Arc::as_ptr(c) as usize, c))
+                .collect();
+            running.retain(|id, tasks| {
+                let keep = live.contains_key(id);
+                if !keep {
+                    tasks.iter().for_each(|t| t.abort());
                 }
-            };
-            for t in tasks {
-                t.abort();
+                keep
+            });
+            for (id, cluster) in live {
+                running
+                    .entry(id)
+                    .or_insert_with(|| spawn_maintenance(cluster));
             }
-            if stop {
-                return;
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                changed = published.changed() => if changed.is_err() { break },
             }
+        }
+        for t in running.values().flatten() {
+            t.abort();
         }
     }
 }
 
-fn spawn_maintenance(snap: &Snapshot) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_maintenance(cluster: &Arc<mecha_mesh::Cluster>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    for cluster in snap.clusters.values() {
-        if let Some(every) = cluster.dns_refresh {
-            let cluster = cluster.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await; // resolved at build already
-                loop {
-                    tick.tick().await;
+    {
+        // Names were resolved before the cluster was published; re-resolve every period.
+        // Endpoints may gain names later (an in-place update), so the loop always runs.
+        let (cluster, every) = (cluster.clone(), cluster.dns_refresh);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if cluster.has_dns_names() {
                     cluster.refresh().await;
                 }
-            }));
-        }
-        if let Some(hc) = &cluster.health_check {
-            let (cluster, every) = (cluster.clone(), hc.interval.0);
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    cluster.run_health_check().await;
-                }
-            }));
-        }
+            }
+        }));
+    }
+    if let Some(hc) = &cluster.health_check {
+        let (cluster, every) = (cluster.clone(), hc.interval.0);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                cluster.run_health_check().await;
+                tokio::time::sleep(every).await;
+            }
+        }));
     }
     tasks
 }
 
-/// Delivers pub/sub events to the app's `AppCallback` service.
+/// Delivers pub/sub events to the app's `AppCallback` service (`app.grpc_callback`), on the
+/// components of each published Snapshot; a change of the `app` section restarts delivery.
 struct AppCallbackTask {
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    app_id: String,
-    endpoint: String,
+    manager: Arc<ResourceManager>,
 }
 
 #[async_trait]
 impl BackgroundService for AppCallbackTask {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let registry = self.snapshot.load_full().registry.clone();
-        mecha_filters::capability::run_app_callback(
-            registry,
-            self.app_id.clone(),
-            self.endpoint.clone(),
-            shutdown,
-        )
-        .await;
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut published = self.manager.subscribe();
+        loop {
+            let snap = published.borrow_and_update().clone();
+            let app = snap.config.app.clone();
+            let (registry_tx, registries) = tokio::sync::watch::channel(snap.registry.clone());
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            let runner = app.grpc_callback.clone().map(|endpoint| {
+                tokio::spawn(mecha_filters::capability::run_app_callback(
+                    registries,
+                    app.id.clone(),
+                    endpoint,
+                    app.list_subscriptions_interval.0,
+                    stop,
+                ))
+            });
+            let restart = loop {
+                tokio::select! {
+                    _ = shutdown.changed() => break false,
+                    changed = published.changed() => {
+                        if changed.is_err() {
+                            break false;
+                        }
+                        let next = published.borrow_and_update().clone();
+                        if next.config.app != app {
+                            break true;
+                        }
+                        registry_tx.send_replace(next.registry.clone());
+                    }
+                }
+            };
+            stop_tx.send_replace(true);
+            if let Some(r) = runner {
+                let _ = r.await;
+            }
+            if !restart {
+                return;
+            }
+            tracing::info!("app section changed: restarting event delivery to the app");
+        }
     }
 }
 

@@ -1,33 +1,134 @@
-//! The one immutable view of config the data plane reads.
+//! The one immutable view of config the data plane reads, built as a set of named resources.
 //!
-//! A [`Snapshot`] is built from a validated [`Config`] (components instantiated, filter chains
-//! assembled) and published through an `ArcSwap`; each request loads the current one once and
-//! keeps it to the end, so a swap never changes a request midway and removed components finish
-//! their in-flight calls (they are `Arc`s).
+//! A [`Snapshot`] holds the resources of one config version — listeners (their filter
+//! chains), route tables (one per router filter), clusters (with their endpoints) and
+//! components — each with its own version (the config version in which it last changed).
+//! [`Snapshot::build`] makes the next Snapshot from a config *and the running one*: unchanged
+//! resources are carried over as the same objects (a component keeps its data, connections and
+//! subscriptions; a cluster its health, outlier, breaker and pool state; a route table its
+//! compiled form), changed ones are rebuilt, and route → cluster references are resolved into
+//! the tables. Building does no network I/O and changes nothing that runs, so the same call
+//! validates (`mecha validate`, a rejected reload) and serves. What an accepted update must do
+//! to running objects — endpoint lists adopted in place, DNS names resolved before the new
+//! clusters serve, replaced components retired, removed resources' metric series dropped — is
+//! returned as an [`UpdatePlan`] that [`crate::resources`] carries out around publishing.
+//!
+//! Each request loads the current Snapshot once (ArcSwap) and keeps it to the end, so a swap
+//! never changes a request midway, and objects a new Snapshot dropped finish their in-flight
+//! work (they are `Arc`s).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use mecha_capabilities::registry::Block;
 use mecha_capabilities::Registry;
 use mecha_filters::router::{Router, RouterFilter};
 use mecha_filters::{CapabilityFilter, FilterChain, GrpcApi, HttpFilter};
+use mecha_mesh::config::{EndpointConfig, RouterConfig};
+use mecha_mesh::{Cluster, ClusterChange, Clusters};
 
-use crate::config::{build_context, Config, FilterConfig};
+use crate::config::{build_context, Config, FilterConfig, ListenerConfig};
 use crate::metrics::Metrics;
+
+/// The kinds of resource a Snapshot holds, as `/config_dump` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    Listener,
+    RouteConfig,
+    Cluster,
+    Component,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Listener => "listener",
+            ResourceKind::RouteConfig => "route_config",
+            ResourceKind::Cluster => "cluster",
+            ResourceKind::Component => "component",
+        }
+    }
+}
+
+/// One resource's identity and version, for `/config_dump`.
+#[derive(Debug, Clone)]
+pub struct ResourceStatus {
+    pub kind: ResourceKind,
+    pub name: String,
+    /// The config version in which this resource last changed.
+    pub version: String,
+    pub last_updated: SystemTime,
+    /// What config said of it (secrets redacted).
+    pub content: serde_json::Value,
+}
+
+/// Where an update comes from and what it says, as `/config_dump` reports it.
+#[derive(Debug, Clone)]
+pub struct UpdateSource {
+    /// `file:<path>`, `embedded`, later `xds:<server>`.
+    pub source: String,
+    /// The config version: a hash of the file's text.
+    pub version: String,
+    /// The whole document as JSON (resource contents are cut from it).
+    pub document: serde_json::Value,
+}
+
+impl UpdateSource {
+    /// For a YAML document read from `source`.
+    pub fn yaml(source: &str, text: &str) -> Self {
+        let document = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+            .ok()
+            .and_then(|v| serde_json::to_value(v).ok())
+            .unwrap_or(serde_json::Value::Null);
+        Self {
+            source: source.to_owned(),
+            version: content_version(text),
+            document,
+        }
+    }
+}
+
+/// A short, stable name for a config text (64-bit FNV-1a, hex). Hand-written: it is ten
+/// lines, and std's hashers promise no stability across releases.
+pub fn content_version(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// One router filter's compiled table and the config it came from.
+struct RouteResource {
+    config: RouterConfig,
+    router: Arc<Router>,
+}
 
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// The config version this Snapshot serves.
+    pub version: String,
+    pub source: String,
     pub registry: Arc<Registry>,
-    pub clusters: mecha_mesh::Clusters,
+    pub clusters: Clusters,
     /// One chain per listener, in `config.listeners` order.
     pub chains: Vec<FilterChain>,
     /// Per listener: the capability filter when it is the whole chain (served by the lean
     /// listener, without the proxy phases).
     pub lean: Vec<Option<Arc<CapabilityFilter>>>,
+    /// Per listener: the cluster of a `tcp_proxy` listener, resolved.
+    pub tcp: Vec<Option<Arc<Cluster>>>,
+    /// Per listener: its route table, when it has a router.
+    routes: Vec<Option<RouteResource>>,
+    /// Every resource with its version, sorted by kind and name.
+    pub resources: Vec<ResourceStatus>,
 }
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
+            .field("version", &self.version)
             .field("listeners", &self.config.listeners.len())
             .field("chains", &self.chains)
             .field("registry", &self.registry)
@@ -35,20 +136,124 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+/// What publishing an accepted update must do to running objects (see the module doc).
+#[derive(Default)]
+pub struct UpdatePlan {
+    /// Clusters kept as they are but given a new endpoint list.
+    pub endpoint_updates: Vec<(Arc<Cluster>, Vec<EndpointConfig>)>,
+    /// New or rebuilt clusters with DNS names: resolved before the Snapshot is published.
+    pub warm: Vec<Arc<Cluster>>,
+    pub removed_clusters: Vec<String>,
+    /// Route metric labels no table has any more.
+    pub removed_routes: Vec<String>,
+    /// Resources added, changed, removed, kept (for the log).
+    pub counts: [usize; 4],
+}
+
+impl std::fmt::Debug for UpdatePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [added, changed, removed, kept] = self.counts;
+        write!(
+            f,
+            "{added} added, {changed} changed, {removed} removed, {kept} unchanged"
+        )
+    }
+}
+
 impl Snapshot {
-    /// Instantiates components, clusters and filter chains; returns every problem with its path.
-    pub fn build(config: Config, metrics: &Metrics) -> Result<Self, Vec<String>> {
-        let registry = Arc::new(Registry::build(
+    /// Builds the Snapshot `config` describes, carrying over from `prev` (the running one)
+    /// every resource that did not change. Does no network I/O and touches nothing in `prev`;
+    /// returns every problem with its path.
+    pub fn build(
+        config: Config,
+        metrics: &Metrics,
+        prev: Option<&Snapshot>,
+        source: &UpdateSource,
+    ) -> Result<(Self, UpdatePlan), Vec<String>> {
+        let mut errors = Vec::new();
+        let registry = Registry::update(
+            prev.map(|p| &*p.registry),
             &config.components,
             &build_context(&config),
-        )?);
-        let clusters = mecha_mesh::build_clusters(&config.clusters, &metrics.mesh)?;
+        )
+        .map_err(|e| errors.extend(e))
+        .ok()
+        .map(Arc::new);
+        let cluster_plan =
+            mecha_mesh::plan_clusters(&config.clusters, &metrics.mesh, prev.map(|p| &p.clusters))
+                .map_err(|e| errors.extend(e))
+                .ok();
+        // Route tables resolve clusters by name; without a valid cluster set, check them
+        // against names only (the cluster errors are reported already).
+        let clusters = cluster_plan
+            .as_ref()
+            .map(|p| p.clusters.clone())
+            .unwrap_or_default();
+        let broken: std::collections::HashSet<&str> = if cluster_plan.is_none() {
+            config.clusters.iter().map(|c| c.name.as_str()).collect()
+        } else {
+            Default::default()
+        };
+        let stand_in = stand_in_cluster(metrics);
+
+        let mut routes = Vec::with_capacity(config.listeners.len());
+        let mut tcp = Vec::with_capacity(config.listeners.len());
+        for (i, listener) in config.listeners.iter().enumerate() {
+            tcp.push(
+                listener
+                    .tcp_proxy
+                    .as_ref()
+                    .and_then(|t| clusters.get(&t.cluster).cloned()),
+            );
+            let mut route = None;
+            for (j, f) in listener.filters.iter().enumerate() {
+                let FilterConfig::Router(rc) = f else {
+                    continue;
+                };
+                let old = prev
+                    .and_then(|p| p.route_for(&listener.name))
+                    .filter(|old| old.config == *rc && refs_unchanged(&old.router, &clusters));
+                if let Some(old) = old {
+                    route = Some(RouteResource {
+                        config: rc.clone(),
+                        router: old.router.clone(),
+                    });
+                    continue;
+                }
+                let resolve = |name: &str| match clusters.get(name) {
+                    Some(c) => Some(c.clone()),
+                    None if broken.contains(name) => stand_in.clone(),
+                    None => None,
+                };
+                match mecha_mesh::RouteTable::build(
+                    &format!("listeners[{i}].filters[{j}]"),
+                    rc,
+                    &resolve,
+                ) {
+                    Ok(table) => {
+                        let router = Router::new(table, &metrics.mesh, rc.access_log);
+                        route = Some(RouteResource {
+                            config: rc.clone(),
+                            router: Arc::new(router),
+                        });
+                    }
+                    Err(e) => errors.extend(e),
+                }
+            }
+            routes.push(route);
+        }
+        let (Some(registry), Some(cluster_plan), true) =
+            (registry, cluster_plan, errors.is_empty())
+        else {
+            return Err(errors);
+        };
+
         let mut chains = Vec::with_capacity(config.listeners.len());
         let mut lean = Vec::with_capacity(config.listeners.len());
-        for (i, listener) in config.listeners.iter().enumerate() {
+        for (listener, route) in config.listeners.iter().zip(&routes) {
             let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
             let mut lean_filter = None;
-            for (j, f) in listener.filters.iter().enumerate() {
+            for f in &listener.filters {
                 match f {
                     FilterConfig::Capability {
                         apis,
@@ -71,27 +276,245 @@ impl Snapshot {
                         }
                         filters.push(cap);
                     }
-                    FilterConfig::Router(rc) => {
-                        let table = mecha_mesh::RouteTable::build(
-                            &format!("listeners[{i}].filters[{j}]"),
-                            rc,
-                            &|c| clusters.contains_key(c),
-                        )?;
-                        let router =
-                            Router::new(table, clusters.clone(), &metrics.mesh, rc.access_log);
-                        filters.push(Arc::new(RouterFilter(Arc::new(router))));
+                    FilterConfig::Router(_) => {
+                        if let Some(r) = route {
+                            filters.push(Arc::new(RouterFilter(r.router.clone())));
+                        }
                     }
                 }
             }
             chains.push(FilterChain::new(filters));
             lean.push(lean_filter);
         }
-        Ok(Self {
-            config: Arc::new(config),
-            registry,
-            clusters,
-            chains,
-            lean,
-        })
+
+        let now = SystemTime::now();
+        let mut plan = UpdatePlan::default();
+        let mut resources = Vec::new();
+        let mut status = |kind: ResourceKind, name: &str, changed: bool, content| {
+            let old = prev.and_then(|p| p.resource(kind, name));
+            let (version, last_updated) = match old {
+                Some(o) if !changed => (o.version.clone(), o.last_updated),
+                _ => (source.version.clone(), now),
+            };
+            plan.counts[match (old, changed) {
+                (None, _) => 0,
+                (Some(_), true) => 1,
+                (Some(_), false) => 3,
+            }] += 1;
+            resources.push(ResourceStatus {
+                kind,
+                name: name.to_owned(),
+                version,
+                last_updated,
+                content,
+            });
+        };
+        for (i, l) in config.listeners.iter().enumerate() {
+            let changed = prev.is_none_or(|p| p.listener(&l.name) != Some(l));
+            status(
+                ResourceKind::Listener,
+                &l.name,
+                changed,
+                section(&source.document, "listeners", i),
+            );
+        }
+        for (i, (l, route)) in config.listeners.iter().zip(&routes).enumerate() {
+            if let Some(r) = route {
+                let changed = prev
+                    .and_then(|p| p.route_for(&l.name))
+                    .is_none_or(|old| !Arc::ptr_eq(&old.router, &r.router));
+                let content = section(&source.document, "listeners", i)
+                    .get("filters")
+                    .and_then(|f| f.as_array())
+                    .and_then(|f| f.last().cloned())
+                    .unwrap_or_default();
+                status(ResourceKind::RouteConfig, &l.name, changed, content);
+            }
+        }
+        for (i, c) in config.clusters.iter().enumerate() {
+            let change = cluster_plan
+                .changes
+                .iter()
+                .find(|(n, _)| *n == c.name)
+                .map(|(_, ch)| ch.clone());
+            let changed = change != Some(ClusterChange::Kept);
+            status(
+                ResourceKind::Cluster,
+                &c.name,
+                changed,
+                section(&source.document, "clusters", i),
+            );
+            let Some(cluster) = cluster_plan.clusters.get(&c.name) else {
+                continue;
+            };
+            match change {
+                Some(ClusterChange::Endpoints(list)) => {
+                    plan.endpoint_updates.push((cluster.clone(), list));
+                }
+                Some(ClusterChange::Added | ClusterChange::Rebuilt) if cluster.has_dns_names() => {
+                    plan.warm.push(cluster.clone());
+                }
+                _ => {}
+            }
+        }
+        for (i, c) in config.components.iter().enumerate() {
+            let block = mecha_capabilities::registry::block_of(&c.kind);
+            let carried = block.is_some_and(|b| carried_over(prev, &registry, b, &c.name));
+            let name = component_name(c.kind.as_str(), &c.name);
+            status(
+                ResourceKind::Component,
+                &name,
+                !carried,
+                section(&source.document, "components", i),
+            );
+        }
+        if let Some(p) = prev {
+            let gone = p
+                .resources
+                .iter()
+                .filter(|r| {
+                    !resources
+                        .iter()
+                        .any(|n| n.kind == r.kind && n.name == r.name)
+                })
+                .count();
+            plan.counts[2] = gone;
+            plan.removed_clusters = cluster_plan.removed.clone();
+            let live: std::collections::HashSet<&str> = routes
+                .iter()
+                .flatten()
+                .flat_map(|r| r.router.route_labels())
+                .collect();
+            let mut removed: Vec<String> = p
+                .routes
+                .iter()
+                .flatten()
+                .flat_map(|r| r.router.route_labels())
+                .filter(|l| !live.contains(l))
+                .map(str::to_owned)
+                .collect();
+            removed.sort();
+            removed.dedup();
+            plan.removed_routes = removed;
+        }
+        resources.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+
+        Ok((
+            Self {
+                config: Arc::new(config),
+                version: source.version.clone(),
+                source: source.source.clone(),
+                registry,
+                clusters: cluster_plan.clusters,
+                chains,
+                lean,
+                tcp,
+                routes,
+                resources,
+            },
+            plan,
+        ))
     }
+
+    fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.config.listeners.iter().find(|l| l.name == name)
+    }
+
+    fn route_for(&self, listener: &str) -> Option<&RouteResource> {
+        let i = self
+            .config
+            .listeners
+            .iter()
+            .position(|l| l.name == listener)?;
+        self.routes.get(i)?.as_ref()
+    }
+
+    pub fn resource(&self, kind: ResourceKind, name: &str) -> Option<&ResourceStatus> {
+        self.resources
+            .iter()
+            .find(|r| r.kind == kind && r.name == name)
+    }
+}
+
+/// Components are named per building block (`state/statestore`): two blocks may use one name.
+fn component_name(kind: &str, name: &str) -> String {
+    let block = mecha_capabilities::registry::block_of(kind).map_or("unknown", Block::as_str);
+    format!("{block}/{name}")
+}
+
+/// Whether `registry` holds the same component instance as `prev`'s registry.
+fn carried_over(prev: Option<&Snapshot>, registry: &Registry, block: Block, name: &str) -> bool {
+    let Some(old) = prev.and_then(|p| p.registry.find(block, name)) else {
+        return false;
+    };
+    registry
+        .find(block, name)
+        .is_some_and(|n| Arc::ptr_eq(&n.lifecycle, &old.lifecycle))
+}
+
+/// Whether every cluster a route table sends to is still the same object.
+fn refs_unchanged(router: &Router, clusters: &Clusters) -> bool {
+    router
+        .clusters()
+        .all(|c| clusters.get(&c.name).is_some_and(|n| Arc::ptr_eq(n, c)))
+}
+
+/// Stands in for a cluster whose own config failed, so route tables naming it are still
+/// checked (and report only their own errors). Never served.
+fn stand_in_cluster(metrics: &Metrics) -> Option<Arc<Cluster>> {
+    let cfg: mecha_mesh::config::ClusterConfig = serde_json::from_value(serde_json::json!({
+        "name": "(invalid cluster)",
+        "endpoints": [{ "address": "127.0.0.1:9" }],
+    }))
+    .ok()?;
+    Cluster::build(&cfg, &metrics.throwaway_mesh)
+        .ok()
+        .map(Arc::new)
+}
+
+/// `document[key][i]`, secrets redacted.
+fn section(document: &serde_json::Value, key: &str, i: usize) -> serde_json::Value {
+    let mut v = document
+        .get(key)
+        .and_then(|l| l.get(i))
+        .cloned()
+        .unwrap_or_default();
+    redact(&mut v);
+    v
+}
+
+/// Replaces the values of secret-looking keys (passwords, tokens, keys) with a marker.
+fn redact(v: &mut serde_json::Value) {
+    const SECRET: &[&str] = &[
+        "password",
+        "token",
+        "credential",
+        "apikey",
+        "api_key",
+        "accesskey",
+        "secretkey",
+    ];
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let lower = k.to_ascii_lowercase();
+                if SECRET.iter().any(|s| lower.contains(s)) && !val.is_object() {
+                    *val = serde_json::Value::String("[redacted]".to_owned());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// Every route metric label of a Snapshot (for tests and the admin).
+pub fn route_labels(s: &Snapshot) -> Vec<String> {
+    s.routes
+        .iter()
+        .flatten()
+        .flat_map(|r| r.router.route_labels().map(str::to_owned))
+        .collect()
 }

@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 use crate::snapshot::Snapshot;
 
 pub struct TcpProxy {
-    pub cluster: String,
+    /// The listener's index in the Snapshot (its cluster is resolved there).
+    pub index: usize,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
 }
 
@@ -26,8 +27,8 @@ impl ServerApp for TcpProxy {
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let snap = self.snapshot.load_full();
-        let Some(cluster) = snap.clusters.get(&self.cluster).cloned() else {
-            tracing::error!(cluster = %self.cluster, "tcp proxy: unknown cluster");
+        let Some(cluster) = snap.tcp.get(self.index).cloned().flatten() else {
+            tracing::error!(listener = self.index, "tcp proxy: listener has no cluster");
             return None;
         };
         let Ok(_slot) = cluster.admit() else {

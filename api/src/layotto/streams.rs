@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, BoxStream, SelectAll, StreamExt};
 use mecha_capabilities::pubsub::{Delivery, SubscribeRequest, Subscription};
+use mecha_capabilities::registry::{Block, RetiredWatch};
 use mecha_capabilities::Registry;
 use mecha_proto::layotto as pb;
 use pb::subscribe_topic_events_request::SubscribeTopicEventsRequestType as Inbound;
@@ -48,6 +49,7 @@ pub(super) async fn subscribe_topic_events(
         }
     };
     let pubsub = registry.pubsub(&initial.pubsub_name).status()?;
+    let retired = retired_watch(&registry, Block::PubSub, &initial.pubsub_name);
     if initial.topic.is_empty() {
         return Err(Status::invalid_argument(format!(
             "topic is empty (pubsub {:?})",
@@ -78,8 +80,23 @@ pub(super) async fn subscribe_topic_events(
         tx,
         pending: HashMap::new(),
     };
-    tokio::spawn(pump.run(inbound, subscription));
+    tokio::spawn(pump.run(inbound, subscription, retired));
     Ok(ReceiverStream::new(rx))
+}
+
+/// Ends with the component instance: a config update that changes or removes it retires it.
+fn retired_watch(registry: &Registry, block: Block, name: &str) -> Option<RetiredWatch> {
+    registry.find(block, name).map(|c| c.lifecycle.watch())
+}
+
+/// Resolves when `watch` sees its component retired (never without a watch).
+async fn component_retired(
+    watch: &mut Option<RetiredWatch>,
+) -> mecha_capabilities::registry::Retirement {
+    match watch {
+        Some(w) => w.retired().await,
+        None => std::future::pending().await,
+    }
 }
 
 struct TopicEventPump {
@@ -96,6 +113,7 @@ impl TopicEventPump {
         mut self,
         mut inbound: Streaming<pb::SubscribeTopicEventsRequest>,
         mut subscription: Subscription,
+        mut retired: Option<RetiredWatch>,
     ) {
         loop {
             tokio::select! {
@@ -103,6 +121,18 @@ impl TopicEventPump {
                 _ = self.tx.closed() => {
                     tracing::debug!(pubsub = %self.pubsub_name, topic = %self.topic,
                         "subscriber went away; unsubscribing");
+                    break;
+                }
+                why = component_retired(&mut retired) => {
+                    // The client resubscribes, and gets the component config now names.
+                    let status = Status::unavailable(format!(
+                        "pubsub component {:?} was {} by a config update; subscribe again \
+                         (topic {:?})",
+                        self.pubsub_name, why.as_str(), self.topic
+                    ));
+                    tracing::info!(pubsub = %self.pubsub_name, topic = %self.topic,
+                        "component {}: ending the subscription stream", why.as_str());
+                    let _ = self.tx.send(Err(status)).await;
                     break;
                 }
                 msg = inbound.message() => match msg {
@@ -250,7 +280,16 @@ async fn start_config_subscription(
     let app_id = convert::app_id_or(req.app_id, sidecar_app_id);
     let query = convert::config_query(app_id.clone(), req.group, req.label, req.keys, req.metadata);
     let subscription = store.subscribe(query).await.status()?;
+    let mut retired = retired_watch(registry, Block::Configuration, &req.store_name);
     let store_name = req.store_name;
+    let retired_name = store_name.clone();
+    let retirement = stream::once(async move {
+        let why = component_retired(&mut retired).await;
+        Err(Status::unavailable(format!(
+            "configuration store {retired_name:?} was {} by a config update; subscribe again",
+            why.as_str()
+        )))
+    });
     let closed = Status::unavailable(format!(
         "configuration store {store_name:?} closed the subscription; subscribe again"
     ));
@@ -273,5 +312,5 @@ async fn start_config_subscription(
         })
     })
     .chain(stream::once(async move { Err(closed) }));
-    Ok(changes.boxed())
+    Ok(stream::select(changes, retirement).boxed())
 }
