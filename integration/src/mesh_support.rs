@@ -59,7 +59,13 @@ impl std::fmt::Debug for Mesh {
 
 /// Replaces every `${name}` with a free loopback address (one per distinct name).
 fn fill_template(template: &str) -> (String, HashMap<String, SocketAddr>) {
-    let mut addrs: HashMap<String, SocketAddr> = HashMap::new();
+    let mut addrs = HashMap::new();
+    let out = fill_template_with(template, &mut addrs);
+    (out, addrs)
+}
+
+/// Like [`fill_template`], reusing the addresses `addrs` has (new names get free ones).
+fn fill_template_with(template: &str, addrs: &mut HashMap<String, SocketAddr>) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("${") {
@@ -76,7 +82,7 @@ fn fill_template(template: &str) -> (String, HashMap<String, SocketAddr>) {
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    (out, addrs)
+    out
 }
 
 /// Replaces each `@name@` in `template` with its address (upstreams started by the test).
@@ -881,5 +887,62 @@ mod tests {
         assert_eq!(addrs.len(), 2);
         let x = addrs["x"].to_string();
         assert_eq!(out, format!("a: {x}\nb: {}\nc: {x}\n", addrs["y"]));
+    }
+}
+
+/// How mecha took a rewritten config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    Applied,
+    Rejected,
+}
+
+impl Mesh {
+    /// Rewrites the watched config file from `template` (the body, as for [`Mesh::start`]:
+    /// `${name}` keeps the address it had; new names get free ones) and waits until mecha has
+    /// taken the update, as `mecha_config_updates_total` tells.
+    pub async fn rewrite(&mut self, template: &str) -> Reload {
+        let body = fill_template_with(template, &mut self.addrs);
+        // As `try_start` writes it: the same admin listener and thread count.
+        let threads = if body.lines().any(|l| l.starts_with("threads:")) {
+            ""
+        } else {
+            "threads: 1\n"
+        };
+        let config = format!("{threads}admin:\n  address: {}\n{body}", self.admin);
+        let applied = "mecha_config_updates_total{source=\"file\",result=\"applied\"}";
+        let rejected = "mecha_config_updates_total{source=\"file\",result=\"rejected\"}";
+        let text = self.metrics().await;
+        let before = (
+            metric_value(&text, applied).unwrap_or(0.0),
+            metric_value(&text, rejected).unwrap_or(0.0),
+        );
+        self._dir.write("mecha.yaml", &config);
+        self.config = config;
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let text = self.metrics().await;
+            if metric_value(&text, applied).unwrap_or(0.0) > before.0 {
+                return Reload::Applied;
+            }
+            if metric_value(&text, rejected).unwrap_or(0.0) > before.1 {
+                return Reload::Rejected;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mecha took no update within {STEP_TIMEOUT:?} after the config was rewritten"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `/config_dump` as JSON.
+    pub async fn config_dump(&self) -> serde_json::Value {
+        let r = tokio::time::timeout(STEP_TIMEOUT, http_get(self.admin, "/config_dump"))
+            .await
+            .expect("GET /config_dump timed out")
+            .expect("GET /config_dump");
+        assert_eq!(r.status, 200, "/config_dump: {}", r.body);
+        r.json()
     }
 }
