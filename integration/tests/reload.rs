@@ -723,3 +723,170 @@ async fn config_dump_shows_versions_in_place_endpoint_updates_and_rejected_updat
         .await;
     assert_eq!(rejected, 2.0);
 }
+
+/// An app listing `topics` on `pubsub`, taking every event; serves until the handle drops.
+struct TopicsApp {
+    topics: Vec<String>,
+    events: mpsc::UnboundedSender<(String, Vec<u8>)>,
+}
+
+#[tonic::async_trait]
+impl AppCallback for TopicsApp {
+    async fn list_topic_subscriptions(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<ListTopicSubscriptionsResponse>, Status> {
+        Ok(Response::new(ListTopicSubscriptionsResponse {
+            subscriptions: self
+                .topics
+                .iter()
+                .map(|t| TopicSubscription {
+                    pubsub_name: "pubsub".into(),
+                    topic: t.clone(),
+                    metadata: HashMap::new(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn on_topic_event(
+        &self,
+        request: Request<TopicEventRequest>,
+    ) -> Result<Response<TopicEventResponse>, Status> {
+        let e = request.into_inner();
+        let _ = self.events.send((e.topic, e.data));
+        Ok(Response::new(TopicEventResponse {
+            status: TopicEventResponseStatus::Success as i32,
+        }))
+    }
+}
+
+/// A running app process, as far as the sidecar can tell: its own runtime, so stopping it
+/// closes every connection, as a process exit would.
+struct AppProcess {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AppProcess {
+    fn start(
+        listener: std::net::TcpListener,
+        topics: &[&str],
+        events: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    ) -> Self {
+        let app = TopicsApp {
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            events,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let serve = tonic::transport::Server::builder()
+                    .add_service(AppCallbackServer::new(app))
+                    .serve_with_incoming(TcpListenerStream::new(listener));
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime drops every connection task: the sockets close.
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn app_listener(addr: &str) -> std::net::TcpListener {
+    let l = std::net::TcpListener::bind(addr).expect("bind the app");
+    l.set_nonblocking(true).expect("nonblocking");
+    l
+}
+
+async fn publish_to(rt: &mut RuntimeClient<Channel>, topic: &str, data: &str) {
+    within(
+        "PublishEvent",
+        rt.publish_event(PublishEventRequest {
+            pubsub_name: "pubsub".into(),
+            topic: topic.into(),
+            data: data.as_bytes().to_vec(),
+            data_content_type: "text/plain".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap_or_else(|s| panic!("PublishEvent: {}", describe(&s)));
+}
+
+#[tokio::test]
+async fn an_app_that_comes_back_with_other_topics_is_served_them() {
+    let listener = app_listener("127.0.0.1:0");
+    let app_addr = listener.local_addr().expect("addr");
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut first_app = AppProcess::start(listener, &["old"], events_tx.clone());
+    // Listing again periodically is an hour away: only the app coming back triggers it.
+    let config = runtime_config("100ms", "").replace(
+        "  id: reload-app\n",
+        &format!(
+            "  id: reload-app\n  grpc_callback: {app_addr}\n  list_subscriptions_interval: 1h\n"
+        ),
+    );
+    let mesh = Mesh::start(&config).await;
+    let mut rt = runtime_client(mesh.addr("runtime")).await;
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        publish_to(&mut rt, "old", "o1").await;
+        if let Ok(Some((t, _))) =
+            tokio::time::timeout(Duration::from_millis(250), events.recv()).await
+        {
+            assert_eq!(t, "old");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old never delivered"
+        );
+    }
+
+    // The app goes away, and comes back on the same address subscribing to `new` instead.
+    first_app.kill();
+    publish_to(&mut rt, "old", "while-away").await;
+    let _second_app = AppProcess::start(app_listener(&app_addr.to_string()), &["new"], events_tx);
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        publish_to(&mut rt, "new", "n1").await;
+        match tokio::time::timeout(Duration::from_millis(250), events.recv()).await {
+            Ok(Some((t, d))) if t == "new" && d == b"n1" => break,
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the returning app's new topic was never served"
+        );
+    }
+}
