@@ -194,7 +194,11 @@ impl Snapshot {
         } else {
             Default::default()
         };
-        let stand_in = stand_in_cluster(metrics);
+        let stand_in = if broken.is_empty() {
+            None
+        } else {
+            stand_in_cluster(metrics)
+        };
 
         let mut routes = Vec::with_capacity(config.listeners.len());
         let mut tcp = Vec::with_capacity(config.listeners.len());
@@ -508,13 +512,4 @@ fn redact(v: &mut serde_json::Value) {
         serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
     }
-}
-
-/// Every route metric label of a Snapshot (for tests and the admin).
-pub fn route_labels(s: &Snapshot) -> Vec<String> {
-    s.routes
-        .iter()
-        .flatten()
-        .flat_map(|r| r.router.route_labels().map(str::to_owned))
-        .collect()
 }
