@@ -15,8 +15,10 @@
 //! - a config update publishes a new registry: a subscription whose pubsub component is the
 //!   same object keeps flowing; one whose component was changed is resubscribed on the new
 //!   instance; one whose component was removed stops (logged);
-//! - every `relist_every`, and as soon as a delivery finds the app unreachable (it restarted,
-//!   perhaps with other topics): the app's subscriptions are listed again.
+//! - every `relist_every`, and as soon as the app comes back after being gone (it restarted,
+//!   perhaps with other topics): the app's subscriptions are listed again. "Gone" is seen on
+//!   an HTTP/2 connection of its own that the syncer holds to the app (a restart closes it),
+//!   and when a delivery finds the app unreachable.
 //!
 //! Everything stops when the shutdown flag turns true (or its sender is dropped); deliveries in
 //! flight are then dropped unanswered, which the component counts as RETRY.
@@ -89,6 +91,10 @@ pub async fn run_app_callback(
         tasks: JoinSet::new(),
     };
     let relist_every = relist_every.max(Duration::from_millis(1));
+    let presence = tokio::spawn(watch_presence(
+        authority(&sync.endpoint),
+        sync.relist.clone(),
+    ));
     let mut wanted = tokio::select! {
         s = list_subscriptions(sync.client.clone(), &sync.endpoint) => s,
         _ = shutdown_requested(&mut shutdown) => return,
@@ -123,7 +129,51 @@ pub async fn run_app_callback(
         let registry = registries.borrow_and_update().clone();
         sync.apply(&wanted, &registry);
     }
+    presence.abort();
     sync.tasks.shutdown().await;
+}
+
+/// `host:port` of an endpoint given as `host:port` or `http://host:port/…`.
+fn authority(endpoint: &str) -> String {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+/// Holds an HTTP/2 connection of its own to the app; when it is lost (the app stopped or
+/// restarted) and can be made again, the app is back: ask for a re-list. A connection the
+/// app closes quickly (an idle timeout) is not taken for a restart more than every
+/// [`BACKOFF_MAX`].
+async fn watch_presence(addr: String, relist: Arc<Notify>) {
+    let mut backoff = BACKOFF_START;
+    let mut lost = false;
+    loop {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            h2::client::handshake(tcp).await.ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        match connected {
+            Some((send, connection)) => {
+                if lost {
+                    tracing::info!(endpoint = %addr, "app is back: listing its subscriptions again");
+                    relist.notify_one();
+                }
+                let since = tokio::time::Instant::now();
+                // Resolves when the app closes the connection or goes away.
+                let _ = connection.await;
+                drop(send);
+                lost = true;
+                if since.elapsed() > BACKOFF_MAX {
+                    backoff = BACKOFF_START;
+                }
+            }
+            None => lost = true,
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
 }
 
 /// One running subscription: which component instance it reads and with what request.

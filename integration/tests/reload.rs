@@ -18,8 +18,8 @@ use mecha_integration::pb::subscribe_topic_events_request::SubscribeTopicEventsR
 use mecha_integration::pb::subscribe_topic_events_response::SubscribeTopicEventsResponseType as Outbound;
 use mecha_integration::pb::{
     GetNextIdRequest, GetStateRequest, PublishEventRequest, SaveStateRequest, StateItem,
-    SubscribeTopicEventsRequest, SubscribeTopicEventsRequestInitial, SubscribeTopicEventsResponse,
-    TryLockRequest,
+    SubscribeTopicEventsRequest, SubscribeTopicEventsRequestInitial,
+    SubscribeTopicEventsRequestProcessed, SubscribeTopicEventsResponse, TryLockRequest,
 };
 use mecha_integration::{describe, within, STEP_TIMEOUT};
 use mecha_proto::layotto::app_callback_server::{AppCallback, AppCallbackServer};
@@ -185,7 +185,7 @@ async fn state_locks_and_sequencer_survive_an_unrelated_edit() {
 
 /// An open SubscribeTopicEvents stream.
 struct Subscriber {
-    _tx: mpsc::Sender<SubscribeTopicEventsRequest>,
+    tx: mpsc::Sender<SubscribeTopicEventsRequest>,
     rx: Streaming<SubscribeTopicEventsResponse>,
 }
 
@@ -218,14 +218,28 @@ impl Subscriber {
             first.subscribe_topic_events_response_type,
             Some(Outbound::InitialResponse(_))
         ));
-        Self { _tx: tx, rx }
+        Self { tx, rx }
     }
 
-    /// The next message: an event's data, or the status that ended the stream.
+    /// The next message: an event's data (answered SUCCESS, so it is not redelivered), or
+    /// the status that ended the stream.
     async fn next(&mut self) -> Result<Vec<u8>, Status> {
         match within("next event", self.rx.message()).await {
             Ok(Some(m)) => match m.subscribe_topic_events_response_type {
-                Some(Outbound::EventMessage(e)) => Ok(e.data),
+                Some(Outbound::EventMessage(e)) => {
+                    let processed = SubscribeTopicEventsRequest {
+                        subscribe_topic_events_request_type: Some(Inbound::EventProcessed(
+                            SubscribeTopicEventsRequestProcessed {
+                                id: e.id.clone(),
+                                status: Some(TopicEventResponse {
+                                    status: TopicEventResponseStatus::Success as i32,
+                                }),
+                            },
+                        )),
+                    };
+                    let _ = self.tx.send(processed).await;
+                    Ok(e.data)
+                }
                 other => panic!("expected an event, got {other:?}"),
             },
             Ok(None) => Err(Status::ok("stream ended without a status")),
