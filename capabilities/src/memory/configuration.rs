@@ -199,7 +199,9 @@ impl ConfigStore for MemoryConfigStore {
                 let id = id_of(item);
                 let old = match sizes.get(&id) {
                     Some(size) => Some(*size),
-                    None => existing.and_then(|a| a.get(&id)).map(|i| size_of(app_id, i)),
+                    None => existing
+                        .and_then(|a| a.get(&id))
+                        .map(|i| size_of(app_id, i)),
                 };
                 if let Some(b) = old {
                     after.remove(b);
@@ -209,7 +211,9 @@ impl ConfigStore for MemoryConfigStore {
                 sizes.insert(id, new);
             }
         }
-        self.shared.limits.check(&self.shared.label, before, after)?;
+        self.shared
+            .limits
+            .check(&self.shared.label, before, after)?;
         state.usage = after;
         let app = state.apps.entry(app_id.to_owned()).or_default();
         for item in &items {

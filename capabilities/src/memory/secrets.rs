@@ -91,7 +91,8 @@ impl SecretStore for EnvSecretStore {
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .filter_map(|(k, v)| {
                 let name = k.strip_prefix(self.prefix.as_str())?;
-                (!name.is_empty() && !is_reserved(&k)).then(|| (name.to_owned(), HashMap::from([(name.to_owned(), v)])))
+                (!name.is_empty() && !is_reserved(&k))
+                    .then(|| (name.to_owned(), HashMap::from([(name.to_owned(), v)])))
             })
             .collect())
     }
@@ -473,7 +474,11 @@ mod tests {
             assert!(matches!(err, Error::NotFound(_)), "{err:?}");
             assert!(!err.to_string().contains("tok\""), "{err}");
         }
-        assert!(!s.bulk_get(&m).await.unwrap().contains_key("MECHA_API_TOKEN"));
+        assert!(!s
+            .bulk_get(&m)
+            .await
+            .unwrap()
+            .contains_key("MECHA_API_TOKEN"));
         // With a prefix the reserved name is the whole variable name, so a prefixed variable
         // that merely ends like one is an ordinary secret.
         let s = env_store(Some("MECHA_TEST_TOK_"));

@@ -601,7 +601,10 @@ mod tests {
         let Error::ResourceExhausted(msg) = &err else {
             panic!("{err:?}")
         };
-        assert!(msg.contains("\"mem\"") && msg.contains("maxKeys=2"), "{msg}");
+        assert!(
+            msg.contains("\"mem\"") && msg.contains("maxKeys=2"),
+            "{msg}"
+        );
         assert!(s.get("c", &Metadata::new()).await.unwrap().is_none());
         // Updating an existing key does not add one.
         s.set(set("a", "2", None)).await.unwrap();

@@ -862,7 +862,10 @@ mod tests {
         for (k, v) in extra {
             spec = spec.with(k, v);
         }
-        RedisPubSub::new(&spec, &BuildContext::default()).unwrap().opts.max_len
+        RedisPubSub::new(&spec, &BuildContext::default())
+            .unwrap()
+            .opts
+            .max_len
     }
 
     fn args(cmd: &redis::Cmd) -> Vec<String> {
@@ -883,6 +886,9 @@ mod tests {
             args(&xadd("t", Some(DEFAULT_MAX_LEN_APPROX), b"d", "", None))[..5],
             ["XADD", "t", "MAXLEN", "~", "100000"]
         );
-        assert_eq!(args(&xadd("t", None, b"d", "", None))[..3], ["XADD", "t", "*"]);
+        assert_eq!(
+            args(&xadd("t", None, b"d", "", None))[..3],
+            ["XADD", "t", "*"]
+        );
     }
 }
