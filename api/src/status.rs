@@ -8,7 +8,7 @@
 //! | `EtagInvalid`               | `INVALID_ARGUMENT`    | Dapr: malformed ETag                       |
 //! | `Unavailable`               | `UNAVAILABLE`         | backend unreachable: the client may retry  |
 //! | `Unimplemented`             | `UNIMPLEMENTED`       | the component lacks the feature            |
-//! | `ResourceExhausted`         | `RESOURCE_EXHAUSTED`  | queue full, value too large                |
+//! | `ResourceExhausted`         | `RESOURCE_EXHAUSTED`  | queue full, value too large, memory component over `maxKeys`/`maxBytes` |
 //! | `FailedPrecondition`        | `FAILED_PRECONDITION` | component closed / not ready               |
 //! | `Internal`                  | `INTERNAL`            | backend error we cannot blame on the caller |
 //!

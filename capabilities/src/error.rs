@@ -28,7 +28,8 @@ pub enum Error {
     /// The component does not support the requested feature. gRPC: UNIMPLEMENTED.
     #[error("{0}")]
     Unimplemented(String),
-    /// A limit was hit (queue full, value too large). gRPC: RESOURCE_EXHAUSTED.
+    /// A limit was hit (queue full, value too large, a memory component over its `maxKeys` or
+    /// `maxBytes`; the message names the component and the limit). gRPC: RESOURCE_EXHAUSTED.
     #[error("{0}")]
     ResourceExhausted(String),
     /// The component is not in a state to serve the call (e.g. closed). gRPC: FAILED_PRECONDITION.

@@ -843,3 +843,19 @@ async fn pubsub_max_len_trims_the_stream() {
     let len: i64 = raw(&host).xlen(&topic).expect("xlen");
     assert!(len < 500, "trimmed, got {len}");
 }
+
+/// `maxLenApprox: 0` turns trimming off (the default trims at 100 000 entries; see the unit
+/// test of the XADD arguments in `redis::pubsub`).
+#[tokio::test]
+async fn pubsub_max_len_zero_never_trims() {
+    let host = shared_host();
+    let ps = pubsub(&host, &[("maxLenApprox", "0")]);
+    let topic = unique("topic");
+    for i in 0..500 {
+        ps.publish(publish(&topic, &i.to_string()))
+            .await
+            .expect("publish");
+    }
+    let len: i64 = raw(&host).xlen(&topic).expect("xlen");
+    assert_eq!(len, 500, "nothing trimmed");
+}

@@ -9,6 +9,11 @@
 //! `subscribe`) drains that set into the subscription's channel. A subscriber that falls behind
 //! therefore receives fewer, merged changes, never a stale final value, and memory per
 //! subscriber is bounded by the number of distinct items.
+//!
+//! Bounded: metadata `maxKeys` (default 100 000 items over all apps) and `maxBytes` (default
+//! 64 MiB: app id, group, label, key, content, tags and metadata of every item)
+//! ([`super::Limits`]). A save that would cross a bound fails with RESOURCE_EXHAUSTED naming the
+//! store and changes nothing; deletes free room.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +30,8 @@ use crate::configuration::{
 use crate::error::{Error, Result};
 use crate::spec::{BuildContext, ComponentSpec};
 use crate::Health;
+
+use super::{Limits, Usage, DEFAULT_MAX_BYTES, DEFAULT_MAX_KEYS};
 
 /// Metadata marking a pushed item as deleted.
 pub const DELETED_METADATA: &str = "deleted";
@@ -44,6 +51,7 @@ pub struct MemoryConfigStore {
 struct Shared {
     /// `configuration store "<name>"`: the prefix of every error message.
     label: String,
+    limits: Limits,
     state: RwLock<State>,
     next_sub: AtomicU64,
 }
@@ -53,6 +61,8 @@ struct State {
     /// Items per app id, ordered so `get` answers deterministically.
     apps: HashMap<String, BTreeMap<ItemId, ConfigItem>>,
     subscribers: Vec<Subscriber>,
+    /// What `apps` holds.
+    usage: Usage,
 }
 
 #[derive(Debug)]
@@ -75,6 +85,18 @@ struct Unsubscribe {
     forwarder: AbortHandle,
 }
 
+/// What an item of `app_id` counts against `maxBytes`.
+fn size_of(app_id: &str, item: &ConfigItem) -> usize {
+    let map = |m: &HashMap<String, String>| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    app_id.len()
+        + item.group.len()
+        + item.label.len()
+        + item.key.len()
+        + item.content.len()
+        + map(&item.tags)
+        + map(&item.metadata)
+}
+
 fn id_of(item: &ConfigItem) -> ItemId {
     (item.group.clone(), item.label.clone(), item.key.clone())
 }
@@ -94,6 +116,7 @@ impl MemoryConfigStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 label: format!("configuration store {:?}", spec.name),
+                limits: Limits::from_spec(spec, DEFAULT_MAX_KEYS, DEFAULT_MAX_BYTES)?,
                 state: RwLock::default(),
                 next_sub: AtomicU64::new(0),
             }),
@@ -166,6 +189,32 @@ impl ConfigStore for MemoryConfigStore {
             )));
         }
         let mut state = self.shared.state.write();
+        let before = state.usage;
+        let mut after = before;
+        {
+            // Size of each item as earlier items of the batch left it.
+            let mut sizes: HashMap<ItemId, usize> = HashMap::new();
+            let existing = state.apps.get(app_id);
+            for item in &items {
+                let id = id_of(item);
+                let old = match sizes.get(&id) {
+                    Some(size) => Some(*size),
+                    None => existing
+                        .and_then(|a| a.get(&id))
+                        .map(|i| size_of(app_id, i)),
+                };
+                if let Some(b) = old {
+                    after.remove(b);
+                }
+                let new = size_of(app_id, item);
+                after.add(new);
+                sizes.insert(id, new);
+            }
+        }
+        self.shared
+            .limits
+            .check(&self.shared.label, before, after)?;
+        state.usage = after;
         let app = state.apps.entry(app_id.to_owned()).or_default();
         for item in &items {
             app.insert(id_of(item), item.clone());
@@ -183,6 +232,7 @@ impl ConfigStore for MemoryConfigStore {
             )));
         }
         let mut state = self.shared.state.write();
+        let state = &mut *state;
         let Some(app) = state.apps.get_mut(&query.app_id) else {
             return Ok(());
         };
@@ -194,6 +244,7 @@ impl ConfigStore for MemoryConfigStore {
         let mut deleted = Vec::with_capacity(gone.len());
         for id in gone {
             if let Some(item) = app.remove(&id) {
+                state.usage.remove(size_of(&query.app_id, &item));
                 deleted.push(ConfigItem {
                     key: item.key,
                     group: item.group,
@@ -333,6 +384,36 @@ mod tests {
             .is_err());
         assert!(s.delete(&query("app", &[])).await.is_err());
         assert!(s.subscribe(query("", &[])).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn bounds_refuse_growth_and_deletes_free_room() {
+        let s = MemoryConfigStore::new(
+            &ComponentSpec::new("cfg", "configuration.memory")
+                .with("maxKeys", "2")
+                .with("maxBytes", "100"),
+            &BuildContext::default(),
+        )
+        .unwrap();
+        let m = HashMap::new();
+        s.save("app", vec![item("a", "1"), item("b", "1")], &m)
+            .await
+            .unwrap();
+        let err = s.save("app", vec![item("c", "1")], &m).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(msg) if msg.contains("\"cfg\"") && msg.contains("maxKeys=2")),
+            "{err:?}"
+        );
+        // The refused save changed nothing; an update of a known item is fine.
+        assert_eq!(s.get(&query("app", &[])).await.unwrap().len(), 2);
+        s.save("app", vec![item("a", "2")], &m).await.unwrap();
+        s.delete(&query("app", &["a"])).await.unwrap();
+        s.save("app", vec![item("c", "1")], &m).await.unwrap();
+        // "app" + "c" + "1" and "app" + "b" + "1".
+        assert_eq!(s.shared.state.read().usage, Usage { keys: 2, bytes: 10 });
+        let big = "x".repeat(100);
+        let err = s.save("app", vec![item("b", &big)], &m).await.unwrap_err();
+        assert!(err.to_string().contains("maxBytes=100"), "{err}");
     }
 
     #[tokio::test]

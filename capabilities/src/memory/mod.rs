@@ -7,16 +7,34 @@
 //!
 //! | type                          | struct                | metadata                                   |
 //! |-------------------------------|-----------------------|--------------------------------------------|
-//! | `state.memory`                | [`MemoryState`]       | —                                          |
-//! | `pubsub.memory`               | [`MemoryPubSub`]      | `queueDepth`, `concurrency`, `processingTimeout`, `redeliverInterval`, `publishTimeout` |
-//! | `lock.memory`                 | [`MemoryLock`]        | —                                          |
-//! | `sequencer.memory`            | [`MemorySequencer`]   | `biggerThan.<key>`                         |
-//! | `configuration.memory`        | [`MemoryConfigStore`] | —                                          |
+//! | `state.memory`                | [`MemoryState`]       | `maxKeys`, `maxBytes`                      |
+//! | `pubsub.memory`               | [`MemoryPubSub`]      | `queueDepth`, `concurrency`, `processingTimeout`, `redeliverInterval`, `publishTimeout`, `maxBytes` |
+//! | `lock.memory`                 | [`MemoryLock`]        | `maxKeys`, `maxBytes`                      |
+//! | `sequencer.memory`            | [`MemorySequencer`]   | `biggerThan.<key>`, `maxKeys`, `maxBytes`  |
+//! | `configuration.memory`        | [`MemoryConfigStore`] | `maxKeys`, `maxBytes`                      |
 //! | `secretstores.local.env`      | [`EnvSecretStore`]    | `prefix`                                   |
 //! | `secretstores.local.file`     | [`FileSecretStore`]   | `secretsFile`, `nestedSeparator`, `multiValued` |
 //! | `hello.helloworld`            | [`HelloWorld`]        | `hello`                                    |
 //!
 //! Locks are `parking_lot` ones and are never held across an `.await`.
+//!
+//! ## Bounds
+//!
+//! Everything a client stores here lives in this process's memory, and the runtime API may be
+//! reachable by more than one client, so every component holding client data is bounded
+//! ([`Limits`]): `maxKeys` caps the number of entries and `maxBytes` the bytes of their keys and
+//! values (payload only: per-entry bookkeeping is not counted). A write that would take the
+//! component over a bound fails with RESOURCE_EXHAUSTED naming the component and the bound, and
+//! changes nothing; writes that do not grow past a bound (an update of an existing key with a
+//! value no larger, a delete) always work, and deletes and expiries free room.
+//!
+//! | component              | counts as a key        | bytes counted                         | defaults          |
+//! |------------------------|------------------------|---------------------------------------|-------------------|
+//! | `state.memory`         | a key (expired ones until swept) | key + value                 | 100 000 / 64 MiB  |
+//! | `configuration.memory` | an item                | app id, group, label, key, content, tags, metadata | 100 000 / 64 MiB |
+//! | `lock.memory`          | a held lock            | resource id + owner                   | 100 000 / 16 MiB  |
+//! | `sequencer.memory`     | a key (never forgotten: ids must keep increasing) | key        | 100 000 / 16 MiB  |
+//! | `pubsub.memory`        | — (`queueDepth` and `concurrency` bound the count per subscription) | every queued or in-flight event's data, topic, content type and metadata, once per subscription holding it | — / 64 MiB |
 
 mod configuration;
 mod hello;
@@ -35,6 +53,91 @@ pub use sequencer::MemorySequencer;
 pub use state::MemoryState;
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::spec::ComponentSpec;
+
+/// Default `maxKeys` of the memory components that take it: enough for any development or
+/// test workload, small enough that a client filling it costs tens of MiB of bookkeeping.
+pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+
+/// Default `maxBytes` of `state.memory`, `configuration.memory` and `pubsub.memory`: what an
+/// embedded sidecar can afford to hold for its clients without threatening the host.
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Default `maxBytes` of `lock.memory` and `sequencer.memory`, which hold only short ids.
+pub const DEFAULT_MAX_ID_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How much a component holds: entries and the bytes of their keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+impl Usage {
+    /// Adds one entry of `bytes`.
+    pub fn add(&mut self, bytes: usize) {
+        self.keys += 1;
+        self.bytes += bytes as u64;
+    }
+
+    /// Removes one entry of `bytes` (saturating: never below empty).
+    pub fn remove(&mut self, bytes: usize) {
+        self.keys = self.keys.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes as u64);
+    }
+}
+
+/// The `maxKeys` / `maxBytes` bounds of one memory component (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub max_keys: u64,
+    pub max_bytes: u64,
+}
+
+impl Limits {
+    /// Reads `maxKeys` and `maxBytes` from `spec`; each must be at least 1 (a store that can
+    /// hold nothing is a config mistake, and `0` meaning "unbounded" would make the safe
+    /// default one typo away).
+    pub fn from_spec(spec: &ComponentSpec, default_keys: u64, default_bytes: u64) -> Result<Self> {
+        Ok(Self {
+            max_keys: at_least_one(spec, "maxKeys", default_keys)?,
+            max_bytes: at_least_one(spec, "maxBytes", default_bytes)?,
+        })
+    }
+
+    /// Whether going from `before` to `after` is allowed: every bound is either kept or not
+    /// made worse (so updates that do not grow and deletes always pass). The error names the
+    /// component (`label`) and the bound.
+    pub fn check(&self, label: &str, before: Usage, after: Usage) -> Result<()> {
+        if after.keys > self.max_keys && after.keys > before.keys {
+            return Err(Error::ResourceExhausted(format!(
+                "{label}: full: the write needs {} keys, over its limit maxKeys={} (delete keys \
+                 or raise metadata.maxKeys)",
+                after.keys, self.max_keys
+            )));
+        }
+        if after.bytes > self.max_bytes && after.bytes > before.bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "{label}: full: the write needs {} bytes, over its limit maxBytes={} (delete keys \
+                 or raise metadata.maxBytes)",
+                after.bytes, self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `metadata.<key>` as a count of at least 1.
+pub(crate) fn at_least_one(spec: &ComponentSpec, key: &str, default: u64) -> Result<u64> {
+    match spec.meta_u64(key, default)? {
+        0 => Err(Error::InvalidArgument(format!(
+            "metadata.{key}: must be at least 1, got 0"
+        ))),
+        n => Ok(n),
+    }
+}
 
 /// Formats a wall-clock time as RFC 3339 in UTC (`2024-05-01T12:00:00Z`), the way Dapr reports
 /// `ttlExpireTime`. Hand-written (Howard Hinnant's days-to-civil) because it is the only date
@@ -66,6 +169,52 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn limits_refuse_growth_past_a_bound_only() {
+        let l = Limits {
+            max_keys: 2,
+            max_bytes: 10,
+        };
+        let u = |keys, bytes| Usage { keys, bytes };
+        l.check("s", u(1, 5), u(2, 10)).unwrap();
+        let err = l.check("store \"s\"", u(2, 5), u(3, 6)).unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("store \"s\"") && err.to_string().contains("maxKeys=2"),
+            "{err}"
+        );
+        let err = l.check("s", u(1, 5), u(1, 11)).unwrap_err();
+        assert!(err.to_string().contains("maxBytes=10"), "{err}");
+        // Already over (e.g. limits lowered): shrinking or staying level still passes.
+        l.check("s", u(3, 20), u(3, 20)).unwrap();
+        l.check("s", u(3, 20), u(2, 15)).unwrap();
+    }
+
+    #[test]
+    fn limits_come_from_metadata_and_must_be_positive() {
+        let spec = ComponentSpec::new("s", "state.memory");
+        assert_eq!(
+            Limits::from_spec(&spec, 7, 8).unwrap(),
+            Limits {
+                max_keys: 7,
+                max_bytes: 8
+            }
+        );
+        let spec = spec.with("maxKeys", "3").with("maxBytes", "4");
+        assert_eq!(
+            Limits::from_spec(&spec, 7, 8).unwrap(),
+            Limits {
+                max_keys: 3,
+                max_bytes: 4
+            }
+        );
+        for (key, value) in [("maxKeys", "0"), ("maxBytes", "0"), ("maxKeys", "lots")] {
+            let spec = ComponentSpec::new("s", "state.memory").with(key, value);
+            let err = Limits::from_spec(&spec, 7, 8).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("metadata.{key}:")), "{err}");
+        }
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

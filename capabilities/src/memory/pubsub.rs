@@ -12,6 +12,12 @@
 //! inbox took the event; when one is full it waits up to `publishTimeout` (default 5s, `0` = do
 //! not wait) and then fails with RESOURCE_EXHAUSTED (subscriptions that took the event keep it).
 //!
+//! Bounded: besides `queueDepth` and `concurrency` (the count per subscription), `maxBytes`
+//! (default 64 MiB) caps the bytes of all events the component holds — queued or in flight,
+//! counted once per subscription holding one (topic, data, content type and metadata). A
+//! publish that would cross it fails at once with RESOURCE_EXHAUSTED naming the component and
+//! the bound (subscriptions that took the event keep it); answered events free their bytes.
+//!
 //! Like Dapr's in-memory pub/sub, nothing is stored: events published while a topic has no
 //! subscription are dropped, and dropping a `Subscription` discards its unanswered and queued
 //! events (there is no one to redeliver them to).
@@ -34,6 +40,8 @@ use crate::pubsub::{
 use crate::spec::{BuildContext, ComponentSpec};
 use crate::Health;
 
+use super::DEFAULT_MAX_BYTES;
+
 #[derive(Debug)]
 pub struct MemoryPubSub {
     shared: Arc<Shared>,
@@ -46,6 +54,7 @@ struct Settings {
     processing_timeout: Duration,
     redeliver_interval: Duration,
     publish_timeout: Duration,
+    max_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -58,13 +67,55 @@ struct Shared {
     /// Random per component instance, so ids stay unique across restarts and instances.
     id_prefix: String,
     next_msg: AtomicU64,
+    /// Bytes of the events held, shared with their [`Reservation`]s (not with the component:
+    /// a held event must not keep a removed component alive).
+    held_bytes: Arc<AtomicU64>,
+}
+
+/// An event in a subscription's inbox or in flight, with the bytes it holds against `maxBytes`.
+struct Held {
+    msg: Message,
+    _bytes: Reservation,
+}
+
+/// Bytes counted against `maxBytes` until dropped.
+struct Reservation {
+    counter: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Takes `bytes` unless that would put the counter over `max`.
+    fn take(counter: &Arc<AtomicU64>, bytes: u64, max: u64) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&n| n <= max)
+            })
+            .ok()?;
+        Some(Self {
+            counter: counter.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// What an event counts against `maxBytes`.
+fn size_of(msg: &Message) -> u64 {
+    let metadata: usize = msg.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (msg.topic.len() + msg.data.len() + msg.content_type.len() + metadata) as u64
 }
 
 /// The publishing side of one subscription.
 #[derive(Debug)]
 struct Sub {
     id: u64,
-    inbox: mpsc::Sender<Message>,
+    inbox: mpsc::Sender<Held>,
 }
 
 /// The guard a `Subscription` holds: unregisters it and stops its dispatcher when dropped.
@@ -85,6 +136,7 @@ impl MemoryPubSub {
             processing_timeout: spec.meta_duration("processingTimeout", Duration::from_secs(60))?,
             redeliver_interval: spec.meta_duration("redeliverInterval", Duration::from_secs(1))?,
             publish_timeout: spec.meta_duration("publishTimeout", Duration::from_secs(5))?,
+            max_bytes: super::at_least_one(spec, "maxBytes", DEFAULT_MAX_BYTES)?,
         };
         if settings.processing_timeout.is_zero() {
             return Err(Error::InvalidArgument(
@@ -99,6 +151,7 @@ impl MemoryPubSub {
                 next_sub: AtomicU64::new(0),
                 id_prefix: format!("{:016x}", rand::random::<u64>()),
                 next_msg: AtomicU64::new(0),
+                held_bytes: Arc::default(),
             }),
         })
     }
@@ -189,13 +242,27 @@ impl Shared {
     /// Hands `msg` to every subscription of its topic (none: dropped).
     async fn fan_out(&self, msg: Message) -> Result<()> {
         // Clone the senders out so no lock is held while waiting on a full inbox.
-        let targets: Vec<mpsc::Sender<Message>> = match self.topics.read().get(&msg.topic) {
+        let targets: Vec<mpsc::Sender<Held>> = match self.topics.read().get(&msg.topic) {
             Some(subs) => subs.iter().map(|s| s.inbox.clone()).collect(),
             None => return Ok(()),
         };
+        let size = size_of(&msg);
         let mut full = Vec::new();
         for tx in targets {
-            match tx.try_send(msg.clone()) {
+            let Some(bytes) = Reservation::take(&self.held_bytes, size, self.settings.max_bytes)
+            else {
+                return Err(Error::ResourceExhausted(format!(
+                    "{}: topic {:?}: full: the event ({size} bytes) would take the events held \
+                     over its limit maxBytes={} (subscribers must answer, or raise \
+                     metadata.maxBytes)",
+                    self.label, msg.topic, self.settings.max_bytes
+                )));
+            };
+            let held = Held {
+                msg: msg.clone(),
+                _bytes: bytes,
+            };
+            match tx.try_send(held) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                 Err(mpsc::error::TrySendError::Full(m)) => full.push((tx, m)),
             }
@@ -245,7 +312,7 @@ impl Drop for Unsubscribe {
 async fn dispatch(
     shared: Weak<Shared>,
     settings: Settings,
-    mut inbox: mpsc::Receiver<Message>,
+    mut inbox: mpsc::Receiver<Held>,
     out: mpsc::Sender<Delivery>,
     dead_letter: Option<String>,
 ) {
@@ -253,7 +320,7 @@ async fn dispatch(
     loop {
         tokio::select! {
             msg = inbox.recv(), if in_flight.len() < settings.concurrency => match msg {
-                Some(msg) => in_flight.push(deliver(&shared, &settings, &out, dead_letter.as_deref(), msg)),
+                Some(held) => in_flight.push(deliver(&shared, &settings, &out, dead_letter.as_deref(), held)),
                 None => return,
             },
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
@@ -267,8 +334,10 @@ async fn deliver(
     settings: &Settings,
     out: &mpsc::Sender<Delivery>,
     dead_letter: Option<&str>,
-    msg: Message,
+    held: Held,
 ) {
+    // The reservation in `held` is released when this returns (or is dropped).
+    let msg = &held.msg;
     loop {
         let (delivery, answer) = Delivery::new(msg.clone());
         if out.send(delivery).await.is_err() {
@@ -285,7 +354,7 @@ async fn deliver(
                 if let (Some(topic), Some(shared)) = (dead_letter, shared.upgrade()) {
                     let dead = Message {
                         topic: topic.to_owned(),
-                        ..msg
+                        ..msg.clone()
                     };
                     let id = dead.id.clone();
                     if let Err(e) = shared.fan_out(dead).await {
@@ -451,6 +520,35 @@ mod tests {
         let err = last.unwrap_err();
         assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
         assert!(err.to_string().contains("\"t\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn max_bytes_bounds_held_events_and_answers_free_them() {
+        let ps = build(
+            ComponentSpec::new("ps", "pubsub.memory")
+                .with("concurrency", "1")
+                .with("maxBytes", "10"),
+        )
+        .unwrap();
+        let mut s = ps.subscribe(sub("t")).await.unwrap();
+        // "t" + "abcd": 5 bytes each; two fit.
+        ps.publish(publish("t", "abcd")).await.unwrap();
+        ps.publish(publish("t", "efgh")).await.unwrap();
+        let err = ps.publish(publish("t", "ijkl")).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("\"ps\"") && m.contains("maxBytes=10")),
+            "{err:?}"
+        );
+        let first = s.next().await.unwrap();
+        assert_eq!(first.message.data, "abcd");
+        first.ack(Outcome::Success);
+        // With concurrency 1 the second is handed out only once the first is finished, so its
+        // bytes are free by then.
+        let second = s.next().await.unwrap();
+        assert_eq!(second.message.data, "efgh");
+        ps.publish(publish("t", "ijkl")).await.unwrap();
+        second.ack(Outcome::Success);
+        assert_eq!(s.next().await.unwrap().message.data, "ijkl");
     }
 
     #[tokio::test]

@@ -12,14 +12,28 @@ use crate::Health;
 
 // === EnvSecretStore ===
 
+/// Environment variables an env secret store never serves, compared ignoring ASCII case: the
+/// runtime API's token (Mecha's, and the names Dapr uses for its own), which a secret read must
+/// not be able to reveal.
+pub const RESERVED_ENV: &[&str] = &["MECHA_API_TOKEN", "DAPR_API_TOKEN", "APP_API_TOKEN"];
+
+fn is_reserved(var: &str) -> bool {
+    RESERVED_ENV.iter().any(|r| r.eq_ignore_ascii_case(var))
+}
+
 /// `secretstores.local.env`: secret `K` is the environment variable `<prefix>K`, answered as
 /// `{K: value}`.
 ///
-/// Metadata `prefix` (optional), as in Dapr: only variables starting with it are visible, and it
-/// is not part of the secret names (`prefix: MYAPP_` → secret `DB` reads `MYAPP_DB`). Without a
-/// prefix every variable of the process is a secret and `bulk_get` returns all of them (that is
-/// what this store is for: development). Variables whose name or value is not UTF-8 are skipped
-/// by `bulk_get`. Variables are read at call time, so changes to the environment show.
+/// Metadata `prefix` (optional), as in Dapr: only variables whose name starts with it are
+/// visible, and it is not part of the secret names (`prefix: MYAPP_` → secret `DB` reads
+/// `MYAPP_DB`; `bulk_get` returns every `MYAPP_<NAME>` with a non-empty `<NAME>`, as `<NAME>`).
+/// Matching is case-sensitive, as Dapr's on Linux and macOS. The embedded default config sets
+/// `prefix: MECHA_SECRET_`, so the runtime API cannot read the rest of the sidecar's
+/// environment. Without a prefix every variable of the process is a secret and `bulk_get`
+/// returns all of them (development only). Whatever the prefix, the variables in
+/// [`RESERVED_ENV`] (API tokens) are never served, as Dapr withholds its own tokens.
+/// Variables whose name or value is not UTF-8 are skipped by `bulk_get`. Variables are read at
+/// call time, so changes to the environment show.
 #[derive(Debug)]
 pub struct EnvSecretStore {
     /// `secret store "<name>"`: the prefix of every error message.
@@ -49,6 +63,13 @@ impl SecretStore for EnvSecretStore {
             )));
         }
         let var = format!("{}{key}", self.prefix);
+        if is_reserved(&var) {
+            return Err(Error::NotFound(format!(
+                "{}: secret {key:?} not found (environment variable {var:?} holds an API token \
+                 and is never served)",
+                self.label
+            )));
+        }
         match std::env::var(&var) {
             Ok(value) => Ok(HashMap::from([(key.to_owned(), value)])),
             Err(std::env::VarError::NotPresent) => Err(Error::NotFound(format!(
@@ -70,7 +91,8 @@ impl SecretStore for EnvSecretStore {
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .filter_map(|(k, v)| {
                 let name = k.strip_prefix(self.prefix.as_str())?;
-                (!name.is_empty()).then(|| (name.to_owned(), HashMap::from([(name.to_owned(), v)])))
+                (!name.is_empty() && !is_reserved(&k))
+                    .then(|| (name.to_owned(), HashMap::from([(name.to_owned(), v)])))
             })
             .collect())
     }
@@ -422,5 +444,47 @@ mod tests {
         assert!(s.get("MECHA_TEST_OTHER", &m).await.is_err());
         let all = s.bulk_get(&m).await.unwrap();
         assert_eq!(all, HashMap::from([("DB".to_owned(), one("DB", "secret"))]));
+        // Case-sensitive, as on Linux in Dapr: the lower-case spelling is another variable.
+        std::env::set_var("mecha_test_pfx_LOWER", "other");
+        assert!(s.get("LOWER", &m).await.is_err());
+        // The prefix alone names no secret.
+        std::env::set_var("MECHA_TEST_PFX_", "bare");
+        assert!(s.get("", &m).await.is_err());
+        assert!(!s.bulk_get(&m).await.unwrap().contains_key(""));
+    }
+
+    #[tokio::test]
+    async fn env_keys_that_cannot_name_a_variable_are_not_found() {
+        let s = env_store(Some("MECHA_TEST_ODD_"));
+        let m = HashMap::new();
+        for key in ["A=B", "A\0B", "=", "\0"] {
+            let err = s.get(key, &m).await.unwrap_err();
+            assert!(matches!(err, Error::NotFound(_)), "{key:?}: {err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn api_tokens_are_never_served() {
+        std::env::set_var("MECHA_API_TOKEN", "tok");
+        std::env::set_var("MECHA_TEST_TOK_APP_API_TOKEN", "tok2");
+        let m = HashMap::new();
+        let s = env_store(None);
+        for key in ["MECHA_API_TOKEN", "mecha_api_token"] {
+            let err = s.get(key, &m).await.unwrap_err();
+            assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+            assert!(!err.to_string().contains("tok\""), "{err}");
+        }
+        assert!(!s
+            .bulk_get(&m)
+            .await
+            .unwrap()
+            .contains_key("MECHA_API_TOKEN"));
+        // With a prefix the reserved name is the whole variable name, so a prefixed variable
+        // that merely ends like one is an ordinary secret.
+        let s = env_store(Some("MECHA_TEST_TOK_"));
+        assert_eq!(
+            s.get("APP_API_TOKEN", &m).await.unwrap(),
+            one("APP_API_TOKEN", "tok2")
+        );
     }
 }

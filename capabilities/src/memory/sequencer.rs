@@ -3,6 +3,11 @@
 //! Layotto configures a floor per key with `biggerThan: {key: n}`; our metadata is a flat map,
 //! so the same option is spelled `biggerThan.<key>: n` (e.g. `biggerThan.order: "1000"` makes
 //! the first id of key `order` 1001). Weak and strong increments are the same thing here.
+//!
+//! Bounded: metadata `maxKeys` (default 100 000 keys) and `maxBytes` (default 16 MiB of key
+//! names) ([`super::Limits`]). Keys are never forgotten (a forgotten key would start again at
+//! 1 and hand out duplicate ids), so once full, ids of a new key fail with RESOURCE_EXHAUSTED
+//! naming the sequencer while existing keys keep counting.
 
 use std::collections::HashMap;
 
@@ -14,6 +19,8 @@ use crate::sequencer::{Increment, Sequencer};
 use crate::spec::{BuildContext, ComponentSpec};
 use crate::Health;
 
+use super::{Limits, Usage, DEFAULT_MAX_ID_BYTES, DEFAULT_MAX_KEYS};
+
 /// Metadata key prefix of the per-key floor: `biggerThan.<key>`.
 pub const BIGGER_THAN_PREFIX: &str = "biggerThan.";
 
@@ -22,8 +29,9 @@ pub struct MemorySequencer {
     /// `sequencer "<name>"`: the prefix of every error message.
     label: String,
     bigger_than: HashMap<String, i64>,
-    /// The last id issued per key.
-    last: Mutex<HashMap<String, i64>>,
+    limits: Limits,
+    /// The last id issued per key, and what that map holds.
+    last: Mutex<(HashMap<String, i64>, Usage)>,
 }
 
 impl MemorySequencer {
@@ -43,6 +51,7 @@ impl MemorySequencer {
         Ok(Self {
             label: format!("sequencer {:?}", spec.name),
             bigger_than,
+            limits: Limits::from_spec(spec, DEFAULT_MAX_KEYS, DEFAULT_MAX_ID_BYTES)?,
             last: Mutex::default(),
         })
     }
@@ -68,7 +77,8 @@ impl Sequencer for MemorySequencer {
         let exhausted = || {
             Error::ResourceExhausted(format!("{}: ids for key {key:?} are exhausted", self.label))
         };
-        let mut last = self.last.lock();
+        let mut guard = self.last.lock();
+        let (last, usage) = &mut *guard;
         let next = match last.get_mut(key) {
             Some(current) => {
                 *current = current.checked_add(1).ok_or_else(exhausted)?;
@@ -78,6 +88,10 @@ impl Sequencer for MemorySequencer {
                 // Ids start at 1, or just above the configured floor.
                 let floor = self.bigger_than.get(key).copied().unwrap_or(0).max(0);
                 let first = floor.checked_add(1).ok_or_else(exhausted)?;
+                let mut after = *usage;
+                after.add(key.len());
+                self.limits.check(&self.label, *usage, after)?;
+                *usage = after;
                 last.insert(key.to_owned(), first);
                 first
             }
@@ -120,6 +134,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("metadata.biggerThan.:"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bounds_refuse_new_keys_only() {
+        let s = build(
+            ComponentSpec::new("seq", "sequencer.memory")
+                .with("maxKeys", "2")
+                .with("maxBytes", "5"),
+        )
+        .unwrap();
+        let m = HashMap::new();
+        assert_eq!(s.next_id("a", Increment::Weak, &m).await.unwrap(), 1);
+        assert_eq!(s.next_id("bcd", Increment::Weak, &m).await.unwrap(), 1);
+        let err = s.next_id("e", Increment::Weak, &m).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("\"seq\"") && m.contains("maxKeys=2")),
+            "{err:?}"
+        );
+        // Known keys keep counting.
+        assert_eq!(s.next_id("a", Increment::Weak, &m).await.unwrap(), 2);
+
+        let s = build(ComponentSpec::new("seq", "sequencer.memory").with("maxBytes", "3")).unwrap();
+        s.next_id("abc", Increment::Weak, &m).await.unwrap();
+        let err = s.next_id("d", Increment::Weak, &m).await.unwrap_err();
+        assert!(err.to_string().contains("maxBytes=3"), "{err}");
     }
 
     #[tokio::test]

@@ -6,6 +6,10 @@
 //! - The ETag is checked whenever one is given, whatever the concurrency option says.
 //! - Expired entries are invisible at once and removed lazily: when a write touches them, and by
 //!   a sweep every `max(64, len)` writes (amortised O(1) per write, no background task).
+//! - Bounded: metadata `maxKeys` (default 100 000) and `maxBytes` (default 64 MiB, keys plus
+//!   values) cap what clients can store ([`super::Limits`]). Expired entries count until swept;
+//!   a write that would cross a bound first sweeps them if any has expired. A write (or a whole
+//!   transaction) that would still cross it fails with RESOURCE_EXHAUSTED and changes nothing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +26,8 @@ use crate::state::{
 };
 use crate::Health;
 
+use super::{Limits, Usage, DEFAULT_MAX_BYTES, DEFAULT_MAX_KEYS};
+
 /// Response metadata key carrying the expiry of an item with a TTL (RFC 3339, UTC), as in Dapr.
 pub const TTL_EXPIRE_TIME: &str = "ttlExpireTime";
 
@@ -29,6 +35,7 @@ pub const TTL_EXPIRE_TIME: &str = "ttlExpireTime";
 pub struct MemoryState {
     /// `state store "<name>"`: the prefix of every error message.
     label: String,
+    limits: Limits,
     inner: RwLock<Inner>,
 }
 
@@ -38,6 +45,11 @@ struct Inner {
     /// The last version issued (store-wide).
     version: u64,
     writes_since_sweep: usize,
+    /// What `items` holds (expired entries included until swept).
+    usage: Usage,
+    /// No entry expires before this (it may be earlier than the true first expiry after
+    /// overwrites; a sweep makes it exact). `None`: no entry has a TTL.
+    next_expiry: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +83,11 @@ impl Entry {
 
 // === impl Inner ===
 
+/// What an entry counts against `maxBytes`.
+fn size_of(key: &str, data: &Bytes) -> usize {
+    key.len() + data.len()
+}
+
 impl Inner {
     fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
         self.items.get(key).filter(|e| e.live(now))
@@ -80,8 +97,69 @@ impl Inner {
     fn maybe_sweep(&mut self, now: Instant) {
         self.writes_since_sweep += 1;
         if self.writes_since_sweep >= self.items.len().max(64) {
-            self.writes_since_sweep = 0;
-            self.items.retain(|_, e| e.live(now));
+            self.sweep(now);
+        }
+    }
+
+    /// Drops every expired entry.
+    fn sweep(&mut self, now: Instant) {
+        self.writes_since_sweep = 0;
+        let usage = &mut self.usage;
+        let mut next_expiry = None::<Instant>;
+        self.items.retain(|k, e| {
+            if !e.live(now) {
+                usage.remove(size_of(k, &e.data));
+                return false;
+            }
+            if let Some(x) = e.expiry {
+                next_expiry = Some(next_expiry.map_or(x.at, |n| n.min(x.at)));
+            }
+            true
+        });
+        self.next_expiry = next_expiry;
+    }
+
+    /// Whether some entry may have expired by `now` (so a sweep could free room).
+    fn may_have_expired(&self, now: Instant) -> bool {
+        self.next_expiry.is_some_and(|t| t <= now)
+    }
+
+    /// The usage after applying `staged` in order.
+    fn project(&self, staged: &[Staged]) -> Usage {
+        let mut after = self.usage;
+        // Size of each key as earlier writes of the batch left it (`None`: absent).
+        let mut sizes: HashMap<&str, Option<usize>> = HashMap::new();
+        for s in staged {
+            let old = match sizes.get(s.key.as_str()) {
+                Some(size) => *size,
+                None => self.items.get(&s.key).map(|e| size_of(&s.key, &e.data)),
+            };
+            if let Some(b) = old {
+                after.remove(b);
+            }
+            let new = s.entry.as_ref().map(|e| size_of(&s.key, &e.data));
+            if let Some(b) = new {
+                after.add(b);
+            }
+            sizes.insert(&s.key, new);
+        }
+        after
+    }
+
+    fn insert(&mut self, key: String, entry: Entry) {
+        if let Some(x) = entry.expiry {
+            self.next_expiry = Some(self.next_expiry.map_or(x.at, |n| n.min(x.at)));
+        }
+        let key_len = key.len();
+        self.usage.add(key_len + entry.data.len());
+        if let Some(old) = self.items.insert(key, entry) {
+            self.usage.remove(key_len + old.data.len());
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.items.remove(key) {
+            self.usage.remove(size_of(key, &old.data));
         }
     }
 }
@@ -92,6 +170,7 @@ impl MemoryState {
     pub fn new(spec: &ComponentSpec, _ctx: &BuildContext) -> Result<Self> {
         Ok(Self {
             label: format!("state store {:?}", spec.name),
+            limits: Limits::from_spec(spec, DEFAULT_MAX_KEYS, DEFAULT_MAX_BYTES)?,
             inner: RwLock::default(),
         })
     }
@@ -199,8 +278,8 @@ impl MemoryState {
         }
     }
 
-    /// Validates every operation under one write lock, then applies them all; on any error
-    /// nothing is changed.
+    /// Validates every operation (and the bounds of the result) under one write lock, then
+    /// applies them all; on any error nothing is changed.
     fn apply_all(&self, ops: &[TransactionOp]) -> Result<()> {
         let now = Instant::now();
         let mut inner = self.inner.write();
@@ -221,15 +300,19 @@ impl MemoryState {
             overlay.insert(key, s.entry.as_ref().map(|e| e.version));
             staged.push(s);
         }
+        let before = inner.usage;
+        let mut after = inner.project(&staged);
+        if self.limits.check(&self.label, before, after).is_err() && inner.may_have_expired(now) {
+            // Expired entries are not data anyone can read: make room before refusing.
+            inner.sweep(now);
+            after = inner.project(&staged);
+        }
+        self.limits.check(&self.label, inner.usage, after)?;
         inner.version = next_version;
         for s in staged {
             match s.entry {
-                Some(e) => {
-                    inner.items.insert(s.key, e);
-                }
-                None => {
-                    inner.items.remove(&s.key);
-                }
+                Some(e) => inner.insert(s.key, e),
+                None => inner.remove(&s.key),
             }
             inner.maybe_sweep(now);
         }
@@ -490,6 +573,119 @@ mod tests {
             s.get("k", &Metadata::new()).await.unwrap().unwrap().data,
             "d"
         );
+    }
+
+    fn bounded(keys: &str, bytes: &str) -> MemoryState {
+        MemoryState::new(
+            &ComponentSpec::new("mem", "state.memory")
+                .with("maxKeys", keys)
+                .with("maxBytes", bytes),
+            &BuildContext::default(),
+        )
+        .expect("builds")
+    }
+
+    fn del(key: &str) -> DeleteRequest {
+        DeleteRequest {
+            key: key.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn max_keys_refuses_new_keys_but_not_updates_and_deletes_free_room() {
+        let s = bounded("2", "1000");
+        s.set(set("a", "1", None)).await.unwrap();
+        s.set(set("b", "1", None)).await.unwrap();
+        let err = s.set(set("c", "1", None)).await.unwrap_err();
+        let Error::ResourceExhausted(msg) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            msg.contains("\"mem\"") && msg.contains("maxKeys=2"),
+            "{msg}"
+        );
+        assert!(s.get("c", &Metadata::new()).await.unwrap().is_none());
+        // Updating an existing key does not add one.
+        s.set(set("a", "2", None)).await.unwrap();
+        s.delete(del("a")).await.unwrap();
+        s.set(set("c", "1", None)).await.unwrap();
+        assert_eq!(s.inner.read().usage, Usage { keys: 2, bytes: 4 });
+    }
+
+    #[tokio::test]
+    async fn max_bytes_counts_keys_and_values() {
+        let s = bounded("100", "10");
+        s.set(set("a", "123456789", None)).await.unwrap(); // 1 + 9 bytes: exactly full
+        s.set(set("a", "987654321", None)).await.unwrap(); // same size: allowed
+        let err = s.set(set("a", "0123456789", None)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("maxBytes=10")),
+            "{err:?}"
+        );
+        assert_eq!(
+            s.get("a", &Metadata::new()).await.unwrap().unwrap().data,
+            "987654321"
+        );
+        // A transaction that frees room first fits.
+        let ops = vec![
+            TransactionOp::Delete(del("a")),
+            TransactionOp::Upsert(set("b", "12345678", None)),
+        ];
+        s.transact(ops, &Metadata::new()).await.unwrap();
+        assert_eq!(s.inner.read().usage, Usage { keys: 1, bytes: 9 });
+    }
+
+    #[tokio::test]
+    async fn a_transaction_over_the_bound_changes_nothing() {
+        let s = bounded("2", "1000");
+        let ops = ["a", "b", "c"]
+            .into_iter()
+            .map(|k| TransactionOp::Upsert(set(k, "v", None)))
+            .collect();
+        let err = s.transact(ops, &Metadata::new()).await.unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+        assert!(s.get("a", &Metadata::new()).await.unwrap().is_none());
+        assert_eq!(s.inner.read().usage, Usage::default());
+        // Writing one key twice in a batch counts it once.
+        let ops = vec![
+            TransactionOp::Upsert(set("a", "v", None)),
+            TransactionOp::Upsert(set("a", "w", None)),
+            TransactionOp::Upsert(set("b", "v", None)),
+        ];
+        s.transact(ops, &Metadata::new()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn expired_entries_make_room() {
+        let s = bounded("1", "1000");
+        let mut req = set("t", "v", None);
+        req.metadata.insert(TTL_METADATA.into(), "100".into());
+        s.set(req).await.unwrap();
+        assert!(s.set(set("u", "v", None)).await.is_err());
+        {
+            let mut inner = s.inner.write();
+            let now = Instant::now();
+            inner.items.get_mut("t").unwrap().expiry = Some(Expiry {
+                at: now,
+                wall: SystemTime::now(),
+            });
+            inner.next_expiry = Some(now);
+        }
+        s.set(set("u", "v", None)).await.unwrap();
+        assert_eq!(s.inner.read().usage, Usage { keys: 1, bytes: 2 });
+        assert!(s.get("u", &Metadata::new()).await.unwrap().is_some());
+    }
+
+    #[test]
+    fn zero_bounds_are_rejected_naming_the_key() {
+        let err = MemoryState::new(
+            &ComponentSpec::new("mem", "state.memory").with("maxKeys", "0"),
+            &BuildContext::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("metadata.maxKeys:"), "{err}");
     }
 
     #[tokio::test]

@@ -5,6 +5,11 @@
 //! Delivery (at-least-once):
 //! - publish = `XADD <topic> [MAXLEN ~ maxLenApprox] * data … contentType … metadata <json>`;
 //!   it returns once Redis has answered (durable as far as Redis' persistence is configured).
+//!   Streams are trimmed by default: `maxLenApprox` defaults to [`DEFAULT_MAX_LEN_APPROX`]
+//!   entries per topic (`0` = never trim). `~` lets Redis trim in whole stream nodes, so a
+//!   stream may hold somewhat more than the bound, never unboundedly more. Trimming discards
+//!   the oldest entries whether or not every group has read them (as in Dapr), so the bound
+//!   must exceed the backlog a slow consumer may build.
 //! - the group is created with `XGROUP CREATE <topic> <group> 0 MKSTREAM` (as Dapr does): a new
 //!   group starts at the beginning of the stream, so events published before the first
 //!   subscription are delivered, not lost. The price: a brand-new `consumerID` on a long-lived
@@ -31,7 +36,7 @@
 //!
 //! Metadata: `consumerID` (default: the app id; a subscription's own `consumerID` metadata
 //! overrides it), `processingTimeout` (default 60s), `redeliverInterval` (default 15s),
-//! `maxLenApprox` (unset: no trimming), `queueDepth` (default 100), `concurrency` (default 10),
+//! `maxLenApprox` (default 100 000, `0` = never trim), `queueDepth` (default 100), `concurrency` (default 10),
 //! plus the connection metadata of every Redis component. The consumer name inside the group is
 //! the consumer id, as in Dapr, so a restarted sidecar finds its own pending entries at once;
 //! stream keys are the topic names (no `keyPrefix`), so Dapr and Mecha sidecars can share
@@ -68,6 +73,12 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// Pause after a failed read, doubling up to the maximum while Redis stays unreachable.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Default `maxLenApprox`: entries kept per topic stream. Without a bound a topic's stream grows
+/// for as long as Redis runs (nothing else deletes acknowledged entries); 100 000 events is far
+/// more backlog than a healthy consumer builds, and at typical event sizes a few tens of MiB of
+/// Redis memory per topic.
+pub const DEFAULT_MAX_LEN_APPROX: u64 = 100_000;
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -124,7 +135,7 @@ impl RedisPubSub {
                 n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
             }
         };
-        let max_len = match spec.meta_u64("maxLenApprox", 0)? {
+        let max_len = match spec.meta_u64("maxLenApprox", DEFAULT_MAX_LEN_APPROX)? {
             0 => None,
             n => Some(n),
         };
@@ -838,4 +849,46 @@ fn parse_fields(kv: Vec<Value>) -> Fields {
         }
     }
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn max_len(extra: &[(&str, &str)]) -> Option<u64> {
+        let mut spec = ComponentSpec::new("ps", "pubsub.redis").with("redisHost", "127.0.0.1:1");
+        for (k, v) in extra {
+            spec = spec.with(k, v);
+        }
+        RedisPubSub::new(&spec, &BuildContext::default())
+            .unwrap()
+            .opts
+            .max_len
+    }
+
+    fn args(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<other>".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streams_are_trimmed_by_default_and_zero_disables_it() {
+        assert_eq!(max_len(&[]), Some(DEFAULT_MAX_LEN_APPROX));
+        assert_eq!(max_len(&[("maxLenApprox", "7")]), Some(7));
+        assert_eq!(max_len(&[("maxLenApprox", "0")]), None);
+        assert_eq!(
+            args(&xadd("t", Some(DEFAULT_MAX_LEN_APPROX), b"d", "", None))[..5],
+            ["XADD", "t", "MAXLEN", "~", "100000"]
+        );
+        assert_eq!(
+            args(&xadd("t", None, b"d", "", None))[..3],
+            ["XADD", "t", "*"]
+        );
+    }
 }

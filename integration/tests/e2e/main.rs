@@ -4,6 +4,7 @@
 
 mod admin;
 mod bad_input;
+mod bounds;
 mod cli;
 mod configuration;
 mod cross_stack;

@@ -1,11 +1,105 @@
 //! Secrets: GetSecret and GetBulkSecret from environment variables of the sidecar process
-//! (`secretstores.local.env`) and from a JSON file (`secretstores.local.file`).
+//! (`secretstores.local.env`, with and without `prefix`, and as the embedded default declares
+//! it) and from a JSON file (`secretstores.local.file`).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use mecha_integration::pb::runtime_client::RuntimeClient;
 use mecha_integration::pb::{GetBulkSecretRequest, GetSecretRequest};
-use mecha_integration::{describe, within, Sidecar, TEST_COMPONENTS};
+use mecha_integration::{describe, run_mecha, within, Sidecar, TEST_COMPONENTS};
+use tonic::transport::Channel;
 use tonic::Code;
+
+/// The `components:` list of the embedded default, as `mecha default-config` prints it.
+fn default_components() -> String {
+    let out = run_mecha(&["default-config"], Duration::from_secs(30)).expect("default-config");
+    assert!(out.status.success(), "mecha default-config failed");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let (_, components) = text
+        .split_once("\ncomponents:\n")
+        .expect("the default config has a components list");
+    components.to_owned()
+}
+
+async fn get_secret(
+    rt: &mut RuntimeClient<Channel>,
+    store: &str,
+    key: &str,
+) -> Result<HashMap<String, String>, tonic::Status> {
+    within(
+        "GetSecret",
+        rt.get_secret(GetSecretRequest {
+            store_name: store.into(),
+            key: key.into(),
+            metadata: HashMap::new(),
+        }),
+    )
+    .await
+    .map(|r| r.into_inner().data)
+}
+
+/// The embedded default's env store serves only `MECHA_SECRET_<NAME>`, as `<NAME>`: the rest
+/// of the sidecar's environment is not readable through the (unauthenticated) runtime API.
+#[tokio::test]
+async fn default_env_store_serves_only_mecha_secret_variables() {
+    let sc = Sidecar::builder()
+        .components(&default_components())
+        .env("MECHA_SECRET_FOO", "foo value")
+        .env("MECHA_SECRET_BAR", "bar value")
+        .env("MECHA_E2E_CLOUD_KEY", "must stay hidden")
+        .start()
+        .await;
+    let mut rt = sc.client().await;
+
+    let got = get_secret(&mut rt, "secretstore", "FOO")
+        .await
+        .unwrap_or_else(|s| panic!("GetSecret FOO: {}", describe(&s)));
+    assert_eq!(
+        got,
+        HashMap::from([("FOO".to_owned(), "foo value".to_owned())])
+    );
+
+    // A variable without the prefix, and the prefixed name itself, are not secrets.
+    for key in ["MECHA_E2E_CLOUD_KEY", "MECHA_SECRET_FOO", "PATH"] {
+        let err = get_secret(&mut rt, "secretstore", key)
+            .await
+            .expect_err(key);
+        assert_eq!(err.code(), Code::NotFound, "{key}: {}", describe(&err));
+        assert!(
+            err.message().contains(key) && err.message().contains("\"secretstore\""),
+            "{key}: {}",
+            describe(&err)
+        );
+        assert!(
+            !err.message().contains("must stay hidden"),
+            "{}",
+            describe(&err)
+        );
+    }
+
+    let bulk = within(
+        "GetBulkSecret",
+        rt.get_bulk_secret(GetBulkSecretRequest {
+            store_name: "secretstore".into(),
+            metadata: HashMap::new(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|s| panic!("GetBulkSecret: {}", describe(&s)))
+    .into_inner();
+    let mut names: Vec<&str> = bulk.data.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["BAR", "FOO"],
+        "only MECHA_SECRET_* variables, unprefixed"
+    );
+    assert_eq!(
+        bulk.data["BAR"].secrets,
+        HashMap::from([("BAR".to_owned(), "bar value".to_owned())])
+    );
+}
 
 const SECRETS_JSON: &str = r#"{
   "api_key": "k-123",
@@ -35,6 +129,7 @@ async fn start() -> Sidecar {
         .await
 }
 
+/// A store without `prefix` (as the test components declare it) exposes every variable.
 #[tokio::test]
 async fn env_secret_store() {
     let sc = start().await;
