@@ -5,12 +5,19 @@ use std::sync::Arc;
 
 use mecha_filters::metrics::GrpcMetrics;
 use mecha_mesh::metrics::MeshMetrics;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+/// `mecha_listener_connections_refused_total{listener}`.
+pub type ListenerRefused = Family<Vec<(String, String)>, Counter>;
 
 pub struct Metrics {
     pub registry: Registry,
     pub layotto: Arc<GrpcMetrics>,
     pub mesh: MeshMetrics,
+    /// Connections closed at accept because the listener had `max_connections` open.
+    pub listener_connections_refused: ListenerRefused,
 }
 
 impl Metrics {
@@ -23,10 +30,17 @@ impl Metrics {
             mecha_filters::capability::LAYOTTO_METHODS,
         ));
         let mesh = MeshMetrics::register(&mut registry);
+        let listener_connections_refused = ListenerRefused::default();
+        registry.register(
+            "mecha_listener_connections_refused",
+            "Connections closed at accept because the listener had max_connections open",
+            listener_connections_refused.clone(),
+        );
         Self {
             registry,
             layotto,
             mesh,
+            listener_connections_refused,
         }
     }
 }
