@@ -4,14 +4,21 @@
 //! A request whose path starts with one of the configured API prefixes is handed, over the
 //! [`grpc_bridge`](crate::grpc_bridge), to that API's tonic service (an adapter from
 //! `mecha-api` over the building blocks); anything else continues down the chain.
+//!
+//! With an API token configured, a runtime-API request must carry it (`dapr-api-token:
+//! <token>`, as Dapr's clients send it, or `authorization: Bearer <token>`); otherwise it is
+//! answered UNAUTHENTICATED (recorded in the API's metrics under that code) and never reaches
+//! a service.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::protocols::http::server::Session as HttpSession;
 use pingora::proxy::Session;
+use subtle::ConstantTimeEq;
 use tower::util::BoxCloneSyncService;
 
 use crate::chain::{Decision, HttpFilter, RequestCtx};
@@ -34,18 +41,61 @@ pub struct GrpcApi {
     pub metrics: Arc<GrpcMetrics>,
 }
 
+/// Settings of one capability filter.
+#[derive(Clone)]
+pub struct CapabilityOptions {
+    /// Largest request message accepted (bytes).
+    pub max_request_message: usize,
+    /// The token requests must carry; `None`: no authentication.
+    pub api_token: Option<String>,
+    /// Single-message requests: the longest wait for the next bytes of the body.
+    pub request_body_timeout: Duration,
+}
+
+impl std::fmt::Debug for CapabilityOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapabilityOptions")
+            .field("max_request_message", &self.max_request_message)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("request_body_timeout", &self.request_body_timeout)
+            .finish()
+    }
+}
+
+/// What an unauthenticated caller is told: which headers carry the token (never the token).
+const UNAUTHENTICATED_MESSAGE: &str = "missing or wrong API token: send it in the \
+    dapr-api-token header (or authorization: Bearer <token>)";
+
 /// Terminates the configured runtime APIs.
 pub struct CapabilityFilter {
     apis: Vec<GrpcApi>,
-    max_request_message: usize,
+    opts: CapabilityOptions,
 }
 
 impl CapabilityFilter {
-    pub fn new(apis: Vec<GrpcApi>, max_request_message: usize) -> Self {
-        Self {
-            apis,
-            max_request_message,
-        }
+    pub fn new(apis: Vec<GrpcApi>, opts: CapabilityOptions) -> Self {
+        Self { apis, opts }
+    }
+
+    /// Whether the request carries the configured token (always, when none is configured).
+    fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        let Some(want) = &self.opts.api_token else {
+            return true;
+        };
+        let want = want.as_bytes();
+        let bearer = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| {
+                let (scheme, token) = v.split_at_checked(7)?;
+                scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+            });
+        let dapr = headers.get("dapr-api-token").map(|v| v.as_bytes());
+        // Constant-time comparison (`subtle`): the time taken must not tell a caller how much
+        // of a guess was right. Both are compared, so which header was sent is not timed
+        // either; only the length of a wrong guess can show.
+        let ok = |given: Option<&[u8]>| given.map_or(0u8, |g| g.ct_eq(want).unwrap_u8());
+        (ok(dapr) | ok(bearer)) == 1
     }
 }
 
@@ -89,6 +139,32 @@ impl CapabilityFilter {
             )
         });
 
+        if !self.authorized(&session.req_header().headers) {
+            match session {
+                HttpSession::H2(h2) => {
+                    let sent = grpc_bridge::send_trailers_only(
+                        h2,
+                        tonic::Code::Unauthenticated,
+                        UNAUTHENTICATED_MESSAGE,
+                    );
+                    if let Err(e) = sent {
+                        tracing::debug!(error = %e, "could not answer an unauthenticated call");
+                    }
+                }
+                _ => {
+                    let body = format!("{UNAUTHENTICATED_MESSAGE}\n");
+                    session
+                        .respond_error_with_body(401, Bytes::from(body))
+                        .await?;
+                }
+            }
+            api.metrics.record(
+                method_index,
+                tonic::Code::Unauthenticated,
+                started.elapsed().as_secs_f64(),
+            );
+            return Ok(Decision::Responded);
+        }
         if session.req_header().method != http::Method::POST {
             session
                 .respond_error_with_body(
@@ -123,8 +199,9 @@ impl CapabilityFilter {
             return Ok(Decision::Responded);
         }
         let opts = CallOptions {
-            max_request_message: self.max_request_message,
+            max_request_message: self.opts.max_request_message,
             streaming_request,
+            body_timeout: self.opts.request_body_timeout,
         };
         let result = grpc_bridge::serve(h2, api.service.clone(), opts).await;
         let code = match &result {

@@ -8,7 +8,10 @@
 //! answered with RESOURCE_EXHAUSTED (tonic's codec says OUT_OF_RANGE).
 //!
 //! Unary and server-streaming requests are read whole before the call (one allocation-free
-//! `Bytes` in the common single-frame case). Client- and bidi-streaming requests are fed to the
+//! `Bytes` in the common single-frame case). They carry exactly one message, so the body is
+//! bounded by the message limit: a second message is refused (RESOURCE_EXHAUSTED when the
+//! total then exceeds the limit, else INVALID_ARGUMENT) before it is buffered, and a body that
+//! stalls longer than the body timeout ends the call with DEADLINE_EXCEEDED. Client- and bidi-streaming requests are fed to the
 //! service through a bounded channel while responses flow back, so both directions stream.
 
 use std::convert::Infallible;
@@ -85,12 +88,29 @@ impl Body for RequestBody {
 
 // === message-size limit ===
 
+/// Why the [`FrameLimiter`] refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A message declared this many bytes, more than the limit.
+    TooLarge(usize),
+    /// A single-message call's second message would bring the body to at least this many
+    /// message bytes, more than the limit.
+    TotalTooLarge(usize),
+    /// A single-message call sent a second message.
+    SecondMessage,
+}
+
 /// Tracks gRPC message boundaries (1-byte flag + 4-byte big-endian length + payload) across
 /// DATA frames, so an oversize message is refused from its 5-byte prefix, before its payload
-/// is buffered.
+/// is buffered; for single-message calls, so is a second message.
 #[derive(Debug)]
 struct FrameLimiter {
     max: usize,
+    /// Unary / server-streaming: the request holds exactly one message.
+    single: bool,
+    /// Messages whose prefix was seen, and their declared payload bytes.
+    messages: usize,
+    declared: usize,
     /// Bytes of the current message payload still to skip.
     remaining: usize,
     /// Partial 5-byte prefix collected so far.
@@ -99,17 +119,21 @@ struct FrameLimiter {
 }
 
 impl FrameLimiter {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, single: bool) -> Self {
         Self {
             max,
+            single,
+            messages: 0,
+            declared: 0,
             remaining: 0,
             prefix: [0; 5],
             have: 0,
         }
     }
 
-    /// `Err(len)` for the first message whose declared length exceeds the limit.
-    fn feed(&mut self, mut chunk: &[u8]) -> Result<(), usize> {
+    /// Refuses the first message whose declared length exceeds the limit and, for a
+    /// single-message call, any second message.
+    fn feed(&mut self, mut chunk: &[u8]) -> Result<(), Refusal> {
         while !chunk.is_empty() {
             if self.remaining > 0 {
                 let n = self.remaining.min(chunk.len());
@@ -129,7 +153,16 @@ impl FrameLimiter {
                     self.prefix[4],
                 ]) as usize;
                 if len > self.max {
-                    return Err(len);
+                    return Err(Refusal::TooLarge(len));
+                }
+                self.declared = self.declared.saturating_add(len);
+                self.messages += 1;
+                if self.single && self.messages > 1 {
+                    return Err(if self.declared > self.max {
+                        Refusal::TotalTooLarge(self.declared)
+                    } else {
+                        Refusal::SecondMessage
+                    });
                 }
                 self.remaining = len;
                 self.have = 0;
@@ -213,6 +246,8 @@ pub struct CallOptions {
     pub max_request_message: usize,
     /// The method streams requests (client- or bidi-streaming): feed the body incrementally.
     pub streaming_request: bool,
+    /// Single-message requests: the longest wait for the next bytes of the body.
+    pub body_timeout: Duration,
 }
 
 /// Serves one gRPC exchange on `h2` with `svc`; returns the status sent.
@@ -336,11 +371,26 @@ pub fn send_trailers_only(h2: &mut H2Session, code: Code, msg: &str) -> Result<(
         .map_err(h2_err)
 }
 
-fn too_large(len: usize, max: usize) -> Early {
-    Early::Status(
-        Code::ResourceExhausted,
-        format!("request message of {len} bytes exceeds the limit of {max} bytes"),
-    )
+fn refused(r: Refusal, max: usize) -> Early {
+    match r {
+        Refusal::TooLarge(len) => Early::Status(
+            Code::ResourceExhausted,
+            format!("request message of {len} bytes exceeds the limit of {max} bytes"),
+        ),
+        Refusal::TotalTooLarge(total) => Early::Status(
+            Code::ResourceExhausted,
+            format!(
+                "request of at least {total} message bytes exceeds the limit of {max} bytes \
+                 (a unary call carries exactly one message)"
+            ),
+        ),
+        Refusal::SecondMessage => Early::Status(
+            Code::InvalidArgument,
+            "a second request message on a call that takes exactly one (unary or \
+             server-streaming)"
+                .to_owned(),
+        ),
+    }
 }
 
 fn http_request(h2: &H2Session, body: RequestBody) -> http::Request<RequestBody> {
@@ -355,9 +405,9 @@ where
     S: Service<http::Request<RequestBody>, Response = http::Response<B>, Error = Infallible>,
     B: Body<Data = Bytes> + Send + Unpin,
 {
-    let mut limiter = FrameLimiter::new(opts.max_request_message);
+    let mut limiter = FrameLimiter::new(opts.max_request_message, !opts.streaming_request);
     if !opts.streaming_request {
-        let body = read_whole(h2, &mut limiter).await?;
+        let body = read_whole(h2, &mut limiter, opts.body_timeout).await?;
         let req = http_request(h2, RequestBody::Full(body));
         let resp = match svc.oneshot(req).await {
             Ok(r) => r,
@@ -403,8 +453,8 @@ where
             step = next_chunk(h2, Some(&tx)) => {
                 match step {
                     Chunk::Data(permit, data) => {
-                        if let Err(len) = limiter.feed(&data) {
-                            return Err(too_large(len, opts.max_request_message));
+                        if let Err(r) = limiter.feed(&data) {
+                            return Err(refused(r, opts.max_request_message));
                         }
                         permit.send(Ok(data));
                     }
@@ -465,20 +515,31 @@ async fn forward_rest(
     std::future::pending().await
 }
 
-/// Reads a unary/server-streaming request body whole, refusing an oversize message from its
-/// prefix. One DATA frame (the common case) is passed on without a copy.
+/// Reads a unary/server-streaming request body whole, refusing an oversize or second message
+/// from its prefix, and a body that stalls for `body_timeout`. One DATA frame (the common
+/// case) is passed on without a copy.
 async fn read_whole(
     h2: &mut H2Session,
     limiter: &mut FrameLimiter,
+    body_timeout: Duration,
 ) -> Result<Option<Bytes>, Early> {
     let max = limiter.max;
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     loop {
-        match h2.read_body_bytes().await {
+        let Ok(read) = tokio::time::timeout(body_timeout, h2.read_body_bytes()).await else {
+            return Err(Early::Status(
+                Code::DeadlineExceeded,
+                format!(
+                    "request body stalled for longer than the listener's request_body_timeout \
+                     ({body_timeout:?})"
+                ),
+            ));
+        };
+        match read {
             Ok(Some(data)) => {
-                if let Err(len) = limiter.feed(&data) {
-                    return Err(too_large(len, max));
+                if let Err(r) = limiter.feed(&data) {
+                    return Err(refused(r, max));
                 }
                 match (&mut first, &mut rest) {
                     (None, _) => first = Some(data),
@@ -550,18 +611,35 @@ mod tests {
 
     #[test]
     fn limiter_refuses_from_the_prefix_across_chunks() {
-        let mut l = FrameLimiter::new(10);
+        let mut l = FrameLimiter::new(10, false);
         // one 3-byte message split across chunks, then a prefix announcing 11 bytes
         assert_eq!(l.feed(&[0, 0, 0]), Ok(()));
         assert_eq!(l.feed(&[0, 3, b'a']), Ok(()));
         assert_eq!(l.feed(&[b'b', b'c', 0, 0, 0]), Ok(()));
-        assert_eq!(l.feed(&[0, 11]), Err(11));
+        assert_eq!(l.feed(&[0, 11]), Err(Refusal::TooLarge(11)));
     }
 
     #[test]
     fn limiter_accepts_exactly_the_limit() {
-        let mut l = FrameLimiter::new(4);
+        let mut l = FrameLimiter::new(4, true);
         assert_eq!(l.feed(&[0, 0, 0, 0, 4, 1, 2, 3, 4]), Ok(()));
+    }
+
+    #[test]
+    fn single_message_calls_refuse_a_second_message_from_its_prefix() {
+        // two 3-byte messages under a 4-byte limit: the total (6) is over it
+        let mut l = FrameLimiter::new(4, true);
+        assert_eq!(l.feed(&[0, 0, 0, 0, 3, 1, 2, 3]), Ok(()));
+        assert_eq!(l.feed(&[0, 0, 0, 0, 3]), Err(Refusal::TotalTooLarge(6)));
+        // a small second message: refused as a second message
+        let mut l = FrameLimiter::new(10, true);
+        assert_eq!(l.feed(&[0, 0, 0, 0, 1, 9]), Ok(()));
+        assert_eq!(l.feed(&[0, 0, 0, 0, 1]), Err(Refusal::SecondMessage));
+        // streaming requests take any number of messages within the per-message limit
+        let mut l = FrameLimiter::new(4, false);
+        for _ in 0..3 {
+            assert_eq!(l.feed(&[0, 0, 0, 0, 3, 1, 2, 3]), Ok(()));
+        }
     }
 
     #[test]

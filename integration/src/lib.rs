@@ -292,6 +292,8 @@ pub struct SidecarBuilder {
     drain_seconds: u64,
     max_message: usize,
     app_id: String,
+    listener_yaml: String,
+    capability_yaml: String,
 }
 
 impl Default for SidecarBuilder {
@@ -303,6 +305,8 @@ impl Default for SidecarBuilder {
             drain_seconds: 5,
             max_message: 4 * 1024 * 1024,
             app_id: "app".to_owned(),
+            listener_yaml: String::new(),
+            capability_yaml: String::new(),
         }
     }
 }
@@ -351,6 +355,20 @@ impl SidecarBuilder {
         self
     }
 
+    /// Adds `key: value` to the runtime listener (e.g. `max_connections: 2`).
+    pub fn listener_setting(mut self, key: &str, value: &str) -> Self {
+        self.listener_yaml
+            .push_str(&format!("\x20   {key}: {value}\n"));
+        self
+    }
+
+    /// Adds `key: value` to the runtime listener's capability filter (e.g. `api_token: t`).
+    pub fn capability_setting(mut self, key: &str, value: &str) -> Self {
+        self.capability_yaml
+            .push_str(&format!("\x20       {key}: {value}\n"));
+        self
+    }
+
     fn config_yaml(&self, dir: &Path, grpc: SocketAddr, admin: SocketAddr) -> String {
         let components = self.components.replace("{dir}", &dir.display().to_string());
         format!(
@@ -361,14 +379,18 @@ impl SidecarBuilder {
              listeners:\n\
              \x20 - name: runtime\n\
              \x20   address: {grpc}\n\
+             {listener}\
              \x20   filters:\n\
              \x20     - type: capability\n\
              \x20       apis: [layotto]\n\
              \x20       max_request_message_bytes: {max}\n\
+             {capability}\
              components:\n{components}",
             app = self.app_id,
             drain = self.drain_seconds,
             max = self.max_message,
+            listener = self.listener_yaml,
+            capability = self.capability_yaml,
         )
     }
 

@@ -8,9 +8,15 @@
 //! listeners:
 //!   - name: runtime
 //!     address: 127.0.0.1:34904     # HTTP/1.1 and h2c on the same port
+//!     max_connections: 10000       # open connections; beyond, new ones are closed at once
+//!     request_header_timeout: 10s  # from a request's first byte to its complete head
+//!     request_body_timeout: 60s    # longest stall while a request body is read
 //!     filters:
 //!       - type: capability         # terminates the runtime APIs listed in `apis`
 //!         apis: [layotto]
+//!         # api_token: s3cret      # required in `dapr-api-token` / `authorization: Bearer`;
+//!         #                        # default: $MECHA_API_TOKEN; none → no authentication,
+//!         #                        # allowed only on loopback unless allow_unauthenticated
 //! components:
 //!   - { name: statestore, type: state.memory }
 //! ```
@@ -140,6 +146,40 @@ pub struct ListenerConfig {
     /// Makes this an L4 listener passing raw TCP to the cluster (no `filters` then).
     #[serde(default)]
     pub tcp_proxy: Option<TcpProxyConfig>,
+    /// HTTP listeners: most connections open at once (default 10000); a connection beyond it
+    /// is closed as soon as it is accepted and counted in
+    /// `mecha_listener_connections_refused_total{listener}`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP listeners: how long a request head may take from its first byte to its end
+    /// (HTTP/1.1 request line and headers; the h2c connection preface), default 10 s; a
+    /// client slower than that (slowloris) is answered 408 and cut off.
+    #[serde(default = "default_request_header_timeout")]
+    pub request_header_timeout: Dur,
+    /// HTTP listeners: the longest a request body may stall (no bytes arrive) before the
+    /// request is cut off, default 60 s (unary gRPC calls then get DEADLINE_EXCEEDED).
+    /// Requests of streaming gRPC methods are exempt: their clients may rightly be silent.
+    #[serde(default = "default_request_body_timeout")]
+    pub request_body_timeout: Dur,
+}
+
+/// Upper bound of `max_connections`: far beyond what one sidecar's file descriptors allow, so
+/// a larger value is a typo rather than a plan.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+
+/// Upper bound of the listener timeouts: a longer one no longer protects the port.
+pub const MAX_LISTENER_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_request_header_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+fn default_request_body_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -157,12 +197,44 @@ pub enum FilterConfig {
         /// Which APIs: `layotto` (Layotto's `spec.proto.runtime.v1.Runtime`).
         #[serde(default = "default_apis")]
         apis: Vec<String>,
-        /// Largest request message accepted (bytes); larger → RESOURCE_EXHAUSTED.
+        /// Largest request message accepted (bytes); larger → RESOURCE_EXHAUSTED. A unary
+        /// (or server-streaming) call carries exactly one message, so this bounds its body.
         #[serde(default = "default_max_message")]
         max_request_message_bytes: usize,
+        /// The token every runtime-API request must carry, in `dapr-api-token: <token>` or
+        /// `authorization: Bearer <token>`; otherwise UNAUTHENTICATED. Absent: the
+        /// `MECHA_API_TOKEN` environment variable, if set and not empty.
+        #[serde(default)]
+        api_token: Option<ApiToken>,
+        /// Serve without a token on a non-loopback address (otherwise a config error).
+        #[serde(default)]
+        allow_unauthenticated: bool,
     },
     /// Routes to clusters (the last filter of a chain).
     Router(RouterConfig),
+}
+
+/// A runtime-API token: kept out of `Debug` output (logs, dumps).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ApiToken(pub String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+/// The environment variable holding the runtime-API token when `api_token` is absent.
+pub const API_TOKEN_ENV: &str = "MECHA_API_TOKEN";
+
+/// The token a capability filter enforces: `api_token`, else `$MECHA_API_TOKEN` when set and
+/// not empty, else none.
+pub fn resolve_api_token(field: Option<&ApiToken>) -> Option<String> {
+    match field {
+        Some(t) => Some(t.0.clone()),
+        None => std::env::var(API_TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+    }
 }
 
 fn default_apis() -> Vec<String> {
@@ -250,6 +322,26 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                 l.name
             ));
         }
+        if l.max_connections == 0 || l.max_connections > MAX_MAX_CONNECTIONS {
+            errors.push(format!(
+                "listeners[{i}].max_connections: must be between 1 and {MAX_MAX_CONNECTIONS}, \
+                 got {}",
+                l.max_connections
+            ));
+        }
+        for (field, d) in [
+            ("request_header_timeout", l.request_header_timeout),
+            ("request_body_timeout", l.request_body_timeout),
+        ] {
+            if d.0.is_zero() || d.0 > MAX_LISTENER_TIMEOUT {
+                errors.push(format!(
+                    "listeners[{i}].{field}: must be more than 0 and at most {}s, got {:?}",
+                    MAX_LISTENER_TIMEOUT.as_secs(),
+                    d.0
+                ));
+            }
+        }
+        let listen_addr = l.address.parse::<SocketAddr>().ok();
         match l.address.parse::<SocketAddr>() {
             Ok(sa) => {
                 if !addresses.insert(sa) {
@@ -281,7 +373,27 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                 FilterConfig::Capability {
                     apis,
                     max_request_message_bytes,
+                    api_token,
+                    allow_unauthenticated,
                 } => {
+                    if api_token.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
+                        errors.push(format!(
+                            "listeners[{i}].filters[{j}].api_token: must not be empty"
+                        ));
+                    }
+                    if let Some(sa) = listen_addr {
+                        if !sa.ip().is_loopback()
+                            && resolve_api_token(api_token.as_ref()).is_none()
+                            && !allow_unauthenticated
+                        {
+                            errors.push(format!(
+                                "listeners[{i}].filters[{j}].api_token: the runtime API on \
+                                 non-loopback address {sa} needs a token (api_token or \
+                                 ${API_TOKEN_ENV}); set allow_unauthenticated: true to serve \
+                                 it to anyone who can reach the address"
+                            ));
+                        }
+                    }
                     if apis.is_empty() {
                         errors.push(format!(
                             "listeners[{i}].filters[{j}].apis: must not be empty"
@@ -376,6 +488,61 @@ components:
             "{joined}"
         );
         assert_eq!(errs.len(), 4, "{joined}");
+    }
+
+    fn listener_with(settings: &str, filter: &str) -> String {
+        format!(
+            "listeners:\n  - name: a\n    address: {settings}\n    filters: [{{ type: capability{filter} }}]\n"
+        )
+    }
+
+    #[test]
+    fn listener_bounds_are_validated_with_their_path() {
+        let yaml = listener_with(
+            "127.0.0.1:1\n    max_connections: 0\n    request_header_timeout: 0s\n    \
+             request_body_timeout: 2h",
+            "",
+        );
+        let joined = load(&yaml).expect_err("invalid").join("\n");
+        for want in [
+            "listeners[0].max_connections: must be between 1 and",
+            "listeners[0].request_header_timeout: must be more than 0",
+            "listeners[0].request_body_timeout: must be more than 0 and at most 3600s",
+        ] {
+            assert!(joined.contains(want), "{want}: {joined}");
+        }
+        let ok = load(&listener_with("127.0.0.1:1", "")).expect("defaults are valid");
+        assert_eq!(ok.listeners[0].max_connections, 10_000);
+        assert_eq!(
+            ok.listeners[0].request_header_timeout.0,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            ok.listeners[0].request_body_timeout.0,
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn a_public_runtime_api_needs_a_token_or_an_explicit_opt_out() {
+        // (Assumes MECHA_API_TOKEN is not set for the test process.)
+        let errs = load(&listener_with("0.0.0.0:1", "")).expect_err("no token");
+        assert!(
+            errs[0].starts_with(
+                "listeners[0].filters[0].api_token: the runtime API on \
+                                 non-loopback address 0.0.0.0:1 needs a token"
+            ),
+            "{errs:?}"
+        );
+        load(&listener_with("0.0.0.0:1", ", allow_unauthenticated: true")).expect("opted out");
+        let cfg = load(&listener_with("0.0.0.0:1", ", api_token: t")).expect("token");
+        let FilterConfig::Capability { api_token, .. } = &cfg.listeners[0].filters[0] else {
+            panic!("capability filter expected");
+        };
+        assert_eq!(format!("{api_token:?}"), "Some(ApiToken(<redacted>))");
+        load(&listener_with("[::1]:1", "")).expect("loopback needs no token");
+        let errs = load(&listener_with("127.0.0.1:1", ", api_token: \" \"")).expect_err("blank");
+        assert!(errs[0].contains("api_token: must not be empty"), "{errs:?}");
     }
 
     #[test]

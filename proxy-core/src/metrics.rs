@@ -18,6 +18,8 @@ pub struct UpdateLabels {
     /// `applied`, `rejected` or `unchanged`.
     pub result: &'static str,
 }
+/// `mecha_listener_connections_refused_total{listener}`.
+pub type ListenerRefused = Family<Vec<(String, String)>, Counter>;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -26,6 +28,8 @@ pub struct Metrics {
     /// Handles that record nowhere: for objects built only to be checked or to stand in.
     pub throwaway_mesh: MeshMetrics,
     pub config_updates: Family<UpdateLabels, Counter>,
+    /// Connections closed at accept because the listener had `max_connections` open.
+    pub listener_connections_refused: ListenerRefused,
 }
 
 impl Metrics {
@@ -44,12 +48,19 @@ impl Metrics {
             "Config updates by source and result (applied, rejected, unchanged)",
             config_updates.clone(),
         );
+        let listener_connections_refused = ListenerRefused::default();
+        registry.register(
+            "mecha_listener_connections_refused",
+            "Connections closed at accept because the listener had max_connections open",
+            listener_connections_refused.clone(),
+        );
         Self {
             registry,
             layotto,
             mesh,
             throwaway_mesh: MeshMetrics::register(&mut Registry::default()),
             config_updates,
+            listener_connections_refused,
         }
     }
 }

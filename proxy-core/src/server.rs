@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{ListenerProxy, ProcessState};
 use crate::resources::{Outcome, ResourceManager};
 use crate::snapshot::{Snapshot, UpdateSource};
-use crate::sniff::H2cSniff;
+use crate::sniff::{H2cSniff, ListenerLimits};
 use crate::tcp::TcpProxy;
 
 /// Why the process could not start; printed by the binary, which then exits non-zero.
@@ -147,6 +147,16 @@ pub fn run_with_source(
         }
         let mut opts = HttpServerOptions::default();
         opts.h2c = true;
+        opts.h2_idle_timeout = Some(crate::sniff::IDLE_TIMEOUT);
+        let limits = ListenerLimits {
+            max_connections: l.max_connections,
+            header_timeout: l.request_header_timeout.0,
+            body_timeout: l.request_body_timeout.0,
+            refused: metrics
+                .listener_connections_refused
+                .get_or_create(&vec![("listener".to_owned(), l.name.clone())])
+                .clone(),
+        };
         if initial.lean.get(index).is_some_and(Option::is_some) {
             let app = LeanListener {
                 index,
@@ -155,7 +165,7 @@ pub fn run_with_source(
                 options: opts,
             };
             // Every HTTP listener detects HTTP/1 vs h2c itself (see `sniff`).
-            let mut svc = Service::new(format!("listener {}", l.name), H2cSniff::new(app));
+            let mut svc = Service::new(format!("listener {}", l.name), H2cSniff::new(app, limits));
             svc.add_tcp(&l.address);
             server.add_service(svc);
             continue;
@@ -176,7 +186,7 @@ pub fn run_with_source(
         let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
         h2.enable_connect_protocol();
         proxy.h2_options = Some(h2);
-        let mut svc = Service::new(format!("listener {}", l.name), H2cSniff::new(proxy));
+        let mut svc = Service::new(format!("listener {}", l.name), H2cSniff::new(proxy, limits));
         svc.add_tcp(&l.address);
         server.add_service(svc);
     }

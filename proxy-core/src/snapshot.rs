@@ -262,6 +262,8 @@ impl Snapshot {
                     FilterConfig::Capability {
                         apis,
                         max_request_message_bytes,
+                        api_token,
+                        ..
                     } => {
                         let mut grpc: Vec<GrpcApi> = Vec::new();
                         for api in apis {
@@ -274,7 +276,14 @@ impl Snapshot {
                                 ));
                             }
                         }
-                        let cap = Arc::new(CapabilityFilter::new(grpc, *max_request_message_bytes));
+                        let cap = Arc::new(CapabilityFilter::new(
+                            grpc,
+                            mecha_filters::capability::CapabilityOptions {
+                                max_request_message: *max_request_message_bytes,
+                                api_token: crate::config::resolve_api_token(api_token.as_ref()),
+                                request_body_timeout: listener.request_body_timeout.0,
+                            },
+                        ));
                         if listener.filters.len() == 1 {
                             lean_filter = Some(cap.clone());
                         }

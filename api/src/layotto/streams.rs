@@ -27,6 +27,13 @@ use crate::status::StatusExt;
 /// Responses queued per stream before the task waits for the client to read.
 const RESPONSE_QUEUE: usize = 64;
 
+/// Subscriptions one `SubscribeConfiguration` stream may hold. Every request on the stream
+/// starts one (a component subscription plus a merged change stream), so without a cap one
+/// client could grow the sidecar's memory and the store's watch load without bound; beyond it
+/// the call ends with RESOURCE_EXHAUSTED naming the cap. Real clients subscribe a handful of
+/// times per stream.
+pub const MAX_CONFIG_SUBSCRIPTIONS_PER_STREAM: usize = 64;
+
 // === SubscribeTopicEvents ===
 
 type TopicEventTx = mpsc::Sender<Result<pb::SubscribeTopicEventsResponse, Status>>;
@@ -216,7 +223,8 @@ type ConfigResult = Result<pb::SubscribeConfigurationResponse, Status>;
 /// merged into the response stream. When the client half-closes, changes keep flowing until
 /// it cancels (or at once ends the call if it never subscribed). An unknown store or failed
 /// subscribe ends the call with that status; a subscription the component closes ends it
-/// with UNAVAILABLE so the client subscribes again.
+/// with UNAVAILABLE so the client subscribes again. A stream holds at most
+/// [`MAX_CONFIG_SUBSCRIPTIONS_PER_STREAM`] subscriptions.
 pub(super) fn subscribe_configuration(
     registry: Arc<Registry>,
     app_id: Arc<str>,
@@ -231,6 +239,15 @@ pub(super) fn subscribe_configuration(
                 biased;
                 _ = tx.closed() => break,
                 msg = inbound.message(), if inbound_open => match msg {
+                    Ok(Some(_)) if changes.len() >= MAX_CONFIG_SUBSCRIPTIONS_PER_STREAM => {
+                        let status = Status::resource_exhausted(format!(
+                            "a SubscribeConfiguration stream holds at most \
+                             {MAX_CONFIG_SUBSCRIPTIONS_PER_STREAM} subscriptions \
+                             (MAX_CONFIG_SUBSCRIPTIONS_PER_STREAM); open another stream"
+                        ));
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
                     Ok(Some(req)) => match start_config_subscription(&registry, &app_id, req).await {
                         Ok(s) => changes.push(s),
                         Err(status) => {
