@@ -540,7 +540,7 @@ components:
             panic!("capability filter expected");
         };
         assert_eq!(format!("{api_token:?}"), "Some(ApiToken(<redacted>))");
-        load(&listener_with("[::1]:1", "")).expect("loopback needs no token");
+        load(&listener_with("\"[::1]:1\"", "")).expect("loopback needs no token");
         let errs = load(&listener_with("127.0.0.1:1", ", api_token: \" \"")).expect_err("blank");
         assert!(errs[0].contains("api_token: must not be empty"), "{errs:?}");
     }

@@ -156,7 +156,7 @@ const CUT_OFF_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// What a client whose request head was too slow gets before the connection closes.
 const HEAD_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n\
-    content-length: 57\r\nconnection: close\r\n\r\n\
+    content-length: 56\r\nconnection: close\r\n\r\n\
     request head not received within request_header_timeout\n";
 
 /// Wraps an HTTP app (with `h2c` on) so protocol detection never waits for bytes that a

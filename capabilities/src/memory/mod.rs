@@ -177,25 +177,27 @@ mod tests {
             max_bytes: 10,
         };
         let u = |keys, bytes| Usage { keys, bytes };
-        l.check("s", u(1, 5), u(2, 10)).unwrap();
-        let err = l.check("store \"s\"", u(2, 5), u(3, 6)).unwrap_err();
+        l.check("s", u(1, 5), u(2, 10)).expect("accepted");
+        let err = l
+            .check("store \"s\"", u(2, 5), u(3, 6))
+            .expect_err("refused");
         assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
         assert!(
             err.to_string().contains("store \"s\"") && err.to_string().contains("maxKeys=2"),
             "{err}"
         );
-        let err = l.check("s", u(1, 5), u(1, 11)).unwrap_err();
+        let err = l.check("s", u(1, 5), u(1, 11)).expect_err("refused");
         assert!(err.to_string().contains("maxBytes=10"), "{err}");
         // Already over (e.g. limits lowered): shrinking or staying level still passes.
-        l.check("s", u(3, 20), u(3, 20)).unwrap();
-        l.check("s", u(3, 20), u(2, 15)).unwrap();
+        l.check("s", u(3, 20), u(3, 20)).expect("accepted");
+        l.check("s", u(3, 20), u(2, 15)).expect("accepted");
     }
 
     #[test]
     fn limits_come_from_metadata_and_must_be_positive() {
         let spec = ComponentSpec::new("s", "state.memory");
         assert_eq!(
-            Limits::from_spec(&spec, 7, 8).unwrap(),
+            Limits::from_spec(&spec, 7, 8).expect("accepted"),
             Limits {
                 max_keys: 7,
                 max_bytes: 8
@@ -203,7 +205,7 @@ mod tests {
         );
         let spec = spec.with("maxKeys", "3").with("maxBytes", "4");
         assert_eq!(
-            Limits::from_spec(&spec, 7, 8).unwrap(),
+            Limits::from_spec(&spec, 7, 8).expect("accepted"),
             Limits {
                 max_keys: 3,
                 max_bytes: 4
@@ -211,7 +213,9 @@ mod tests {
         );
         for (key, value) in [("maxKeys", "0"), ("maxBytes", "0"), ("maxKeys", "lots")] {
             let spec = ComponentSpec::new("s", "state.memory").with(key, value);
-            let err = Limits::from_spec(&spec, 7, 8).unwrap_err().to_string();
+            let err = Limits::from_spec(&spec, 7, 8)
+                .expect_err("refused")
+                .to_string();
             assert!(err.starts_with(&format!("metadata.{key}:")), "{err}");
         }
     }
