@@ -456,8 +456,12 @@ impl Router {
             }
             None => None,
         };
-        let idle = Some(route.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero());
-        let timeout = [left, route.per_try_timeout, idle].into_iter().flatten().min();
+        let idle =
+            Some(route.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero());
+        let timeout = [left, route.per_try_timeout, idle]
+            .into_iter()
+            .flatten()
+            .min();
         let connect = left.map_or(cluster.connect_timeout, |l| l.min(cluster.connect_timeout));
         peer.options.connection_timeout = Some(connect);
         peer.options.total_connection_timeout = Some(connect);
@@ -518,7 +522,10 @@ impl Router {
         let write_on_reused = client_reused
             && routed.status == 0
             && *e.esource() == pingora::ErrorSource::Upstream
-            && matches!(e.etype(), ErrorType::WriteError | ErrorType::ConnectionClosed);
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
         (marked || write_on_reused)
             && routed.reuse_retries < MAX_REUSE_RETRIES
             && session.response_written().is_none()
@@ -801,9 +808,8 @@ fn append_forwarded_for(
         }
     }
     value.extend_from_slice(ip.as_bytes());
-    let value = HeaderValue::from_bytes(&value).map_err(|e| {
-        Error::because(ErrorType::InvalidHTTPHeader, "building x-forwarded-for", e)
-    })?;
+    let value = HeaderValue::from_bytes(&value)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "building x-forwarded-for", e))?;
     req.insert_header(XFF, value)?;
     Ok(())
 }
@@ -843,7 +849,8 @@ fn new_request_id() -> HeaderValue {
 /// may carry more after a `-`, and only its sampled flag is kept (§3.3 "versioning").
 fn parse_traceparent(v: &[u8]) -> Option<(&[u8], u8)> {
     fn hex(b: &[u8]) -> bool {
-        b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
     }
     let v = v.trim_ascii();
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
@@ -923,10 +930,15 @@ mod tests {
         assert_eq!(out.len(), 55, "{out}");
         let parts: Vec<&str> = out.split('-').collect();
         assert_eq!(parts.len(), 4, "{out}");
-        assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("00", 32, 16), "{out}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len()),
+            ("00", 32, 16),
+            "{out}"
+        );
         for p in &parts[1..] {
             assert!(
-                p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
                 "{out}"
             );
         }
@@ -939,7 +951,10 @@ mod tests {
         let (out, kept) = next("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         assert!(kept);
         assert_well_formed(&out);
-        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
+        assert!(
+            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{out}"
+        );
         assert!(out.ends_with("-01"), "{out}");
         assert_ne!(&out[36..52], "00f067aa0ba902b7");
         // Flags of version 00 pass unchanged; a later version keeps only "sampled" and its
@@ -947,7 +962,10 @@ mod tests {
         let (out, kept) = next("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         assert!(kept && out.ends_with("-00"), "{out}");
         let (out, kept) = next("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what");
-        assert!(kept && out.starts_with("00-4bf92f35") && out.ends_with("-01"), "{out}");
+        assert!(
+            kept && out.starts_with("00-4bf92f35") && out.ends_with("-01"),
+            "{out}"
+        );
         assert_well_formed(&out);
     }
 
@@ -975,7 +993,10 @@ mod tests {
             assert!(!kept, "{invalid} was propagated as {out}");
             assert_well_formed(&out);
             assert!(out.ends_with("-01"), "{out}");
-            assert!(!out.contains("4bf92f3577b34da6a3ce929d0e0e473"), "{invalid} -> {out}");
+            assert!(
+                !out.contains("4bf92f3577b34da6a3ce929d0e0e473"),
+                "{invalid} -> {out}"
+            );
         }
         let (out, kept) = next_traceparent(None).expect("valid header value");
         assert!(!kept);
@@ -1006,15 +1027,22 @@ mod tests {
     #[test]
     fn inbound_internal_headers_go_and_forwarded_for_grows() {
         let mut req = RequestHeader::build("GET", b"/", Some(4)).expect("request");
-        req.append_header("x-mecha-overloaded", "forged").expect("header");
-        req.append_header("X-Mecha-Route", "forged").expect("header");
+        req.append_header("x-mecha-overloaded", "forged")
+            .expect("header");
+        req.append_header("X-Mecha-Route", "forged")
+            .expect("header");
         req.append_header("x-mechanic", "kept").expect("header");
-        req.append_header("x-forwarded-for", "10.0.0.1").expect("header");
-        req.append_header("x-forwarded-for", "10.0.0.2 ").expect("header");
+        req.append_header("x-forwarded-for", "10.0.0.1")
+            .expect("header");
+        req.append_header("x-forwarded-for", "10.0.0.2 ")
+            .expect("header");
         strip_internal_headers(&mut req);
         assert!(req.headers.get("x-mecha-overloaded").is_none());
         assert!(req.headers.get("x-mecha-route").is_none());
-        assert_eq!(req.headers.get("x-mechanic").map(|v| v.as_bytes()), Some(&b"kept"[..]));
+        assert_eq!(
+            req.headers.get("x-mechanic").map(|v| v.as_bytes()),
+            Some(&b"kept"[..])
+        );
         append_forwarded_for(&mut req, Some([127, 0, 0, 9].into())).expect("xff");
         let xff: Vec<&[u8]> = req
             .headers
@@ -1025,6 +1053,10 @@ mod tests {
         assert_eq!(xff, [&b"10.0.0.1, 10.0.0.2, 127.0.0.9"[..]]);
         let id = ensure_request_id(&mut req).expect("id");
         assert_eq!(req.headers.get("x-request-id"), Some(&id));
-        assert_eq!(ensure_request_id(&mut req).expect("id"), id, "kept when present");
+        assert_eq!(
+            ensure_request_id(&mut req).expect("id"),
+            id,
+            "kept when present"
+        );
     }
 }

@@ -145,7 +145,11 @@ async fn a_post_reset_after_reading_is_not_retried_unless_the_route_opts_in() {
         .await
         .expect("POST /plain");
         assert_eq!(r.status, 502, "{proto:?}: {r:?}");
-        assert!(r.text().contains("\"resetting\""), "{proto:?}: {}", r.text());
+        assert!(
+            r.text().contains("\"resetting\""),
+            "{proto:?}: {}",
+            r.text()
+        );
         assert_eq!(
             resetting.requests() - before,
             1,
@@ -159,7 +163,11 @@ async fn a_post_reset_after_reading_is_not_retried_unless_the_route_opts_in() {
         .await
         .expect("GET /plain");
     assert_eq!(r.status, 502, "{r:?}");
-    assert_eq!(resetting.requests() - before, 3, "GET: one try and two retries");
+    assert_eq!(
+        resetting.requests() - before,
+        3,
+        "GET: one try and two retries"
+    );
 
     // retry_non_idempotent: the reset POST is sent again and the second try answers.
     let r = send(
@@ -222,16 +230,27 @@ async fn routed_requests_lose_internal_headers_and_gain_forwarding_ones() {
         )
         .await
         .expect("GET");
-        assert_eq!(r.status, 200, "{proto:?}: a forged internal header chose a route: {r:?}");
+        assert_eq!(
+            r.status, 200,
+            "{proto:?}: a forged internal header chose a route: {r:?}"
+        );
         let seen = app.last_seen();
         assert_eq!(seen.header("x-mecha-route"), None, "{proto:?}");
         assert_eq!(seen.header("x-mecha-overloaded"), None, "{proto:?}");
-        assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"), "{proto:?}");
+        assert_eq!(
+            seen.header("x-forwarded-for"),
+            Some("10.1.2.3, 127.0.0.1"),
+            "{proto:?}"
+        );
         assert_eq!(seen.header("x-request-id"), Some("req-42"), "{proto:?}");
 
         send(edge, proto, Req::get("/fresh")).await.expect("GET");
         let seen = app.last_seen();
-        assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"), "{proto:?}");
+        assert_eq!(
+            seen.header("x-forwarded-for"),
+            Some("127.0.0.1"),
+            "{proto:?}"
+        );
         let id = seen.header("x-request-id").unwrap_or_default().to_owned();
         assert!(is_uuid_v4(&id), "{proto:?}: x-request-id {id:?}");
         send(edge, proto, Req::get("/fresh")).await.expect("GET");
@@ -242,9 +261,13 @@ async fn routed_requests_lose_internal_headers_and_gain_forwarding_ones() {
 /// Sends `traceparent: incoming`; returns the trace id and span id the upstream saw, after
 /// checking the header it got is well-formed.
 async fn forwarded(edge: SocketAddr, app: &HttpUpstream, incoming: &str) -> (String, String) {
-    let r = send(edge, Proto::H1, Req::get("/t").header("traceparent", incoming))
-        .await
-        .expect("GET");
+    let r = send(
+        edge,
+        Proto::H1,
+        Req::get("/t").header("traceparent", incoming),
+    )
+    .await
+    .expect("GET");
     assert_eq!(r.status, 200, "{r:?}");
     let out = app
         .last_seen()
@@ -288,7 +311,11 @@ async fn invalid_traceparents_restart_the_trace() {
     ] {
         let (trace, _) = forwarded(edge, &app, &invalid).await;
         assert_ne!(trace, TRACE, "{invalid} was propagated");
-        assert_ne!(trace.to_uppercase(), TRACE.to_uppercase(), "{invalid} was propagated");
+        assert_ne!(
+            trace.to_uppercase(),
+            TRACE.to_uppercase(),
+            "{invalid} was propagated"
+        );
     }
     // A restarted trace drops the tracestate of the old one.
     let r = send(
