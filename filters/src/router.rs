@@ -437,6 +437,11 @@ impl Router {
         // Pingora's pool key leaves out the CA: without this, a cluster trusting other roots
         // could reuse a connection another cluster verified to the same address and SNI.
         peer.group_key = cluster.pool_key;
+        if reuse_retry {
+            // A pool key no pooled connection has: this try opens a new connection instead of
+            // meeting another one the upstream closed at the same time.
+            peer.group_key ^= rand::rng().random::<u64>() | 1;
+        }
         // `timeout` bounds the whole request: a try may wait only for what is left of it, and
         // at most `per_try_timeout`; each wait for bytes is also bounded by the idle timeout.
         // `timeout: 0` disables the total (as in Envoy), e.g. for streams.

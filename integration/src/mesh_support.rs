@@ -716,6 +716,9 @@ impl RawUpstream {
                             let _ = tcp
                                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                                 .await;
+                            // A moment later, so the proxy has pooled the connection and
+                            // may already be sending the next request on it: the race.
+                            tokio::time::sleep(Duration::from_millis(1)).await;
                             let _ = tcp.shutdown().await;
                         }
                     }
