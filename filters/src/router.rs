@@ -28,9 +28,23 @@ use rand::Rng;
 
 use crate::chain::{Decision, HttpFilter, RequestCtx};
 
-/// Default bound on connecting plus each wait for upstream bytes, when a route sets none
-/// (Envoy's default route timeout is 15 s).
+/// Default bound on the whole request when a route sets no `timeout` (Envoy's default route
+/// timeout is 15 s).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Default stream idle timeout when a route sets no `idle_timeout` (Envoy's default stream idle
+/// timeout is 5 min).
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Retries of a request whose pooled upstream connection turned out closed (the keep-alive
+/// race), on top of the route's retry policy. Each one takes another (or a new) connection; a
+/// few cover a pool whose idle connections the upstream closed at once, and the bound keeps an
+/// upstream that closes every connection unanswered from looping a request.
+const MAX_REUSE_RETRIES: u32 = 4;
+
+/// Inbound headers with this prefix are the proxy's own and are removed from client requests
+/// (as Envoy does with `x-envoy-*`), so a client cannot forge them.
+const INTERNAL_HEADER_PREFIX: &str = "x-mecha-";
 
 /// A compiled route table (cluster references resolved) with per-route metrics.
 pub struct Router {
@@ -56,8 +70,15 @@ pub struct Routed {
     /// Set when `upstream_response` asked for a retry of a retriable status: Pingora hands that
     /// error to `error_while_proxy`, which must keep the decision (and not count it twice).
     status_retry: bool,
-    /// When the route was chosen: `timeout` covers the request from here, retries included.
+    /// When the route was chosen: `timeout` covers the request from here — the connection
+    /// slot wait, every try and backoff, and the response until its end.
     routed_at: Instant,
+    /// Tries that were retries of the keep-alive race (not counted against the policy).
+    reuse_retries: u32,
+    /// Set by `error_while_proxy` when the next try is such a retry.
+    reuse_retry: bool,
+    /// The request's `x-request-id` (kept or created), for the access log.
+    request_id: HeaderValue,
 }
 
 impl Routed {
@@ -67,6 +88,17 @@ impl Routed {
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// The route's total `timeout`, when it has one.
+    fn total_timeout(&self) -> Option<Duration> {
+        let total = self
+            .router
+            .table
+            .route(self.route)?
+            .timeout
+            .unwrap_or(DEFAULT_TIMEOUT);
+        (!total.is_zero()).then_some(total)
     }
 }
 
@@ -177,6 +209,8 @@ impl HttpFilter for RouterFilter {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Decision> {
         let router = &self.0;
+        // Before matching, so no route decision rests on a forged internal header.
+        strip_internal_headers(session.req_header_mut());
         let req = session.req_header();
         let grpc = is_grpc(req);
         if req.method == http::Method::CONNECT
@@ -261,6 +295,7 @@ impl HttpFilter for RouterFilter {
             router.record(idx, 502, ctx.started);
             return Ok(Decision::Responded);
         }
+        let routed_at = Instant::now();
         let slot = match cluster.admit() {
             Ok(s) => s,
             Err(e) => {
@@ -300,7 +335,13 @@ impl HttpFilter for RouterFilter {
         };
         // Request mutations.
         let new_path = route.rewrite_path(path);
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let req = session.req_header_mut();
+        append_forwarded_for(req, client_ip)?;
+        let request_id = ensure_request_id(req)?;
         for h in &route.request_headers_to_remove {
             req.remove_header(h);
         }
@@ -335,7 +376,10 @@ impl HttpFilter for RouterFilter {
             hash_key,
             status: 0,
             status_retry: false,
-            routed_at: Instant::now(),
+            routed_at,
+            reuse_retries: 0,
+            reuse_retry: false,
+            request_id,
         });
         Ok(Decision::Continue)
     }
@@ -356,7 +400,12 @@ impl Router {
             routed.router.table.route(routed.route).ok_or_else(|| {
                 Error::explain(ErrorType::InternalError, "route index out of range")
             })?;
-        if routed.attempts > 0 {
+        let reuse_retry = std::mem::take(&mut routed.reuse_retry);
+        if reuse_retry {
+            // The keep-alive race: the connection failed, not the upstream — no retry budget,
+            // no backoff, and the same endpoint may serve it.
+            routed.reuse_retries += 1;
+        } else if routed.attempts > 0 {
             let policy = route.retry.as_ref();
             let Some(slot) = routed.cluster.admit_retry() else {
                 return Err(Error::explain(
@@ -369,11 +418,18 @@ impl Router {
             };
             routed.retry_slot = Some(slot);
             if let Some(p) = policy {
-                tokio::time::sleep(p.backoff(routed.attempts)).await;
+                let mut pause = p.backoff(routed.attempts - routed.reuse_retries);
+                if let Some(total) = routed.total_timeout() {
+                    pause = pause.min(total.saturating_sub(routed.routed_at.elapsed()));
+                }
+                tokio::time::sleep(pause).await;
             }
         }
         routed.attempts += 1;
-        let avoid = routed.endpoint.take().map(|e| e.addr);
+        // No answer yet from this try (`reuse_race` reads it).
+        routed.status = 0;
+        let failed = routed.endpoint.take().map(|e| e.addr);
+        let avoid = if reuse_retry { None } else { failed };
         let ep = routed
             .cluster
             .pick(&routed.hash_key, avoid)
@@ -386,26 +442,39 @@ impl Router {
         // Pingora's pool key leaves out the CA: without this, a cluster trusting other roots
         // could reuse a connection another cluster verified to the same address and SNI.
         peer.group_key = cluster.pool_key;
+        if reuse_retry {
+            // A pool key no pooled connection has: this try opens a new connection instead of
+            // meeting another one the upstream closed at the same time.
+            peer.group_key ^= rand::rng().random::<u64>() | 1;
+        }
         // `timeout` bounds the whole request: a try may wait only for what is left of it, and
-        // at most `per_try_timeout`. `timeout: 0` disables it (as in Envoy), e.g. for streams.
-        let total = route.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let timeout = if total.is_zero() {
-            route.per_try_timeout
-        } else {
-            let left = total.saturating_sub(routed.routed_at.elapsed());
-            if left.is_zero() {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(504),
-                    format!(
-                        "route timeout of {total:?} elapsed before try {}",
-                        routed.attempts
-                    ),
-                ));
+        // at most `per_try_timeout`; each wait for bytes is also bounded by the idle timeout.
+        // `timeout: 0` disables the total (as in Envoy), e.g. for streams.
+        let left = match routed.total_timeout() {
+            Some(total) => {
+                let left = total.saturating_sub(routed.routed_at.elapsed());
+                if left.is_zero() {
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(504),
+                        format!(
+                            "cluster {:?}: route timeout of {total:?} elapsed before try {}",
+                            cluster.name, routed.attempts
+                        ),
+                    ));
+                }
+                Some(left)
             }
-            Some(route.per_try_timeout.map_or(left, |p| p.min(left)))
+            None => None,
         };
-        peer.options.connection_timeout = Some(cluster.connect_timeout);
-        peer.options.total_connection_timeout = Some(cluster.connect_timeout);
+        let idle =
+            Some(route.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero());
+        let timeout = [left, route.per_try_timeout, idle]
+            .into_iter()
+            .flatten()
+            .min();
+        let connect = left.map_or(cluster.connect_timeout, |l| l.min(cluster.connect_timeout));
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
         peer.options.read_timeout = timeout;
         peer.options.write_timeout = timeout;
         if cluster.protocol != UpstreamProtocol::Http1 {
@@ -417,9 +486,13 @@ impl Router {
         Ok(Box::new(peer))
     }
 
+    /// Whether the route's retry policy retries this failure. `may_have_arrived`: the request
+    /// may have reached the upstream (anything but a connect failure), so a non-idempotent
+    /// method is retried only when the policy opts in.
     fn may_retry(
         routed: &Routed,
         session: &Session,
+        may_have_arrived: bool,
         cond: impl Fn(&mecha_mesh::retry::RetryPolicy) -> bool,
     ) -> bool {
         let Some(route) = routed.router.table.route(routed.route) else {
@@ -428,9 +501,46 @@ impl Router {
         let Some(p) = route.retry.as_ref() else {
             return false;
         };
-        cond(p)
-            && routed.attempts <= p.num_retries
+        (!may_have_arrived || Self::may_resend(routed, session))
+            && cond(p)
+            && routed.attempts - routed.reuse_retries <= p.num_retries
             && !session.as_downstream().retry_buffer_truncated()
+    }
+
+    /// A request that may have reached the upstream may be sent again: its method is
+    /// idempotent (RFC 9110 §9.2.2), or the route's retry policy says duplicates are fine.
+    fn may_resend(routed: &Routed, session: &Session) -> bool {
+        session.req_header().method.is_idempotent()
+            || routed
+                .router
+                .table
+                .route(routed.route)
+                .and_then(|r| r.retry.as_ref())
+                .is_some_and(|p| p.retry_non_idempotent)
+    }
+
+    /// Pingora's retry safety, kept although `error_while_proxy` is overridden: an error that
+    /// Pingora marks retriable — the pooled connection was found closed while sending or before
+    /// any response byte (`ReusedOnly` on a reused connection), an h2 GOAWAY or REFUSED_STREAM
+    /// — or a write failing on a reused connection before any answer, is the keep-alive race,
+    /// retried without a retry policy. Like Pingora's default, only for requests that may be
+    /// resent whole.
+    fn reuse_race(routed: &Routed, session: &Session, e: &Error, client_reused: bool) -> bool {
+        let mut marked = e.retry;
+        marked.decide_reuse(client_reused);
+        let marked = matches!(marked, pingora::RetryType::Decided(true));
+        let write_on_reused = client_reused
+            && routed.status == 0
+            && *e.esource() == pingora::ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
+        (marked || write_on_reused)
+            && routed.reuse_retries < MAX_REUSE_RETRIES
+            && session.response_written().is_none()
+            && !session.as_downstream().retry_buffer_truncated()
+            && Self::may_resend(routed, session)
     }
 
     pub fn fail_to_connect(
@@ -442,18 +552,27 @@ impl Router {
         if let Some(ep) = &routed.endpoint {
             routed.cluster.report(ep, AttemptResult::ConnectFailure);
         }
-        let retry = Self::may_retry(routed, session, |p| p.on_connect_failure);
+        // The request never left: any method may be retried.
+        let retry = Self::may_retry(routed, session, false, |p| p.on_connect_failure);
         e.set_retry(retry);
         e
     }
 
+    /// `client_reused`: the try ran on a pooled upstream connection.
     pub fn error_while_proxy(
         routed: &mut Routed,
         session: &Session,
         mut e: Box<Error>,
+        client_reused: bool,
     ) -> Box<Error> {
         if std::mem::take(&mut routed.status_retry) {
             // Our own retry of a retriable status (already reported to outlier detection).
+            return e;
+        }
+        if Self::reuse_race(routed, session, &e, client_reused) {
+            // A stale pooled connection says nothing about the endpoint's health.
+            routed.reuse_retry = true;
+            e.set_retry(true);
             return e;
         }
         routed.cluster.metrics.upstream_failures.inc();
@@ -462,9 +581,27 @@ impl Router {
         }
         // Only before anything reached the client may we try again.
         let retry = session.response_written().is_none()
-            && Self::may_retry(routed, session, |p| p.on_reset);
+            && Self::may_retry(routed, session, true, |p| p.on_reset);
         e.set_retry(retry);
         e
+    }
+
+    /// A chunk of the response body: the route `timeout` also covers the response's end, so
+    /// a response still streaming when it elapses is cut (the client sees a reset stream).
+    pub fn upstream_body(routed: &Routed) -> pingora::Result<()> {
+        if let Some(total) = routed.total_timeout() {
+            if routed.routed_at.elapsed() >= total {
+                return Err(Error::explain(
+                    ErrorType::ReadTimedout,
+                    format!(
+                        "cluster {:?}: route timeout of {total:?} elapsed while the response \
+                         streamed",
+                        routed.cluster.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Upstream answered: outlier accounting, and a retry for retriable statuses.
@@ -491,7 +628,7 @@ impl Router {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
         };
-        if Self::may_retry(routed, session, |p| {
+        if Self::may_retry(routed, session, true, |p| {
             p.retries_status(status) || grpc_code().is_some_and(|c| p.retries_grpc(c))
         }) {
             let mut e = Error::explain(
@@ -538,8 +675,18 @@ impl Router {
                 }
             }
         }
-        let traceparent = next_traceparent(req.headers.get("traceparent"))
+        let mut incoming = req.headers.get_all("traceparent").iter();
+        // Two traceparent headers are invalid (W3C Trace Context §3.2): a new trace.
+        let incoming = match (incoming.next(), incoming.next()) {
+            (Some(v), None) => Some(v),
+            _ => None,
+        };
+        let (traceparent, kept) = next_traceparent(incoming)
             .map_err(|e| Error::because(ErrorType::InternalError, "building traceparent", e))?;
+        if !kept {
+            // A tracestate belongs to the trace it came with, which is not the new one.
+            req.remove_header("tracestate");
+        }
         req.insert_header("traceparent", traceparent)?;
         Ok(())
     }
@@ -620,6 +767,7 @@ impl Router {
                 "cluster": routed.cluster.name,
                 "upstream": routed.endpoint.as_ref().map(|e| e.addr.to_string()),
                 "attempts": routed.attempts,
+                "request_id": routed.request_id.to_str().ok(),
                 "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
                 "client": session.client_addr().map(|a| a.to_string()),
             });
@@ -629,11 +777,121 @@ impl Router {
     }
 }
 
-/// W3C trace context: keep the trace id, make this hop a new parent span; create one if
-/// absent or malformed. Written into a fixed buffer (no `format!`: this runs per request).
+/// Removes every inbound `x-mecha-*` header (see [`INTERNAL_HEADER_PREFIX`]). Allocates only
+/// when there is one to remove.
+fn strip_internal_headers(req: &mut RequestHeader) {
+    if !req
+        .headers
+        .keys()
+        .any(|k| k.as_str().starts_with(INTERNAL_HEADER_PREFIX))
+    {
+        return;
+    }
+    let names: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(INTERNAL_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in names {
+        req.remove_header(&name);
+    }
+}
+
+/// Appends the client address to `x-forwarded-for` (Envoy with `use_remote_address`): the
+/// incoming list is kept, and several header lines are joined into one list.
+fn append_forwarded_for(
+    req: &mut RequestHeader,
+    client: Option<std::net::IpAddr>,
+) -> pingora::Result<()> {
+    const XFF: &str = "x-forwarded-for";
+    let Some(ip) = client else {
+        return Ok(());
+    };
+    let ip = ip.to_string();
+    let mut value = Vec::with_capacity(ip.len());
+    for prev in req.headers.get_all(XFF) {
+        let prev = prev.as_bytes().trim_ascii();
+        if !prev.is_empty() {
+            value.extend_from_slice(prev);
+            value.extend_from_slice(b", ");
+        }
+    }
+    value.extend_from_slice(ip.as_bytes());
+    let value = HeaderValue::from_bytes(&value)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "building x-forwarded-for", e))?;
+    req.insert_header(XFF, value)?;
+    Ok(())
+}
+
+/// Keeps the request's `x-request-id`, or gives it a new UUIDv4 one; returns it.
+fn ensure_request_id(req: &mut RequestHeader) -> pingora::Result<HeaderValue> {
+    const ID: &str = "x-request-id";
+    if let Some(v) = req.headers.get(ID).filter(|v| !v.is_empty()) {
+        return Ok(v.clone());
+    }
+    let id = new_request_id();
+    req.insert_header(ID, id.clone())?;
+    Ok(id)
+}
+
+/// A random UUID, version 4 (RFC 9562 §5.4), in its lower-case hyphenated form.
+fn new_request_id() -> HeaderValue {
+    let mut v: u128 = rand::rng().random();
+    // Version nibble 4, variant bits 10.
+    v = (v & !(0xfu128 << 76)) | (0x4u128 << 76);
+    v = (v & !(0x3u128 << 62)) | (0x2u128 << 62);
+    let mut hex = [0u8; 32];
+    put_hex(&mut hex, v);
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&hex[..8]);
+    out[9..13].copy_from_slice(&hex[8..12]);
+    out[14..18].copy_from_slice(&hex[12..16]);
+    out[19..23].copy_from_slice(&hex[16..20]);
+    out[24..].copy_from_slice(&hex[20..]);
+    // Hex digits and '-' only.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The trace id and flags of a `traceparent` valid by W3C Trace Context (§3.2): 2-digit
+/// lower-case hex version other than `ff`; trace id (32) and parent id (16) lower-case hex,
+/// not all zeros; 2-digit flags. Version `00` has exactly these four fields; a later version
+/// may carry more after a `-`, and only its sampled flag is kept (§3.3 "versioning").
+fn parse_traceparent(v: &[u8]) -> Option<(&[u8], u8)> {
+    fn hex(b: &[u8]) -> bool {
+        b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    }
+    let v = v.trim_ascii();
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let (version, trace, parent, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
+    let valid = hex(version)
+        && version != b"ff"
+        && hex(trace)
+        && trace.iter().any(|&c| c != b'0')
+        && hex(parent)
+        && parent.iter().any(|&c| c != b'0')
+        && hex(flags);
+    if !valid {
+        return None;
+    }
+    let flags = u8::from_str_radix(std::str::from_utf8(flags).ok()?, 16).ok()?;
+    if version == b"00" {
+        (v.len() == 55).then_some((trace, flags))
+    } else {
+        (v.len() == 55 || v[55] == b'-').then_some((trace, flags & 0x01))
+    }
+}
+
+/// W3C trace context: keep the trace id of a valid `traceparent` and make this hop a new
+/// parent span; start a new trace when it is absent or invalid. Returns the header and whether
+/// the incoming trace was kept. Written into a fixed buffer (no `format!`: this runs per
+/// request).
 fn next_traceparent(
     incoming: Option<&HeaderValue>,
-) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+) -> Result<(HeaderValue, bool), http::header::InvalidHeaderValue> {
     // "00-" trace(32) "-" span(16) "-" flags(2)
     let mut out = [0u8; 55];
     out[..3].copy_from_slice(b"00-");
@@ -642,31 +900,21 @@ fn next_traceparent(
     let mut rng = rand::rng();
     let span: u64 = rng.random::<u64>().max(1);
     put_hex(&mut out[36..52], u128::from(span));
-    let kept = incoming.and_then(|v| v.to_str().ok()).and_then(|v| {
-        let mut parts = v.split('-');
-        let (version, trace, _parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        (parts.next().is_none()
-            && version.len() == 2
-            && trace.len() == 32
-            && trace.bytes().all(|b| b.is_ascii_hexdigit())
-            && trace != "00000000000000000000000000000000"
-            && flags.len() == 2)
-            .then_some((trace, flags))
-    });
-    match kept {
+    let kept = incoming.and_then(|v| parse_traceparent(v.as_bytes()));
+    let flags = match kept {
         Some((trace, flags)) => {
-            out[3..35].copy_from_slice(trace.as_bytes());
-            out[53..].copy_from_slice(flags.as_bytes());
+            out[3..35].copy_from_slice(trace);
+            flags
         }
         None => {
             let trace: u128 = rng.random::<u128>().max(1);
             put_hex(&mut out[3..35], trace);
-            out[53..].copy_from_slice(b"01");
+            0x01
         }
-    }
-    // Every byte is visible ASCII (hex digits, '-', or copied from a valid header value).
-    HeaderValue::from_bytes(&out)
+    };
+    put_hex(&mut out[53..], u128::from(flags));
+    // Every byte is a lower-case hex digit or '-'.
+    Ok((HeaderValue::from_bytes(&out)?, kept.is_some()))
 }
 
 /// Lower-case hex of `v`, right-aligned and zero-padded to `dst.len()` digits.
@@ -682,66 +930,143 @@ fn put_hex(dst: &mut [u8], mut v: u128) {
 mod tests {
     use super::*;
 
+    fn next(incoming: &'static str) -> (String, bool) {
+        let v = HeaderValue::from_static(incoming);
+        let (out, kept) = next_traceparent(Some(&v)).expect("valid header value");
+        (out.to_str().expect("ascii").to_owned(), kept)
+    }
+
+    fn assert_well_formed(out: &str) {
+        assert_eq!(out.len(), 55, "{out}");
+        let parts: Vec<&str> = out.split('-').collect();
+        assert_eq!(parts.len(), 4, "{out}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len()),
+            ("00", 32, 16),
+            "{out}"
+        );
+        for p in &parts[1..] {
+            assert!(
+                p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{out}"
+            );
+        }
+        assert_ne!(parts[1], "0".repeat(32), "{out}");
+        assert_ne!(parts[2], "0".repeat(16), "{out}");
+    }
+
     #[test]
     fn traceparent_keeps_the_trace_and_makes_a_new_span() {
-        let incoming =
-            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let out = next_traceparent(Some(&incoming)).expect("valid header value");
-        let out = out.to_str().expect("ascii");
+        let (out, kept) = next("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert!(kept);
+        assert_well_formed(&out);
         assert!(
             out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
             "{out}"
         );
-        assert!(out.ends_with("-01"));
+        assert!(out.ends_with("-01"), "{out}");
         assert_ne!(&out[36..52], "00f067aa0ba902b7");
+        // Flags of version 00 pass unchanged; a later version keeps only "sampled" and its
+        // extra fields are dropped.
+        let (out, kept) = next("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        assert!(kept && out.ends_with("-00"), "{out}");
+        let (out, kept) = next("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what");
+        assert!(
+            kept && out.starts_with("00-4bf92f35") && out.ends_with("-01"),
+            "{out}"
+        );
+        assert_well_formed(&out);
     }
 
     #[test]
-    fn traceparent_matches_the_w3c_shape_for_edge_cases() {
-        let trace_kept = |incoming: &'static str| {
-            let v = HeaderValue::from_static(incoming);
-            let out = next_traceparent(Some(&v)).expect("valid header value");
-            let out = out.to_str().expect("ascii").to_owned();
-            assert_eq!(out.len(), 55, "{out}");
-            let span = &out[36..52];
-            assert!(span
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-            assert_ne!(span, "0000000000000000");
-            let parts: Vec<&str> = incoming.split('-').collect();
-            out == format!("00-{}-{span}-{}", parts[1], parts[3])
-        };
-        assert!(trace_kept("00-4BF92F3577B34DA6A3CE929D0E0E4736-x-zz"));
-        assert!(trace_kept(
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
-        ));
-        for malformed in [
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+    fn an_invalid_traceparent_starts_a_new_trace() {
+        for invalid in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01extra",
             "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e47366-00f067aa0ba902b-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b70-1",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "garbage",
         ] {
-            let v = HeaderValue::from_static(malformed);
-            let out = next_traceparent(Some(&v)).expect("valid header value");
-            let out = out.to_str().expect("ascii");
-            assert!(out.starts_with("00-") && out.ends_with("-01"), "{out}");
-            assert!(!out.contains("4bf92f3577b34da6a3ce929d0e0e473"), "{out}");
-            assert!(out[3..35]
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            let (out, kept) = next(invalid);
+            assert!(!kept, "{invalid} was propagated as {out}");
+            assert_well_formed(&out);
+            assert!(out.ends_with("-01"), "{out}");
+            assert!(
+                !out.contains("4bf92f3577b34da6a3ce929d0e0e473"),
+                "{invalid} -> {out}"
+            );
         }
+        let (out, kept) = next_traceparent(None).expect("valid header value");
+        assert!(!kept);
+        assert_well_formed(out.to_str().expect("ascii"));
     }
 
     #[test]
-    fn traceparent_is_created_when_absent_or_malformed() {
-        for v in [None, Some(HeaderValue::from_static("garbage"))] {
-            let out = next_traceparent(v.as_ref()).expect("valid header value");
-            let out = out.to_str().expect("ascii");
-            let parts: Vec<&str> = out.split('-').collect();
-            assert_eq!(parts.len(), 4, "{out}");
-            assert_eq!(parts[1].len(), 32);
-            assert_eq!(parts[2].len(), 16);
-        }
+    fn request_ids_are_uuid_v4() {
+        let a = new_request_id();
+        let a = a.to_str().expect("ascii");
+        let groups: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{a}"
+        );
+        assert!(groups[2].starts_with('4'), "version 4: {a}");
+        assert!(
+            groups[3].starts_with(['8', '9', 'a', 'b']),
+            "RFC 9562 variant: {a}"
+        );
+        assert!(a
+            .bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn inbound_internal_headers_go_and_forwarded_for_grows() {
+        let mut req = RequestHeader::build("GET", b"/", Some(4)).expect("request");
+        req.append_header("x-mecha-overloaded", "forged")
+            .expect("header");
+        req.append_header("X-Mecha-Route", "forged")
+            .expect("header");
+        req.append_header("x-mechanic", "kept").expect("header");
+        req.append_header("x-forwarded-for", "10.0.0.1")
+            .expect("header");
+        req.append_header("x-forwarded-for", "10.0.0.2 ")
+            .expect("header");
+        strip_internal_headers(&mut req);
+        assert!(req.headers.get("x-mecha-overloaded").is_none());
+        assert!(req.headers.get("x-mecha-route").is_none());
+        assert_eq!(
+            req.headers.get("x-mechanic").map(|v| v.as_bytes()),
+            Some(&b"kept"[..])
+        );
+        append_forwarded_for(&mut req, Some([127, 0, 0, 9].into())).expect("xff");
+        let xff: Vec<&[u8]> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(xff, [&b"10.0.0.1, 10.0.0.2, 127.0.0.9"[..]]);
+        let id = ensure_request_id(&mut req).expect("id");
+        assert_eq!(req.headers.get("x-request-id"), Some(&id));
+        assert_eq!(
+            ensure_request_id(&mut req).expect("id"),
+            id,
+            "kept when present"
+        );
     }
 }

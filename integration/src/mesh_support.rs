@@ -8,6 +8,8 @@
 //! - [`GrpcUpstream`]: the Layotto `Runtime` service (tonic) on memory components.
 //! - [`BlackHole`], [`TruncatingUpstream`], [`EchoServer`], [`WsUpstream`], [`dead_addr`]:
 //!   upstreams that never answer, cut a response short, echo bytes, speak WebSocket, or refuse.
+//! - [`RawUpstream`]: an HTTP/1.1 upstream on a bare socket that closes every keep-alive
+//!   connection right after answering, or resets the connection after reading the request.
 //! - [`send`] with [`Req`]: one HTTP/1.1 or h2c request through hyper's client connections.
 
 use std::collections::HashMap;
@@ -454,7 +456,8 @@ fn full(b: impl Into<Bytes>) -> UpBody {
 /// `x-seen-host`, `x-seen-version` and `x-remove-me`; the body is the name. Paths:
 /// `/healthz` (health status, not counted as a hit), `/status/<code>`, `/slow/<ms>` (answers
 /// after a delay), `/hang` (never answers), `/wait` (answers once [`HttpUpstream::release`]
-/// lets it); anything else answers the current status (200).
+/// lets it), `/drip/<n>/<ms>` (a streamed body of `n` chunks `"x"`, one every `ms`), `/stall`
+/// (the headers and one chunk, then silence); anything else answers the current status (200).
 #[derive(Debug)]
 pub struct HttpUpstream {
     pub addr: SocketAddr,
@@ -616,6 +619,25 @@ async fn handle(st: Arc<UpState>, req: Request<Incoming>) -> Result<Response<UpB
                 permit.forget();
             }
         }
+        ["", "drip", n, ms, ..] => {
+            let n: usize = n.parse().unwrap_or(1);
+            let every = Duration::from_millis(ms.parse().unwrap_or(100));
+            return Ok(streamed(move |tx| async move {
+                for _ in 0..n {
+                    tokio::time::sleep(every).await;
+                    if tx.send(Bytes::from_static(b"x")).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        ["", "stall", ..] => {
+            return Ok(streamed(|tx| async move {
+                let _ = tx.send(Bytes::from_static(b"x")).await;
+                // Keeps the stream open and silent until the client goes.
+                tx.closed().await;
+            }));
+        }
         _ => {}
     }
     let mut r = Response::new(full(st.name.clone()));
@@ -631,7 +653,137 @@ async fn handle(st: Arc<UpState>, req: Request<Incoming>) -> Result<Response<UpB
     Ok(r)
 }
 
+/// A 200 response whose body chunks `produce` sends; the body ends when it returns.
+fn streamed<F, Fut>(produce: F) -> Response<UpBody>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tokio::spawn(produce(tx));
+    let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|b| Ok::<_, std::io::Error>(hyper::body::Frame::data(b)));
+    let mut r = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(frames)));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/plain"));
+    r
+}
+
 // === other upstreams ===
+
+/// How a [`RawUpstream`] treats each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawMode {
+    /// Answers `200 ok` as a keep-alive response (no `Connection: close`), then closes the
+    /// connection at once: the proxy's pooled connection is dead by the time it is reused.
+    CloseAfterAnswer,
+    /// Reads the whole request, then resets the connection (RST) for the first `n` requests;
+    /// later ones are answered `200 ok` with `Connection: close`.
+    ResetFirst(usize),
+}
+
+/// An HTTP/1.1 upstream on a bare socket, one request per connection (see [`RawMode`]); it
+/// counts the requests it read completely.
+#[derive(Debug)]
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start(mode: RawMode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    if read_http1_request(&mut tcp).await.is_none() {
+                        return;
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    match mode {
+                        RawMode::ResetFirst(first) if n <= first => {
+                            // Dropping with a zero linger sends RST instead of FIN.
+                            let _ = tcp.set_zero_linger();
+                        }
+                        RawMode::ResetFirst(_) => {
+                            let _ = tcp
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                                .await;
+                        }
+                        RawMode::CloseAfterAnswer => {
+                            let _ = tcp
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await;
+                            // A moment later, so the proxy has pooled the connection and
+                            // may already be sending the next request on it: the race.
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            let _ = tcp.shutdown().await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// Requests read completely (head and `Content-Length` body).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Bound on a test request's head, so a confused peer cannot grow the buffer without end.
+const MAX_TEST_HEAD: usize = 64 * 1024;
+
+/// Reads one HTTP/1.1 request (head and a `Content-Length` body); `None` when the peer closed
+/// first or sent more head than [`MAX_TEST_HEAD`].
+async fn read_http1_request(tcp: &mut TcpStream) -> Option<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_TEST_HEAD {
+            return None;
+        }
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let body_len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + body_len {
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(())
+}
 
 /// A loopback address nothing listens on: connecting is refused.
 pub fn dead_addr() -> SocketAddr {

@@ -297,13 +297,20 @@ pub struct RouteConfig {
     pub prefix_rewrite: Option<String>,
     #[serde(default)]
     pub host_rewrite: Option<String>,
-    /// The whole request, retries included: each try's wait for upstream bytes is bounded by
-    /// what is left of it (default 15 s; `0` disables it, e.g. for long-lived streams).
+    /// The whole request, as Envoy's route timeout: from the route match — waiting for a
+    /// connection slot, every try and the backoff between them — until the response is
+    /// complete (default 15 s; `0` disables it, e.g. for long-lived streams). Elapsed before
+    /// an answer → 504; while a response streams → the stream is reset.
     #[serde(default)]
     pub timeout: Option<Dur>,
     /// Bounds each try's wait for upstream bytes (within `timeout`).
     #[serde(default)]
     pub per_try_timeout: Option<Dur>,
+    /// Stream idle timeout (Envoy's `idle_timeout`): the longest wait for the next bytes from
+    /// the upstream, or to hand bytes to it, for the whole stream — also when `timeout` is 0
+    /// (default 5 min, as Envoy's stream idle timeout; `0` disables it).
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
     #[serde(default)]
     pub retry_policy: Option<RetryPolicyConfig>,
     #[serde(default)]
@@ -402,6 +409,13 @@ pub struct RetryPolicyConfig {
     pub base_interval: Dur,
     #[serde(default = "default_max_interval")]
     pub max_interval: Dur,
+    /// Also retry non-idempotent requests (POST, PATCH, … — every method RFC 9110 does not
+    /// call idempotent, so every gRPC call) after they may have reached the upstream: on a
+    /// reset, a 5xx or a retriable status. Off by default: such a request is retried only
+    /// when it never left (`connect-failure`). Set it only when the upstream tolerates
+    /// duplicates.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
 }
 
 fn default_retry_on() -> Vec<String> {

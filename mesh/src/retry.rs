@@ -17,6 +17,8 @@ pub struct RetryPolicy {
     pub num_retries: u32,
     pub base_interval: Duration,
     pub max_interval: Duration,
+    /// Retry non-idempotent methods after they may have reached the upstream.
+    pub retry_non_idempotent: bool,
 }
 
 impl RetryPolicy {
@@ -31,6 +33,7 @@ impl RetryPolicy {
             num_retries: cfg.num_retries,
             base_interval: cfg.base_interval.0,
             max_interval: cfg.max_interval.0,
+            retry_non_idempotent: cfg.retry_non_idempotent,
         };
         for (i, on) in cfg.retry_on.iter().enumerate() {
             match on.as_str() {
@@ -98,6 +101,7 @@ mod tests {
             retriable_status_codes: vec![429],
             base_interval: Dur(Duration::from_millis(10)),
             max_interval: Dur(Duration::from_millis(40)),
+            retry_non_idempotent: false,
         }
     }
 

@@ -48,6 +48,8 @@ pub struct Route {
     pub host_rewrite: Option<HeaderValue>,
     pub timeout: Option<Duration>,
     pub per_try_timeout: Option<Duration>,
+    /// `None`: the router's default; `Some(ZERO)`: disabled.
+    pub idle_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub request_headers_to_add: Vec<(HeaderName, HeaderValue)>,
     pub request_headers_to_remove: Vec<HeaderName>,
@@ -464,6 +466,7 @@ fn build_route(
         host_rewrite,
         timeout: r.timeout.map(|d| d.0),
         per_try_timeout: r.per_try_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+        idle_timeout: r.idle_timeout.map(|d| d.0),
         retry,
         request_headers_to_add: header_pairs(
             &format!("{rpath}.request_headers_to_add"),
@@ -584,6 +587,7 @@ mod tests {
             host_rewrite: None,
             timeout: None,
             per_try_timeout: None,
+            idle_timeout: None,
             retry_policy: None,
             request_headers_to_add: vec![],
             request_headers_to_remove: vec![],

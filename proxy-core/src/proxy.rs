@@ -162,13 +162,31 @@ impl ProxyHttp for ListenerProxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Ctx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
-        let e = e.more_context(format!("peer: {peer}"));
+        let mut e = e.more_context(format!("peer: {peer}"));
         match ctx.req.routed.as_mut() {
-            Some(routed) => Router::error_while_proxy(routed, session, e),
-            None => e,
+            // Decides every retry, Pingora's reused-connection safety included.
+            Some(routed) => Router::error_while_proxy(routed, session, e, client_reused),
+            None => {
+                // Pingora leaves some errors undecided (`ReusedOnly`); deciding is ours here.
+                e.set_retry(false);
+                e
+            }
         }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(routed) = ctx.req.routed.as_ref() {
+            Router::upstream_body(routed)?;
+        }
+        Ok(None)
     }
 
     async fn upstream_request_filter(
