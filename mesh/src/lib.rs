@@ -1,6 +1,7 @@
 //! Mesh building blocks, shaped after Envoy's model and free of Pingora session types:
 //!
 //! - [`config`]: clusters and route tables as config data (serde).
+//! - [`bounds`]: limits on every duration, count and path of that config.
 //! - [`route`]: compiled route tables — virtual hosts on the authority (exact, `*.suffix`, `*`),
 //!   routes on path (exact, prefix, regex), method and headers; actions cluster, weighted
 //!   clusters, direct response, redirect; rewrites and header mutations.
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod cluster;
 pub mod config;
 pub mod grpc_health;

@@ -283,6 +283,7 @@ impl ConfigReload {
 impl BackgroundService for ConfigReload {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut last = self.stamp();
+        #[allow(clippy::disallowed_methods, reason = "a constant 1 s period")]
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -310,6 +311,7 @@ impl BackgroundService for HealthChecks {
             let snap = self.snapshot.load_full();
             let tasks = spawn_maintenance(&snap);
             // A reloaded config brings new cluster objects: restart the loops on them.
+            #[allow(clippy::disallowed_methods, reason = "a constant 1 s period")]
             let mut poll = tokio::time::interval(Duration::from_secs(1));
             let stop = loop {
                 tokio::select! {
@@ -331,6 +333,7 @@ impl BackgroundService for HealthChecks {
     }
 }
 
+#[allow(clippy::disallowed_methods, reason = "periods checked non-zero by mesh::bounds; being rewritten")]
 fn spawn_maintenance(snap: &Snapshot) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for cluster in snap.clusters.values() {
