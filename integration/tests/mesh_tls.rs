@@ -3,7 +3,8 @@
 //! server certificate (rcgen) and runs a real HTTP/2-over-TLS server (hyper on tokio-rustls);
 //! clients talk plain HTTP/1.1 or h2c to Mecha's listener. Bad input: a CA that did not sign
 //! the server's certificate, an SNI the certificate does not cover (both 5xx naming the
-//! cluster, the sidecar keeps serving), and `ca_file`s `mecha validate` must reject.
+//! cluster, the sidecar keeps serving), and `ca_file`s `mecha validate` must reject. gRPC health
+//! checks of such a cluster dial TLS with its SNI and CA (a wrong CA marks the endpoint down).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
