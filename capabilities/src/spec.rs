@@ -136,7 +136,7 @@ impl ComponentSpec {
     /// the component, and sizes that would not fit in memory, are errors naming the key.
     pub fn meta_count(&self, key: &str, default: u64, min: u64, max: u64) -> Result<u64> {
         let n = self.meta_u64(key, default)?;
-        if n < min || n > max {
+        if !(min..=max).contains(&n) {
             return Err(Error::InvalidArgument(format!(
                 "metadata.{key}: must be between {min} and {max}, got {n}"
             )));
@@ -210,7 +210,9 @@ mod tests {
         assert!(err("0s").starts_with("metadata.every: must be at least 1ms"));
         assert!(err("100us").contains("must be at least 1ms"));
         assert_eq!(
-            spec("1ms").meta_positive_duration("every", Duration::ZERO).ok(),
+            spec("1ms")
+                .meta_positive_duration("every", Duration::ZERO)
+                .ok(),
             Some(Duration::from_millis(1))
         );
         // Too long for `Instant` arithmetic, for either helper.
@@ -220,13 +222,23 @@ mod tests {
             huge.meta_positive_duration("every", Duration::ZERO),
         ] {
             let e = r.expect_err("beyond the maximum").to_string();
-            assert!(e.contains("metadata.every: must be at most 2592000s"), "{e}");
+            assert!(
+                e.contains("metadata.every: must be at most 2592000s"),
+                "{e}"
+            );
         }
         // Zero stays allowed where it means "none".
-        assert_eq!(spec("0").meta_duration("every", Duration::from_secs(1)).ok(), Some(Duration::ZERO));
+        assert_eq!(
+            spec("0")
+                .meta_duration("every", Duration::from_secs(1))
+                .ok(),
+            Some(Duration::ZERO)
+        );
         // Absent: the default (which is not checked: defaults are the code's business).
         assert_eq!(
-            ComponentSpec::new("p", "x").meta_positive_duration("every", Duration::from_secs(2)).ok(),
+            ComponentSpec::new("p", "x")
+                .meta_positive_duration("every", Duration::from_secs(2))
+                .ok(),
             Some(Duration::from_secs(2))
         );
     }
@@ -238,9 +250,15 @@ mod tests {
             .meta_count("queueDepth", 100, 1, 1000)
             .expect_err("zero")
             .to_string();
-        assert!(e.contains("metadata.queueDepth: must be between 1 and 1000, got 0"), "{e}");
+        assert!(
+            e.contains("metadata.queueDepth: must be between 1 and 1000, got 0"),
+            "{e}"
+        );
         assert!(spec("1001").meta_count("queueDepth", 100, 1, 1000).is_err());
-        assert_eq!(spec("1000").meta_count("queueDepth", 100, 1, 1000).ok(), Some(1000));
+        assert_eq!(
+            spec("1000").meta_count("queueDepth", 100, 1, 1000).ok(),
+            Some(1000)
+        );
     }
 
     #[test]

@@ -696,7 +696,11 @@ async fn no_healthy_endpoint(edge: SocketAddr, path: &str, cluster: &str) -> boo
         .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
     let down = r.status == 503 && r.text().contains("no healthy endpoint");
     if down {
-        assert!(r.text().contains(cluster), "names the cluster: {}", r.text());
+        assert!(
+            r.text().contains(cluster),
+            "names the cluster: {}",
+            r.text()
+        );
     }
     down
 }
@@ -737,14 +741,18 @@ async fn grpc_health_checks_of_an_h2_cluster_use_its_tls_settings() {
 
     // The answer is read: NOT_SERVING takes the endpoint out, SERVING brings it back.
     up.set_serving(false).await;
-    eventually("NOT_SERVING → unhealthy", Duration::from_secs(10), || async {
-        no_healthy_endpoint(edge, "/x", "grpc-tls").await
-    })
+    eventually(
+        "NOT_SERVING → unhealthy",
+        Duration::from_secs(10),
+        || async { no_healthy_endpoint(edge, "/x", "grpc-tls").await },
+    )
     .await;
     up.set_serving(true).await;
-    eventually("SERVING → healthy again", Duration::from_secs(10), || async {
-        !no_healthy_endpoint(edge, "/x", "grpc-tls").await
-    })
+    eventually(
+        "SERVING → healthy again",
+        Duration::from_secs(10),
+        || async { !no_healthy_endpoint(edge, "/x", "grpc-tls").await },
+    )
     .await;
 
     // A cluster that does not trust the upstream's CA: its checks fail the handshake, so its

@@ -44,7 +44,10 @@ pub fn cluster(c: &ClusterConfig) -> Vec<String> {
         dur("health_check.timeout", hc.timeout.0);
     }
     if let Some(o) = &c.outlier_detection {
-        dur("outlier_detection.base_ejection_time", o.base_ejection_time.0);
+        dur(
+            "outlier_detection.base_ejection_time",
+            o.base_ejection_time.0,
+        );
         dur("outlier_detection.max_ejection_time", o.max_ejection_time.0);
     }
     count(
@@ -85,10 +88,15 @@ pub fn cluster(c: &ClusterConfig) -> Vec<String> {
     if let Some(o) = &c.outlier_detection {
         for (field, v) in [
             ("consecutive_5xx", o.consecutive_5xx),
-            ("consecutive_connect_failures", o.consecutive_connect_failures),
+            (
+                "consecutive_connect_failures",
+                o.consecutive_connect_failures,
+            ),
         ] {
             if v == 0 {
-                errors.push(format!("outlier_detection.{field}: must be at least 1, got 0"));
+                errors.push(format!(
+                    "outlier_detection.{field}: must be at least 1, got 0"
+                ));
             }
         }
         if o.max_ejection_time.0 < o.base_ejection_time.0 {
@@ -155,15 +163,15 @@ pub fn route(rpath: &str, r: &RouteConfig) -> Vec<String> {
         }
     }
     if let Some(t) = r.per_try_timeout {
-        duration(
-            &mut errors,
-            &format!("{rpath}.per_try_timeout"),
-            t.0,
-        );
+        duration(&mut errors, &format!("{rpath}.per_try_timeout"), t.0);
     }
     if let Some(p) = &r.retry_policy {
         let rp = format!("{rpath}.retry_policy");
-        duration(&mut errors, &format!("{rp}.base_interval"), p.base_interval.0);
+        duration(
+            &mut errors,
+            &format!("{rp}.base_interval"),
+            p.base_interval.0,
+        );
         duration(&mut errors, &format!("{rp}.max_interval"), p.max_interval.0);
         for (i, code) in p.retriable_status_codes.iter().enumerate() {
             if !(100..=599).contains(code) {
@@ -216,12 +224,14 @@ fn duration(errors: &mut Vec<String>, field: &str, d: Duration) {
     if d < MIN_DURATION {
         errors.push(format!("{field}: must be at least 1ms, got {d:?}"));
     } else if d > MAX_DURATION {
-        errors.push(format!("{field}: must be at most {MAX_DURATION:?}, got {d:?}"));
+        errors.push(format!(
+            "{field}: must be at most {MAX_DURATION:?}, got {d:?}"
+        ));
     }
 }
 
 fn count(errors: &mut Vec<String>, field: &str, v: usize, min: usize, max: usize) {
-    if v < min || v > max {
+    if !(min..=max).contains(&v) {
         errors.push(format!("{field}: must be between {min} and {max}, got {v}"));
     }
 }
@@ -286,7 +296,10 @@ mod tests {
 
     #[test]
     fn health_check_timeout_is_bounded() {
-        refused("health_check: {timeout: 0}", "health_check.timeout: must be at least 1ms");
+        refused(
+            "health_check: {timeout: 0}",
+            "health_check.timeout: must be at least 1ms",
+        );
         refused(
             "health_check: {timeout: 1000000h}",
             "health_check.timeout: must be at most",
@@ -305,8 +318,14 @@ mod tests {
 
     #[test]
     fn connect_timeout_must_be_positive() {
-        refused("connect_timeout: 0", "connect_timeout: must be at least 1ms");
-        refused("connect_timeout: 500us", "connect_timeout: must be at least 1ms");
+        refused(
+            "connect_timeout: 0",
+            "connect_timeout: must be at least 1ms",
+        );
+        refused(
+            "connect_timeout: 500us",
+            "connect_timeout: must be at least 1ms",
+        );
         accepted("connect_timeout: 1ms");
     }
 
@@ -437,13 +456,19 @@ mod tests {
 
     #[test]
     fn hash_header_must_be_a_header_name() {
-        refused("hash_header: \"x user\"", "hash_header: invalid header name");
+        refused(
+            "hash_header: \"x user\"",
+            "hash_header: invalid header name",
+        );
         accepted("hash_header: x-user");
     }
 
     #[test]
     fn a_tls_sni_must_be_a_server_name() {
-        refused("protocol: h2, sni: \"bad name!\"", "sni: expected a DNS name");
+        refused(
+            "protocol: h2, sni: \"bad name!\"",
+            "sni: expected a DNS name",
+        );
         accepted("protocol: h2, sni: upstream.test");
     }
 

@@ -49,8 +49,11 @@ pub struct TlsTarget {
     ca: Option<Arc<CaType>>,
     /// Built on the first check (so building a cluster, e.g. for `mecha validate`, reads no
     /// platform certificate store); an error is reported by every check.
-    connector: OnceLock<std::result::Result<(tokio_rustls::TlsConnector, ServerName<'static>), String>>,
+    connector: OnceLock<std::result::Result<Dialer, String>>,
 }
+
+/// A TLS client config and the server name it verifies.
+type Dialer = (tokio_rustls::TlsConnector, ServerName<'static>);
 
 impl Transport {
     /// The transport for a cluster's protocol, SNI and trusted roots.
@@ -67,7 +70,7 @@ impl Transport {
 }
 
 impl TlsTarget {
-    fn connector(&self) -> std::result::Result<(tokio_rustls::TlsConnector, ServerName<'static>), String> {
+    fn connector(&self) -> std::result::Result<Dialer, String> {
         self.connector
             .get_or_init(|| {
                 let name = ServerName::try_from(self.sni.clone())
@@ -99,7 +102,10 @@ impl TlsTarget {
 }
 
 impl GrpcHealthCheck {
-    async fn channel(&self, addr: SocketAddr) -> std::result::Result<tonic::transport::Channel, String> {
+    async fn channel(
+        &self,
+        addr: SocketAddr,
+    ) -> std::result::Result<tonic::transport::Channel, String> {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| e.to_string())?
             .connect_timeout(self.timeout)

@@ -450,7 +450,8 @@ components:
         );
         assert!(
             errs.iter()
-                .any(|e| e.starts_with("components[0].metadata.redeliverInterval: must be at least 1ms")),
+                .any(|e| e
+                    .starts_with("components[0].metadata.redeliverInterval: must be at least 1ms")),
             "{errs:?}"
         );
     }

@@ -333,7 +333,10 @@ impl BackgroundService for HealthChecks {
     }
 }
 
-#[allow(clippy::disallowed_methods, reason = "periods checked non-zero by mesh::bounds; being rewritten")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "periods checked non-zero by mesh::bounds; being rewritten"
+)]
 fn spawn_maintenance(snap: &Snapshot) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for cluster in snap.clusters.values() {

@@ -133,7 +133,6 @@ impl Settings {
     }
 }
 
-
 /// Dapr's key prefix strategy: `appid` (default) → `<app id>||key`, `name` → `<component
 /// name>||key`, `none` → key as is, anything else → `<that string>||key`.
 fn key_prefix(spec: &ComponentSpec, ctx: &BuildContext) -> String {
