@@ -27,6 +27,10 @@ enum Ready {
 }
 
 impl Ready {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a bench CLI argument, resolved once before any runtime exists"
+    )]
     fn parse(raw: &str) -> Result<Self, String> {
         let resolve = |hp: &str| -> Result<SocketAddr, String> {
             hp.to_socket_addrs()
@@ -106,6 +110,10 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a synchronous benchmark driver polling a child process; no runtime to block"
+)]
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let split = args

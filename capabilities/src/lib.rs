@@ -25,6 +25,7 @@ pub mod secrets;
 pub mod sequencer;
 pub mod spec;
 pub mod state;
+pub mod time;
 
 use async_trait::async_trait;
 

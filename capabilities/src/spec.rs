@@ -100,15 +100,65 @@ impl ComponentSpec {
     }
 
     /// Durations as Dapr writes them: `2s`, `500ms`, `1m`, `1h`, or a bare number of
-    /// milliseconds.
+    /// milliseconds; at most [`MAX_META_DURATION`]. Zero is allowed: use
+    /// [`meta_positive_duration`](Self::meta_positive_duration) where zero would panic or
+    /// switch something off.
     pub fn meta_duration(&self, key: &str, default: Duration) -> Result<Duration> {
         match self.meta_str(key).map(str::trim) {
             None | Some("") => Ok(default),
-            Some(v) => parse_duration(v)
-                .ok_or_else(|| self.bad(key, "expected a duration like 2s, 500ms or 1m", v)),
+            Some(v) => {
+                let d = parse_duration(v)
+                    .ok_or_else(|| self.bad(key, "expected a duration like 2s, 500ms or 1m", v))?;
+                if d > MAX_META_DURATION {
+                    return Err(Error::InvalidArgument(format!(
+                        "metadata.{key}: must be at most {MAX_META_DURATION:?}, got {v:?}"
+                    )));
+                }
+                Ok(d)
+            }
         }
     }
+
+    /// Like [`meta_duration`](Self::meta_duration), at least [`MIN_META_DURATION`]: for
+    /// periods (a zero `tokio::time::interval` panics, a zero pause spins) and timeouts (zero
+    /// would fail every call).
+    pub fn meta_positive_duration(&self, key: &str, default: Duration) -> Result<Duration> {
+        let d = self.meta_duration(key, default)?;
+        if d < MIN_META_DURATION {
+            return Err(Error::InvalidArgument(format!(
+                "metadata.{key}: must be at least 1ms, got {d:?}"
+            )));
+        }
+        Ok(d)
+    }
+
+    /// A count in `min..=max` (queue depths, concurrency, sizes): zero where it would disable
+    /// the component, and sizes that would not fit in memory, are errors naming the key.
+    pub fn meta_count(&self, key: &str, default: u64, min: u64, max: u64) -> Result<u64> {
+        let n = self.meta_u64(key, default)?;
+        if !(min..=max).contains(&n) {
+            return Err(Error::InvalidArgument(format!(
+                "metadata.{key}: must be between {min} and {max}, got {n}"
+            )));
+        }
+        Ok(n)
+    }
 }
+
+/// Largest `queueDepth` of a pub/sub component: a bounded channel of that many events per
+/// subscription, each slot possibly holding an event (tokio panics above `usize::MAX >> 3`).
+pub const MAX_QUEUE_DEPTH: u64 = 1 << 20;
+
+/// Largest `concurrency` of a pub/sub component: deliveries outstanding per subscription, a
+/// semaphore's permits (tokio panics above `usize::MAX >> 3`).
+pub const MAX_CONCURRENCY: u64 = 1 << 16;
+
+/// The shortest period or timeout [`ComponentSpec::meta_positive_duration`] accepts.
+pub const MIN_META_DURATION: Duration = Duration::from_millis(1);
+
+/// The longest duration component metadata may give (30 days): beyond any sane timeout or
+/// period, and far below where `Instant + Duration` overflows (and panics).
+pub const MAX_META_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Parses `500ms`, `2s`, `1.5s`, `1m`, `1h`, or bare milliseconds.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
@@ -145,6 +195,70 @@ mod tests {
         assert_eq!(parse_duration("2x"), None);
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn metadata_durations_are_bounded() {
+        let spec = |v: &str| ComponentSpec::new("p", "pubsub.in-memory").with("every", v);
+        let err = |v: &str| {
+            spec(v)
+                .meta_positive_duration("every", Duration::from_secs(1))
+                .expect_err(v)
+                .to_string()
+        };
+        assert_eq!(err("0"), "metadata.every: must be at least 1ms, got 0ns");
+        assert!(err("0s").starts_with("metadata.every: must be at least 1ms"));
+        assert!(err("100us").contains("must be at least 1ms"));
+        assert_eq!(
+            spec("1ms")
+                .meta_positive_duration("every", Duration::ZERO)
+                .ok(),
+            Some(Duration::from_millis(1))
+        );
+        // Too long for `Instant` arithmetic, for either helper.
+        let huge = spec("1000000000h");
+        for r in [
+            huge.meta_duration("every", Duration::ZERO),
+            huge.meta_positive_duration("every", Duration::ZERO),
+        ] {
+            let e = r.expect_err("beyond the maximum").to_string();
+            assert!(
+                e.contains("metadata.every: must be at most 2592000s"),
+                "{e}"
+            );
+        }
+        // Zero stays allowed where it means "none".
+        assert_eq!(
+            spec("0")
+                .meta_duration("every", Duration::from_secs(1))
+                .ok(),
+            Some(Duration::ZERO)
+        );
+        // Absent: the default (which is not checked: defaults are the code's business).
+        assert_eq!(
+            ComponentSpec::new("p", "x")
+                .meta_positive_duration("every", Duration::from_secs(2))
+                .ok(),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn metadata_counts_are_bounded() {
+        let spec = |v: &str| ComponentSpec::new("p", "pubsub.in-memory").with("queueDepth", v);
+        let e = spec("0")
+            .meta_count("queueDepth", 100, 1, 1000)
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            e.contains("metadata.queueDepth: must be between 1 and 1000, got 0"),
+            "{e}"
+        );
+        assert!(spec("1001").meta_count("queueDepth", 100, 1, 1000).is_err());
+        assert_eq!(
+            spec("1000").meta_count("queueDepth", 100, 1, 1000).ok(),
+            Some(1000)
+        );
     }
 
     #[test]

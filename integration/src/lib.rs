@@ -144,6 +144,10 @@ pub fn mecha_run_command(config: &std::path::Path, dir: &std::path::Path) -> Com
 
 /// Runs `cmd` to completion with stdout and stderr captured; a run still going after
 /// `timeout` is killed and reported as an error.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "polls a child process for exit; std has no wait-with-timeout"
+)]
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -638,6 +642,10 @@ impl Sidecar {
 }
 
 impl Drop for Sidecar {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "Drop is synchronous; polls the child for exit after SIGTERM"
+    )]
     fn drop(&mut self) {
         if self.terminated {
             // The test asked for a graceful stop: give it a moment before forcing it.

@@ -177,6 +177,10 @@ impl RedisServer {
     }
 
     /// Starts redis-server on this port and directory; `true` once it answers.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "synchronous test harness polling redis-server, which has no readiness signal"
+    )]
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let dir = self.dir.to_string_lossy().into_owned();
@@ -224,6 +228,10 @@ impl RedisServer {
 
     /// Kills redis-server (SIGKILL, like a crash) and waits until its port refuses connections;
     /// its data directory (the AOF) stays for [`start_again`](Self::start_again).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "synchronous test harness waiting for redis-server to exit"
+    )]
     pub fn stop(&mut self) {
         if let Some((mut child, mut stdin)) = self.watchdog.take() {
             let _ = stdin.write_all(b"keep\n");
@@ -238,6 +246,10 @@ impl RedisServer {
 
     /// Starts the server again on the same port with the same data directory (AOF replayed) and
     /// waits until it answers PING.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "synchronous test harness polling redis-server, which has no readiness signal"
+    )]
     pub fn start_again(&mut self) {
         for _ in 0..50 {
             if self.spawn() {

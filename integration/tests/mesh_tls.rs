@@ -3,7 +3,8 @@
 //! server certificate (rcgen) and runs a real HTTP/2-over-TLS server (hyper on tokio-rustls);
 //! clients talk plain HTTP/1.1 or h2c to Mecha's listener. Bad input: a CA that did not sign
 //! the server's certificate, an SNI the certificate does not cover (both 5xx naming the
-//! cluster, the sidecar keeps serving), and `ca_file`s `mecha validate` must reject.
+//! cluster, the sidecar keeps serving), and `ca_file`s `mecha validate` must reject. gRPC health
+//! checks of such a cluster dial TLS with its SNI and CA (a wrong CA marks the endpoint down).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -562,4 +563,209 @@ fn validate_rejects_a_ca_file_on_a_cleartext_cluster() {
         stderr.contains("clusters[0]") && stderr.contains("ca_file"),
         "the error names the cluster and the field:\n{stderr}"
     );
+}
+
+// === gRPC health checks of a TLS cluster ===
+
+/// A gRPC server (`grpc.health.v1` from tonic-health) behind rustls with ALPN `h2`. It counts
+/// the `Health/Check` calls it answered, records each connection's SNI, and counts failed
+/// handshakes; `reporter` flips the server's (service `""`) status.
+struct GrpcTlsUpstream {
+    addr: SocketAddr,
+    checks: Arc<AtomicUsize>,
+    snis: Arc<Mutex<Vec<Option<String>>>>,
+    failed_handshakes: Arc<AtomicUsize>,
+    reporter: tonic_health::server::HealthReporter,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcTlsUpstream {
+    async fn start(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        use tonic::codegen::Service;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate");
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gRPC TLS upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let snis = Arc::new(Mutex::new(Vec::new()));
+        let failed_handshakes = Arc::new(AtomicUsize::new(0));
+        let (c, s, f) = (checks.clone(), snis.clone(), failed_handshakes.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, health) = (acceptor.clone(), health.clone());
+                let (checks, snis, failed) = (c.clone(), s.clone(), f.clone());
+                tokio::spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(t) => t,
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    };
+                    if let Ok(mut s) = snis.lock() {
+                        s.push(tls.get_ref().1.server_name().map(str::to_owned));
+                    }
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (mut health, checks) = (health.clone(), checks.clone());
+                        async move {
+                            if req.uri().path() == "/grpc.health.v1.Health/Check" {
+                                checks.fetch_add(1, Ordering::SeqCst);
+                            }
+                            health.call(req).await
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            checks,
+            snis,
+            failed_handshakes,
+            reporter,
+            task,
+        }
+    }
+
+    fn checks(&self) -> usize {
+        self.checks.load(Ordering::SeqCst)
+    }
+
+    async fn set_serving(&self, serving: bool) {
+        use tonic_health::ServingStatus;
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+    }
+}
+
+impl Drop for GrpcTlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const GRPC_HEALTH_TLS: &str = r#"
+listeners:
+  - name: edge
+    address: ${edge}
+    filters:
+      - type: router
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - { match: { prefix: /wrong-ca/ }, cluster: grpc-wrong-ca }
+              - { match: { prefix: / }, cluster: grpc-tls }
+clusters:
+  - name: grpc-tls
+    protocol: h2
+    sni: upstream.test
+    ca_file: "@ca@"
+    endpoints: [{ address: "@up@" }]
+    health_check: { type: grpc, interval: 100ms, timeout: 2s, healthy_threshold: 1, unhealthy_threshold: 1 }
+  - name: grpc-wrong-ca
+    protocol: h2
+    sni: upstream.test
+    ca_file: "@other_ca@"
+    endpoints: [{ address: "@up@" }]
+    health_check: { type: grpc, interval: 100ms, timeout: 2s, healthy_threshold: 1, unhealthy_threshold: 1 }
+"#;
+
+/// GET `path` through the edge: `true` when the cluster had no healthy endpoint (503 naming
+/// it), `false` when an endpoint took the request.
+async fn no_healthy_endpoint(edge: SocketAddr, path: &str, cluster: &str) -> bool {
+    let r = send(edge, Proto::H1, Req::get(path))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+    let down = r.status == 503 && r.text().contains("no healthy endpoint");
+    if down {
+        assert!(
+            r.text().contains(cluster),
+            "names the cluster: {}",
+            r.text()
+        );
+    }
+    down
+}
+
+#[tokio::test]
+async fn grpc_health_checks_of_an_h2_cluster_use_its_tls_settings() {
+    let ca = Ca::new("mecha test CA");
+    let other = Ca::new("unrelated test CA");
+    let (chain, key) = ca.issue(UPSTREAM_NAME);
+    let up = GrpcTlsUpstream::start(chain, key).await;
+    let pems = TempDir::new("mesh-tls-grpc-health");
+    let ca_pem = pems.write("ca.pem", &ca.pem());
+    let other_pem = pems.write("other-ca.pem", &other.pem());
+    let config = with_paths(
+        GRPC_HEALTH_TLS,
+        &[("ca", &ca_pem), ("other_ca", &other_pem)],
+    );
+    let mesh = Mesh::start(&subst(&config, &[("up", up.addr)])).await;
+    let edge = mesh.addr("edge");
+
+    // Checks arrive over TLS, under the cluster's SNI (they used to dial cleartext and never
+    // got past the handshake).
+    eventually(
+        "gRPC health checks reach the TLS upstream",
+        Duration::from_secs(10),
+        || async { up.checks() >= 2 },
+    )
+    .await;
+    let snis = up.snis.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        snis.iter().any(|s| s.as_deref() == Some(UPSTREAM_NAME)),
+        "a check connected with SNI {UPSTREAM_NAME}: {snis:?}"
+    );
+    assert!(
+        !no_healthy_endpoint(edge, "/x", "grpc-tls").await,
+        "SERVING over TLS: the endpoint is healthy"
+    );
+
+    // The answer is read: NOT_SERVING takes the endpoint out, SERVING brings it back.
+    up.set_serving(false).await;
+    eventually(
+        "NOT_SERVING → unhealthy",
+        Duration::from_secs(10),
+        || async { no_healthy_endpoint(edge, "/x", "grpc-tls").await },
+    )
+    .await;
+    up.set_serving(true).await;
+    eventually(
+        "SERVING → healthy again",
+        Duration::from_secs(10),
+        || async { !no_healthy_endpoint(edge, "/x", "grpc-tls").await },
+    )
+    .await;
+
+    // A cluster that does not trust the upstream's CA: its checks fail the handshake, so its
+    // endpoint is marked unhealthy (the same server stays healthy for the trusting cluster).
+    eventually(
+        "untrusted certificate → unhealthy",
+        Duration::from_secs(10),
+        || async { no_healthy_endpoint(edge, "/wrong-ca/x", "grpc-wrong-ca").await },
+    )
+    .await;
+    assert!(
+        up.failed_handshakes.load(Ordering::SeqCst) >= 1,
+        "the wrong-CA checks were refused at the handshake"
+    );
+    assert!(!no_healthy_endpoint(edge, "/x", "grpc-tls").await);
 }

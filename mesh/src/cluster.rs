@@ -247,18 +247,8 @@ impl Cluster {
                 endpoints.entry(*sa).or_default();
             }
         }
-        if cfg.max_h2_streams == 0 {
-            errors.push("max_h2_streams: must be at least 1".to_owned());
-        }
+        errors.extend(crate::bounds::cluster(cfg));
         let cb = &cfg.circuit_breakers;
-        for (field, v) in [
-            ("max_connections", cb.max_connections),
-            ("max_requests", cb.max_requests),
-        ] {
-            if v == 0 {
-                errors.push(format!("circuit_breakers.{field}: must be at least 1"));
-            }
-        }
         let ca = match &cfg.ca_file {
             Some(path) => match load_ca(path) {
                 Ok(ca) => Some(ca),
@@ -271,11 +261,6 @@ impl Cluster {
         };
         if cfg.ca_file.is_some() && cfg.protocol != UpstreamProtocol::H2 {
             errors.push("ca_file: only used with protocol: h2 (TLS)".to_owned());
-        }
-        if let Some(o) = &cfg.outlier_detection {
-            if o.max_ejection_percent > 100 {
-                errors.push("outlier_detection.max_ejection_percent: at most 100".to_owned());
-            }
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -375,6 +360,11 @@ impl Cluster {
                 timeout: hc.timeout.0,
                 consecutive_success: hc.healthy_threshold.max(1),
                 consecutive_failure: hc.unhealthy_threshold.max(1),
+                transport: crate::grpc_health::Transport::for_cluster(
+                    self.protocol,
+                    &self.sni,
+                    self.ca.clone(),
+                ),
             }),
             HealthCheckKind::Http => {
                 let tls = self.protocol == UpstreamProtocol::H2;
@@ -804,10 +794,7 @@ fn parse_endpoints(list: &[crate::config::EndpointConfig]) -> Result<ParsedEndpo
         errors.push("endpoints: at least one endpoint is required".to_owned());
     }
     for (i, e) in list.iter().enumerate() {
-        if e.weight == 0 {
-            errors.push(format!("endpoints[{i}].weight: must be at least 1"));
-            continue;
-        }
+        // Weights are bounded by `bounds::cluster`.
         match e.address.parse::<SocketAddr>() {
             Ok(sa) => {
                 fixed.insert(backend(sa, e.weight));
@@ -830,6 +817,10 @@ fn parse_endpoints(list: &[crate::config::EndpointConfig]) -> Result<ParsedEndpo
     }
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "called in spawn_blocking on a runtime (being replaced by async resolution)"
+)]
 fn resolve(name: &str) -> std::io::Result<Vec<SocketAddr>> {
     use std::net::ToSocketAddrs;
     Ok(name.to_socket_addrs()?.collect())

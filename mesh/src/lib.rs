@@ -1,6 +1,7 @@
 //! Mesh building blocks, shaped after Envoy's model and free of Pingora session types:
 //!
 //! - [`config`]: clusters and route tables as config data (serde).
+//! - [`bounds`]: limits on every duration, count and path of that config.
 //! - [`route`]: compiled route tables — virtual hosts on the authority (exact, `*.suffix`, `*`),
 //!   routes on path (exact, prefix, regex), method and headers; actions cluster, weighted
 //!   clusters, direct response, redirect; rewrites and header mutations.
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod cluster;
 pub mod config;
 pub mod grpc_health;
@@ -84,10 +86,19 @@ pub fn plan_clusters(
         let old = prev.and_then(|p| p.get(&c.name));
         let (cluster, change) = match old {
             Some(o) if o.spec() == *c => (Ok(o.clone()), ClusterChange::Kept),
-            Some(o) if o.differs_in_endpoints_only(c) => (
-                cluster::check_endpoints(&c.endpoints).map(|()| o.clone()),
-                ClusterChange::Endpoints(c.endpoints.clone()),
-            ),
+            Some(o) if o.differs_in_endpoints_only(c) => {
+                // Not rebuilt, so checked here as `Cluster::build` would.
+                let mut errs = bounds::cluster(c);
+                if let Err(e) = cluster::check_endpoints(&c.endpoints) {
+                    errs.extend(e);
+                }
+                let ok = if errs.is_empty() {
+                    Ok(o.clone())
+                } else {
+                    Err(errs)
+                };
+                (ok, ClusterChange::Endpoints(c.endpoints.clone()))
+            }
             Some(o) => (
                 Cluster::build_from(c, metrics, Some(o)).map(Arc::new),
                 ClusterChange::Rebuilt,

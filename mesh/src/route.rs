@@ -358,6 +358,7 @@ fn build_route(
     errors: &mut Vec<String>,
 ) -> Route {
     let (path, methods, headers) = build_match(&format!("{rpath}.match"), &r.matcher, errors);
+    errors.extend(crate::bounds::route(rpath, r));
     let actions = [
         r.cluster.is_some(),
         r.weighted_clusters.is_some(),

@@ -279,13 +279,7 @@ pub fn parse(yaml: &str) -> Result<Config, Vec<String>> {
 
 /// Checks what the schema cannot and building does not: addresses, names, filter settings.
 pub fn validate(cfg: &Config) -> Vec<String> {
-    let mut errors = Vec::new();
-    if cfg.threads == 0 || cfg.threads > 1024 {
-        errors.push(format!(
-            "threads: must be between 1 and 1024, got {}",
-            cfg.threads
-        ));
-    }
+    let mut errors = top_level_bounds(cfg);
     if cfg.app.id.trim().is_empty() {
         errors.push("app.id: must not be empty".to_owned());
     }
@@ -429,6 +423,34 @@ pub fn validate(cfg: &Config) -> Vec<String> {
     errors
 }
 
+/// Most worker threads per listener: far above the cores of any host, low enough that a typo
+/// cannot spawn a thread storm.
+pub const MAX_THREADS: usize = 1024;
+
+/// Longest shutdown drain (1 hour): beyond it a SIGTERM effectively never finishes (orchestrators
+/// kill long before), and the deadline arithmetic stays far from overflowing.
+pub const MAX_DRAIN_SECONDS: u64 = 3600;
+
+/// Bounds of the top-level settings (`threads`, `shutdown`); the mesh's are in
+/// `mecha_mesh::bounds`, the components' in their metadata parsing.
+fn top_level_bounds(cfg: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    if cfg.threads == 0 || cfg.threads > MAX_THREADS {
+        errors.push(format!(
+            "threads: must be between 1 and {MAX_THREADS}, got {}",
+            cfg.threads
+        ));
+    }
+    // 0 is allowed: exit right after SIGTERM without waiting for in-flight requests.
+    if cfg.shutdown.drain_seconds > MAX_DRAIN_SECONDS {
+        errors.push(format!(
+            "shutdown.drain_seconds: must be at most {MAX_DRAIN_SECONDS}, got {}",
+            cfg.shutdown.drain_seconds
+        ));
+    }
+    errors
+}
+
 pub fn build_context(cfg: &Config) -> BuildContext {
     BuildContext {
         app_id: cfg.app.id.clone(),
@@ -523,6 +545,55 @@ components:
         );
     }
 
+    /// The errors of a one-listener config with `yaml` (more top-level keys) added.
+    fn errors_with(yaml: &str) -> Vec<String> {
+        let base = "listeners: [{ name: a, address: \"127.0.0.1:1\" }]";
+        // The whole check (parse, validate, build), as `mecha validate` runs it.
+        match crate::check(&format!("{base}\n{yaml}\n")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn threads_are_bounded() {
+        assert_eq!(
+            errors_with("threads: 0"),
+            vec!["threads: must be between 1 and 1024, got 0".to_owned()]
+        );
+        assert_eq!(
+            errors_with("threads: 1025"),
+            vec!["threads: must be between 1 and 1024, got 1025".to_owned()]
+        );
+        assert!(errors_with("threads: 1024").is_empty());
+    }
+
+    #[test]
+    fn drain_seconds_are_bounded() {
+        assert_eq!(
+            errors_with("shutdown: { drain_seconds: 3601 }"),
+            vec!["shutdown.drain_seconds: must be at most 3600, got 3601".to_owned()]
+        );
+        assert_eq!(
+            errors_with("shutdown: { drain_seconds: 18446744073709551615 }").len(),
+            1
+        );
+        assert!(errors_with("shutdown: { drain_seconds: 0 }").is_empty());
+    }
+
+    #[test]
+    fn a_zero_health_check_interval_is_refused_with_its_path() {
+        // This config used to pass validation and panic the maintenance thread at start.
+        let errs = errors_with(
+            "clusters:\n  - name: c\n    endpoints: [{ address: \"127.0.0.1:1\" }]\n    \
+             health_check: { interval: 0 }",
+        );
+        assert_eq!(
+            errs,
+            vec!["clusters[0].health_check.interval: must be at least 1ms, got 0ns".to_owned()]
+        );
+    }
+
     #[test]
     fn a_public_runtime_api_needs_a_token_or_an_explicit_opt_out() {
         // (Assumes MECHA_API_TOKEN is not set for the test process.)
@@ -543,6 +614,19 @@ components:
         load(&listener_with("\"[::1]:1\"", "")).expect("loopback needs no token");
         let errs = load(&listener_with("127.0.0.1:1", ", api_token: \" \"")).expect_err("blank");
         assert!(errs[0].contains("api_token: must not be empty"), "{errs:?}");
+    }
+
+    #[test]
+    fn component_metadata_bounds_name_the_component() {
+        let errs = errors_with(
+            "components:\n  - { name: ps, type: pubsub.memory, metadata: { redeliverInterval: 0 } }",
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e
+                    .starts_with("components[0].metadata.redeliverInterval: must be at least 1ms")),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::pubsub::{
     Delivery, Message, Outcome, PubSub, PublishRequest, SubscribeRequest, Subscription,
 };
-use crate::spec::{BuildContext, ComponentSpec};
+use crate::spec::{BuildContext, ComponentSpec, MAX_CONCURRENCY, MAX_QUEUE_DEPTH};
 use crate::Health;
 
 use super::DEFAULT_MAX_BYTES;
@@ -131,18 +131,16 @@ struct Unsubscribe {
 impl MemoryPubSub {
     pub fn new(spec: &ComponentSpec, _ctx: &BuildContext) -> Result<Self> {
         let settings = Settings {
-            queue_depth: at_least_one(spec, "queueDepth", 100)?,
-            concurrency: at_least_one(spec, "concurrency", 10)?,
-            processing_timeout: spec.meta_duration("processingTimeout", Duration::from_secs(60))?,
-            redeliver_interval: spec.meta_duration("redeliverInterval", Duration::from_secs(1))?,
+            queue_depth: count(spec, "queueDepth", 100, MAX_QUEUE_DEPTH)?,
+            concurrency: count(spec, "concurrency", 10, MAX_CONCURRENCY)?,
+            processing_timeout: spec
+                .meta_positive_duration("processingTimeout", Duration::from_secs(60))?,
+            redeliver_interval: spec
+                .meta_positive_duration("redeliverInterval", Duration::from_secs(1))?,
+            // 0: a full queue fails the publish at once.
             publish_timeout: spec.meta_duration("publishTimeout", Duration::from_secs(5))?,
             max_bytes: super::at_least_one(spec, "maxBytes", DEFAULT_MAX_BYTES)?,
         };
-        if settings.processing_timeout.is_zero() {
-            return Err(Error::InvalidArgument(
-                "metadata.processingTimeout: must be greater than zero".to_owned(),
-            ));
-        }
         Ok(Self {
             shared: Arc::new(Shared {
                 label: format!("pubsub {:?}", spec.name),
@@ -157,15 +155,10 @@ impl MemoryPubSub {
     }
 }
 
-fn at_least_one(spec: &ComponentSpec, key: &str, default: u64) -> Result<usize> {
-    let n = spec.meta_u64(key, default)?;
-    match usize::try_from(n) {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(Error::InvalidArgument(format!(
-            "metadata.{key}: must be between 1 and {}, got {n}",
-            usize::MAX
-        ))),
-    }
+fn count(spec: &ComponentSpec, key: &str, default: u64, max: u64) -> Result<usize> {
+    let n = spec.meta_count(key, default, 1, max)?;
+    // `max` fits in usize on every target Mecha builds for.
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 #[async_trait]

@@ -408,6 +408,10 @@ impl Watch {
     async fn run(mut self, mut sink: PubSubSink, mut stream: PubSubStream) {
         loop {
             // Live: apply notices; ping now and then so a dead connection is noticed.
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "PING_EVERY is a non-zero constant"
+            )]
             let mut ping = tokio::time::interval(PING_EVERY);
             ping.tick().await;
             loop {

@@ -61,7 +61,7 @@ use crate::error::{Error, Result};
 use crate::pubsub::{
     Delivery, Message, Metadata, Outcome, PubSub, PublishRequest, SubscribeRequest, Subscription,
 };
-use crate::spec::{BuildContext, ComponentSpec};
+use crate::spec::{BuildContext, ComponentSpec, MAX_CONCURRENCY, MAX_QUEUE_DEPTH};
 use crate::Health;
 
 const FIELD_DATA: &str = "data";
@@ -127,33 +127,22 @@ impl RedisPubSub {
                 "metadata.consumerID: is required when the app id is empty".to_owned(),
             ));
         }
-        let positive = |key: &str, default: u64| -> Result<usize> {
-            match spec.meta_u64(key, default)? {
-                0 => Err(Error::InvalidArgument(format!(
-                    "metadata.{key}: must be greater than 0"
-                ))),
-                n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
-            }
+        let positive = |key: &str, default: u64, max: u64| -> Result<usize> {
+            let n = spec.meta_count(key, default, 1, max)?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
         };
         let max_len = match spec.meta_u64("maxLenApprox", DEFAULT_MAX_LEN_APPROX)? {
             0 => None,
             n => Some(n),
         };
-        let non_zero = |key: &str, default: Duration| -> Result<Duration> {
-            match spec.meta_duration(key, default)? {
-                d if d.is_zero() => Err(Error::InvalidArgument(format!(
-                    "metadata.{key}: must be greater than 0"
-                ))),
-                d => Ok(d),
-            }
-        };
+        let non_zero = |key: &str, default: Duration| spec.meta_positive_duration(key, default);
         let opts = Options {
             consumer_id,
             processing_timeout: non_zero("processingTimeout", Duration::from_secs(60))?,
             redeliver_interval: non_zero("redeliverInterval", Duration::from_secs(15))?,
             max_len,
-            queue_depth: positive("queueDepth", 100)?,
-            concurrency: positive("concurrency", 10)?,
+            queue_depth: positive("queueDepth", 100, MAX_QUEUE_DEPTH)?,
+            concurrency: positive("concurrency", 10, MAX_CONCURRENCY)?,
         };
         Ok(Self {
             backend: Arc::new(Backend::new(Settings::from_spec(spec, ctx)?)?),
@@ -519,7 +508,16 @@ impl Reader {
 
     /// Takes over entries pending longer than `processingTimeout` that nobody here works on.
     async fn reclaim_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.opts.redeliver_interval);
+        let mut tick = match crate::time::interval(
+            &format!("{} redeliverInterval", self.topic),
+            self.opts.redeliver_interval,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "pending entries are not reclaimed");
+                return;
+            }
+        };
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let min_idle = self.opts.processing_timeout.as_millis() as u64;
         loop {

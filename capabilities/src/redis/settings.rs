@@ -110,16 +110,9 @@ impl Settings {
         redis = redis.set_protocol(protocol);
         info = info.set_redis_settings(redis);
 
-        let timeout = positive(
-            spec,
-            "timeout",
-            spec.meta_duration("timeout", DEFAULT_TIMEOUT)?,
-        )?;
-        let dial_timeout = positive(
-            spec,
-            "dialTimeout",
-            spec.meta_duration("dialTimeout", timeout)?,
-        )?;
+        // Zero would fail every call (and every dial) at once.
+        let timeout = spec.meta_positive_duration("timeout", DEFAULT_TIMEOUT)?;
+        let dial_timeout = spec.meta_positive_duration("dialTimeout", timeout)?;
 
         Ok(Self {
             label: format!("{} {:?}", spec.kind, spec.name),
@@ -138,15 +131,6 @@ impl Settings {
         k.push_str(key);
         k
     }
-}
-
-fn positive(_spec: &ComponentSpec, key: &str, d: Duration) -> Result<Duration> {
-    if d.is_zero() {
-        return Err(Error::InvalidArgument(format!(
-            "metadata.{key}: must be greater than 0"
-        )));
-    }
-    Ok(d)
 }
 
 /// Dapr's key prefix strategy: `appid` (default) → `<app id>||key`, `name` → `<component

@@ -142,6 +142,10 @@ impl RedisServer {
     }
 
     /// Starts redis-server on this port and directory; `true` once it answers.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "synchronous test harness polling redis-server, which has no readiness signal"
+    )]
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let dir = self.dir.to_string_lossy().into_owned();
@@ -190,6 +194,10 @@ impl RedisServer {
     }
 
     /// Kills redis-server (SIGKILL) and waits until it is gone; its data stays for a restart.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "synchronous test harness waiting for redis-server to exit"
+    )]
     pub fn stop(&mut self) {
         if let Some((mut child, mut stdin)) = self.watchdog.take() {
             let _ = stdin.write_all(b"keep\n");
@@ -203,6 +211,10 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port with the same data directory (AOF replayed).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "synchronous test harness polling redis-server, which has no readiness signal"
+    )]
     pub fn start_again(&mut self) {
         for _ in 0..50 {
             if self.spawn() {

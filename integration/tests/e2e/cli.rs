@@ -217,3 +217,123 @@ fn run_on_a_taken_port_exits_non_zero_naming_the_address() {
         "the runtime port {grpc} must not be left listening"
     );
 }
+
+/// Durations, counts and paths out of bounds: a listener routing to a cluster, with `cluster`
+/// (YAML lines at the cluster's indentation) and `route` (flow-mapping entries) added.
+fn bounds_config(cluster: &str, route: &str, components: &str) -> String {
+    format!(
+        r#"
+admin: {{ address: null }}
+shutdown: {{ drain_seconds: 100000 }}
+listeners:
+  - name: edge
+    address: 127.0.0.1:1
+    filters:
+      - type: router
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - {{ match: {{ prefix: / }}, cluster: c{route} }}
+clusters:
+  - name: c
+    endpoints: [{{ address: "127.0.0.1:2" }}]
+{cluster}
+components:
+{components}
+"#
+    )
+}
+
+#[test]
+fn validate_refuses_out_of_bounds_durations_counts_and_paths_naming_each() {
+    let dir = TempDir::new("validate-bounds");
+    let path = dir.write(
+        "bounds.yaml",
+        &bounds_config(
+            "    connect_timeout: 0\n    health_check: { interval: 0, path: healthz }\n    \
+             outlier_detection: { base_ejection_time: 10s, max_ejection_time: 1s }",
+            ", per_try_timeout: 0, retry_policy: { base_interval: 0 }",
+            "  - { name: ps, type: pubsub.memory, metadata: { redeliverInterval: 0, queueDepth: 99999999999 } }",
+        ),
+    );
+    let out = run_mecha(&["validate", path.to_str().expect("utf-8")], CLI_TIMEOUT)
+        .expect("run mecha validate");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr:\n{stderr}");
+    for expected in [
+        "shutdown.drain_seconds: must be at most 3600, got 100000",
+        "clusters[0].connect_timeout: must be at least 1ms, got 0ns",
+        "clusters[0].health_check.interval: must be at least 1ms, got 0ns",
+        "clusters[0].health_check.path: must be a path starting with \"/\"",
+        "clusters[0].outlier_detection.max_ejection_time: must be at least base_ejection_time",
+        "listeners[0].filters[0].virtual_hosts[0].routes[0].per_try_timeout: must be at least 1ms",
+        "listeners[0].filters[0].virtual_hosts[0].routes[0].retry_policy.base_interval: must be \
+         at least 1ms",
+        "components[0].metadata.",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    // The same config within bounds is valid: the errors above are about the values.
+    let good = dir.write(
+        "good.yaml",
+        &bounds_config(
+            "    health_check: { interval: 1ms, path: /healthz }",
+            ", timeout: 0, per_try_timeout: 1ms",
+            "  - { name: ps, type: pubsub.memory, metadata: { redeliverInterval: 1ms } }",
+        )
+        .replace("drain_seconds: 100000", "drain_seconds: 0"),
+    );
+    let out = run_mecha(&["validate", good.to_str().expect("utf-8")], CLI_TIMEOUT)
+        .expect("run mecha validate");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "valid within bounds; stderr:\n{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn run_refuses_a_zero_health_check_interval_instead_of_panicking() {
+    // This config used to pass validation, then panic the maintenance thread at start.
+    let dir = TempDir::new("run-hc-zero");
+    let (edge, admin) = (free_addr(), free_addr());
+    let path = dir.write(
+        "hc.yaml",
+        &format!(
+            r#"
+admin: {{ address: "{admin}" }}
+listeners:
+  - name: edge
+    address: "{edge}"
+    filters:
+      - type: router
+        virtual_hosts:
+          - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, cluster: c }}] }}
+clusters:
+  - name: c
+    endpoints: [{{ address: "127.0.0.1:2" }}]
+    health_check: {{ interval: 0 }}
+"#
+        ),
+    );
+    let out = run_mecha(&["run", "-c", path.to_str().expect("utf-8")], CLI_TIMEOUT)
+        .expect("mecha run exits by itself on a bad config");
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "exit status {}; stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("clusters[0].health_check.interval: must be at least 1ms, got 0ns"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!listening(edge), "nothing may listen on {edge}");
+    assert!(!listening(admin), "nothing may listen on {admin}");
+}
