@@ -211,7 +211,10 @@ pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> anyhow::Result<HttpRe
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return parse_http_response(&buf, true)?.ok_or_else(|| {
-                anyhow!("{addr} closed the connection mid-response: {:?}", lossy(&buf))
+                anyhow!(
+                    "{addr} closed the connection mid-response: {:?}",
+                    lossy(&buf)
+                )
             });
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -338,10 +341,16 @@ mod tests {
             }
         });
         let got = http_get(addr, "/x").await.expect("get");
-        assert_eq!((got.status, got.header("x-a"), got.body.as_str()), (201, Some("1"), "ok"));
+        assert_eq!(
+            (got.status, got.header("x-a"), got.body.as_str()),
+            (201, Some("1"), "ok")
+        );
         let raw = http_raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .expect("raw");
-        assert_eq!((raw.status, raw.header("X-A"), raw.body.as_str()), (201, Some("1"), "ok"));
+        assert_eq!(
+            (raw.status, raw.header("X-A"), raw.body.as_str()),
+            (201, Some("1"), "ok")
+        );
     }
 }

@@ -317,15 +317,17 @@ impl Mecha {
             if let Some(status) = self.child.try_wait()? {
                 bail!("mecha exited before {path} answered 200: {status}");
             }
-            let last =
-                match tokio::time::timeout(Duration::from_secs(2), http_get(self.admin, path))
-                    .await
-                {
-                    Ok(Ok(r)) if r.status == 200 => return Ok(()),
-                    Ok(Ok(r)) => format!("{path} answered {}: {}", r.status, r.body),
-                    Ok(Err(e)) => format!("{path}: {e:#}"),
-                    Err(_) => format!("{path}: no answer within 2s"),
-                };
+            let last = match tokio::time::timeout(
+                Duration::from_secs(2),
+                http_get(self.admin, path),
+            )
+            .await
+            {
+                Ok(Ok(r)) if r.status == 200 => return Ok(()),
+                Ok(Ok(r)) => format!("{path} answered {}: {}", r.status, r.body),
+                Ok(Err(e)) => format!("{path}: {e:#}"),
+                Err(_) => format!("{path}: no answer within 2s"),
+            };
             if Instant::now() >= deadline {
                 bail!("{path} not 200 within {READY_TIMEOUT:?} (last: {last})");
             }

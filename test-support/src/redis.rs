@@ -24,8 +24,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use crate::unique;
 use crate::free_port;
+pub use crate::unique;
 
 /// Runs redis-server (`$0`, with the arguments that follow) and kills it (SIGKILL: as abrupt as
 /// a crash) when stdin closes, then removes its data directory unless told `keep` first (a
