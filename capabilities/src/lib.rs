@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod configuration;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;
 pub mod hello;

@@ -10,17 +10,19 @@
 //!   upstreams that never answer, cut a response short, echo bytes, speak WebSocket, or refuse.
 //! - [`RawUpstream`]: an HTTP/1.1 upstream on a bare socket that closes every keep-alive
 //!   connection right after answering, or resets the connection after reading the request.
-//! - [`send`] with [`Req`]: one HTTP/1.1 or h2c request through hyper's client connections.
+//! - [`send`] with [`Req`]: one HTTP/1.1 or h2c request (the shared client of
+//!   `mecha_test_support::http`, re-exported).
+//!
+//! [`Mesh`] is a thin layer over `mecha_test_support::process::Mecha`, the one process
+//! harness every test suite shares.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::Child;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use http_body_util::combinators::BoxBody;
@@ -28,31 +30,33 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mecha_test_support::process::{Launch, Mecha, Wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::{free_addr, http_get, mecha_bin, metric_value, TempDir, READY_TIMEOUT, STEP_TIMEOUT};
+use crate::{free_addr, metric_value, STEP_TIMEOUT};
+
+pub use mecha_test_support::eventually;
+pub use mecha_test_support::http::{send, Proto, Req, Resp};
 
 // === the sidecar ===
 
 /// A running `mecha run -c <config>`; killed on drop (its config and stderr are printed when
 /// the test panicked).
 pub struct Mesh {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
+    inner: Mecha,
     /// The admin listener.
     pub admin: SocketAddr,
     addrs: HashMap<String, SocketAddr>,
     /// The config it runs with.
     pub config: String,
-    _dir: TempDir,
 }
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mesh")
-            .field("pid", &self.child.id())
+            .field("pid", &self.inner.pid())
             .field("admin", &self.admin)
             .field("addrs", &self.addrs)
             .finish()
@@ -100,96 +104,35 @@ pub fn subst(template: &str, addrs: &[(&str, SocketAddr)]) -> String {
     out
 }
 
+/// The whole config for a template body: `threads: 1` unless the body sets it, and the admin
+/// listener.
+fn full_config(body: &str, admin: SocketAddr) -> String {
+    let threads = if body.lines().any(|l| l.starts_with("threads:")) {
+        ""
+    } else {
+        "threads: 1\n"
+    };
+    format!("{threads}admin:\n  address: {admin}\n{body}")
+}
+
 impl Mesh {
     /// Starts `mecha run` on `template` (listeners, clusters, components; no `admin:`), with
     /// every `${name}` replaced by a free loopback address, and waits for `/ready`. A start that
     /// lost a race for its ports is retried on new ones.
     pub async fn start(template: &str) -> Mesh {
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start(template).await {
-                Ok(m) => return m,
-                Err((true, msg)) => last = msg,
-                Err((false, msg)) => panic!("{msg}"),
-            }
-        }
-        panic!("mecha could not get free ports in 3 attempts; last:\n{last}");
-    }
-
-    async fn try_start(template: &str) -> Result<Mesh, (bool, String)> {
-        let (body, addrs) = fill_template(template);
-        let admin = free_addr();
-        let threads = if body.lines().any(|l| l.starts_with("threads:")) {
-            ""
-        } else {
-            "threads: 1\n"
-        };
-        let config = format!("{threads}admin:\n  address: {admin}\n{body}");
-        let dir = TempDir::new("mesh");
-        let path = dir.write("mecha.yaml", &config);
-        let mut child = crate::mecha_run_command(&path, dir.path())
-            .spawn()
-            .map_err(|e| (false, format!("spawn {}: {e}", mecha_bin().display())))?;
-        let stderr = Arc::new(Mutex::new(String::new()));
-        if let Some(mut pipe) = child.stderr.take() {
-            let text = stderr.clone();
-            std::thread::spawn(move || {
-                use std::io::Read as _;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if let Ok(mut t) = text.lock() {
-                        t.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    }
-                }
-            });
-        }
-        let mut mesh = Mesh {
-            child,
-            stderr,
-            admin,
+        let mut addrs = HashMap::new();
+        let inner = Mecha::start(Wait::Ready, || {
+            let (body, a) = fill_template(template);
+            addrs = a;
+            let admin = free_addr();
+            Launch::new("mesh", full_config(&body, admin), admin)
+        })
+        .await;
+        Mesh {
+            admin: inner.admin,
             addrs,
-            config,
-            _dir: dir,
-        };
-        match mesh.wait_ready().await {
-            Ok(()) => Ok(mesh),
-            Err(e) => {
-                let exited = mesh.child.try_wait().ok().flatten().is_some();
-                mesh.kill();
-                let stderr = mesh.stderr_text();
-                let msg = format!(
-                    "mecha did not become ready: {e:#}\n--- config ---\n{}\n--- mecha stderr ---\n{stderr}",
-                    mesh.config
-                );
-                // Printed above already; keep Drop quiet.
-                mesh.config.clear();
-                Err((exited && stderr.contains("cannot listen"), msg))
-            }
-        }
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("mecha exited before it was ready: {status}");
-            }
-            let last =
-                match tokio::time::timeout(Duration::from_secs(2), http_get(self.admin, "/ready"))
-                    .await
-                {
-                    Ok(Ok(r)) if r.status == 200 => return Ok(()),
-                    Ok(Ok(r)) => format!("/ready answered {}: {}", r.status, r.body),
-                    Ok(Err(e)) => format!("/ready: {e:#}"),
-                    Err(_) => "/ready: no answer within 2s".to_owned(),
-                };
-            if Instant::now() >= deadline {
-                bail!("not ready within {READY_TIMEOUT:?} (last: {last})");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            config: inner.config.clone(),
+            inner,
         }
     }
 
@@ -201,24 +144,23 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no ${{{name}}} in the config template"))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.inner.pid()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.inner.is_running()
     }
 
     /// Everything the process wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
-        self.stderr.lock().map(|t| t.clone()).unwrap_or_default()
+        self.inner.stderr_now()
     }
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let r = tokio::time::timeout(STEP_TIMEOUT, http_get(self.admin, "/metrics"))
-            .await
-            .expect("GET /metrics timed out")
-            .expect("GET /metrics");
-        assert_eq!(r.status, 200, "/metrics: {}", r.body);
-        r.body
+        self.inner.metrics().await
     }
 
     /// The value of one series now (0 when absent).
@@ -229,186 +171,8 @@ impl Mesh {
     /// Polls `/metrics` until `series` has a value for which `want` holds (metrics are
     /// recorded after the response is sent, so a scrape right after a call may lag).
     pub async fn wait_metric(&self, series: &str, want: impl Fn(f64) -> bool) -> f64 {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let text = self.metrics().await;
-            let value = metric_value(&text, series);
-            if let Some(v) = value.filter(|v| want(*v)) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "metric {series} never reached the expected value (last: {value:?}); /metrics:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.inner.wait_metric(series, want).await
     }
-
-    fn kill(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() && !self.config.is_empty() {
-            eprintln!(
-                "--- mecha (admin {}) config ---\n{}\n--- mecha stderr ---\n{}--- end of mecha stderr ---",
-                self.admin,
-                self.config,
-                self.stderr_text()
-            );
-        }
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-// === HTTP client ===
-
-/// How the test client talks to the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    H1,
-    /// HTTP/2 over cleartext, prior knowledge.
-    H2c,
-}
-
-/// A request for [`send`]: the host goes into `Host` (HTTP/1.1) or `:authority` (h2c).
-#[derive(Debug, Clone)]
-pub struct Req {
-    pub method: Method,
-    pub host: String,
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-}
-
-impl Req {
-    /// `GET path` for host `svc.test`.
-    pub fn get(path: &str) -> Self {
-        Self {
-            method: Method::GET,
-            host: "svc.test".to_owned(),
-            path: path.to_owned(),
-            headers: Vec::new(),
-            body: Bytes::new(),
-        }
-    }
-
-    pub fn method(mut self, m: Method) -> Self {
-        self.method = m;
-        self
-    }
-
-    pub fn host(mut self, h: &str) -> Self {
-        self.host = h.to_owned();
-        self
-    }
-
-    pub fn header(mut self, k: &str, v: &str) -> Self {
-        self.headers.push((k.to_owned(), v.to_owned()));
-        self
-    }
-
-    pub fn body(mut self, b: impl Into<Bytes>) -> Self {
-        self.body = b.into();
-        self
-    }
-}
-
-/// A complete response.
-#[derive(Debug, Clone)]
-pub struct Resp {
-    pub status: u16,
-    pub version: Version,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Sends `req` to `addr` over a new connection and reads the whole response. An error means
-/// the exchange broke (connection closed, body shorter than announced, stream reset).
-pub async fn send(addr: SocketAddr, proto: Proto, req: Req) -> anyhow::Result<Resp> {
-    tokio::time::timeout(STEP_TIMEOUT, send_inner(addr, proto, req))
-        .await
-        .map_err(|_| anyhow!("no complete answer from {addr} within {STEP_TIMEOUT:?}"))?
-}
-
-async fn send_inner(addr: SocketAddr, proto: Proto, req: Req) -> anyhow::Result<Resp> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect {addr}"))?;
-    let io = TokioIo::new(tcp);
-    let mut builder = Request::builder().method(req.method.clone());
-    builder = match proto {
-        Proto::H1 => builder
-            .uri(req.path.as_str())
-            .header(http::header::HOST, req.host.as_str()),
-        Proto::H2c => builder
-            .uri(format!("http://{}{}", req.host, req.path))
-            .version(Version::HTTP_2),
-    };
-    for (k, v) in &req.headers {
-        builder = builder.header(k.as_str(), v.as_str());
-    }
-    let request = builder.body(Full::new(req.body.clone()))?;
-    let resp = match proto {
-        Proto::H1 => {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            sender.send_request(request).await?
-        }
-        Proto::H2c => {
-            let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            sender.send_request(request).await?
-        }
-    };
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .context("reading the response body")?
-        .to_bytes();
-    Ok(Resp {
-        status: parts.status.as_u16(),
-        version: parts.version,
-        headers: parts.headers,
-        body,
-    })
 }
 
 // === HTTP upstream ===
@@ -1055,13 +819,8 @@ impl Mesh {
     /// taken the update, as `mecha_config_updates_total` tells.
     pub async fn rewrite(&mut self, template: &str) -> Reload {
         let body = fill_template_with(template, &mut self.addrs);
-        // As `try_start` writes it: the same admin listener and thread count.
-        let threads = if body.lines().any(|l| l.starts_with("threads:")) {
-            ""
-        } else {
-            "threads: 1\n"
-        };
-        let config = format!("{threads}admin:\n  address: {}\n{body}", self.admin);
+        // As `start` writes it: the same admin listener and thread count.
+        let config = full_config(&body, self.admin);
         let applied = "mecha_config_updates_total{source=\"file\",result=\"applied\"}";
         let rejected = "mecha_config_updates_total{source=\"file\",result=\"rejected\"}";
         let text = self.metrics().await;
@@ -1069,7 +828,7 @@ impl Mesh {
             metric_value(&text, applied).unwrap_or(0.0),
             metric_value(&text, rejected).unwrap_or(0.0),
         );
-        self._dir.write("mecha.yaml", &config);
+        self.inner.write_config(config.clone());
         self.config = config;
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
@@ -1090,11 +849,6 @@ impl Mesh {
 
     /// `/config_dump` as JSON.
     pub async fn config_dump(&self) -> serde_json::Value {
-        let r = tokio::time::timeout(STEP_TIMEOUT, http_get(self.admin, "/config_dump"))
-            .await
-            .expect("GET /config_dump timed out")
-            .expect("GET /config_dump");
-        assert_eq!(r.status, 200, "/config_dump: {}", r.body);
-        r.json()
+        self.inner.config_dump().await
     }
 }

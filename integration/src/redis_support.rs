@@ -16,26 +16,20 @@
 //! - [`wait_ready_status`], [`sigkill`]: poll `/ready` for a status; SIGKILL a sidecar.
 //! - [`BareSidecar`]: a sidecar not waited on for readiness (started while Redis is down).
 //!
-//! Every redis-server runs under a small `sh` watchdog holding a pipe from this process: however
-//! the test process ends (even killed), the pipe closes and the watchdog kills redis-server, so
-//! no server outlives its tests. Sidecars are killed when their [`Sidecar`] is dropped.
-//!
-//! The binary is `$REDIS_SERVER` or `redis-server` on PATH; when it is missing and we run as
-//! root, it is installed with apt-get (as the component tests do).
+//! [`RedisServer`], [`shared_host`] and [`unique`] are `mecha_test_support::redis`'s (the one
+//! redis-server harness, shared with the component tests), re-exported; see there for the
+//! watchdog that keeps a server from outliving its tests. [`BareSidecar`] is a thin layer over
+//! `mecha_test_support::process::Mecha`. Sidecars are killed when their [`Sidecar`] is dropped.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use mecha_proto::runtime::v1::runtime_client::RuntimeClient;
+use mecha_test_support::process::{Launch, Mecha, Wait};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Streaming;
 
 use crate::pb::subscribe_topic_events_request::SubscribeTopicEventsRequestType as Inbound;
@@ -46,282 +40,9 @@ use crate::pb::{
     SubscribeTopicEventsRequestInitial, SubscribeTopicEventsRequestProcessed,
     SubscribeTopicEventsResponse, TopicEventRequest, TopicEventResponse,
 };
-use crate::{
-    describe, free_addr, free_port, http_get, mecha_bin, workspace_root, HttpResponse, Sidecar,
-    TempDir, READY_TIMEOUT, STEP_TIMEOUT,
-};
+use crate::{describe, free_addr, http_get, workspace_root, HttpResponse, Sidecar, STEP_TIMEOUT};
 
-// === names ===
-
-/// A name no other test (in this or a parallel run) uses: `<what>-<pid>-<n>-<nanos>`.
-pub fn unique(what: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{what}-{}-{n}-{nanos}", std::process::id())
-}
-
-// === redis-server ===
-
-/// Runs redis-server (`$0`, with the arguments that follow) and kills it (SIGKILL: as abrupt as
-/// a crash) when stdin closes, then removes its data directory unless told `keep` first (a
-/// restart). A background command of a non-interactive shell reads /dev/null, so only the
-/// watchdog's `read` sees our pipe.
-const WATCHDOG: &str = r#"
-"$0" "$@" &
-pid=$!
-read what
-kill -9 "$pid" 2>/dev/null
-wait "$pid" 2>/dev/null
-[ "$what" = keep ] || rm -rf "$MECHA_REDIS_DIR"
-exit 0
-"#;
-
-fn redis_server_bin() -> String {
-    static INSTALL: Once = Once::new();
-    if let Ok(bin) = std::env::var("REDIS_SERVER") {
-        return bin;
-    }
-    let found = || {
-        Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    INSTALL.call_once(|| {
-        if found() {
-            return;
-        }
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        assert!(
-            root,
-            "redis-server is not installed and we are not root to install it: install it, set \
-             REDIS_SERVER to its path, or set REDIS_URL to a running server"
-        );
-        let apt = |args: &[&str]| {
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !apt(&["install", "-y", "-q", "redis-server"]) {
-            assert!(apt(&["update", "-q"]), "apt-get update failed");
-            assert!(
-                apt(&["install", "-y", "-q", "redis-server"]),
-                "apt-get install redis-server failed"
-            );
-        }
-    });
-    "redis-server".to_owned()
-}
-
-/// `true` once the server answers PING with PONG (not LOADING: AOF replay is done).
-fn answers_ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
-}
-
-/// A throw-away redis-server: free port, temporary directory, AOF with `appendfsync always`
-/// (an acknowledged write is on disk before Redis answers). Killed on drop, its dir removed.
-pub struct RedisServer {
-    pub port: u16,
-    dir: PathBuf,
-    watchdog: Option<(Child, ChildStdin)>,
-}
-
-impl std::fmt::Debug for RedisServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisServer")
-            .field("port", &self.port)
-            .field("dir", &self.dir)
-            .field("running", &self.watchdog.is_some())
-            .finish()
-    }
-}
-
-impl RedisServer {
-    /// Starts a server and waits (bounded) until it answers PING.
-    pub fn start() -> Self {
-        for _ in 0..5 {
-            let dir = std::env::temp_dir().join(unique("mecha-it-redis"));
-            std::fs::create_dir_all(&dir).expect("create redis test dir");
-            let mut server = Self {
-                port: free_port(),
-                dir,
-                watchdog: None,
-            };
-            if server.spawn() {
-                return server;
-            }
-            // Most likely another process took the port between our probe and redis' bind:
-            // try another (dropping `server` stops it and removes its directory).
-        }
-        panic!("redis-server did not start 5 times; is redis-server runnable?");
-    }
-
-    /// Starts redis-server on this port and directory; `true` once it answers.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "synchronous test harness polling redis-server, which has no readiness signal"
-    )]
-    fn spawn(&mut self) -> bool {
-        let port = self.port.to_string();
-        let dir = self.dir.to_string_lossy().into_owned();
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg(redis_server_bin())
-            .args(["--port", &port, "--bind", "127.0.0.1", "--dir", &dir])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--save", ""])
-            .args(["--protected-mode", "no", "--daemonize", "no"])
-            .args([
-                "--logfile",
-                "redis.log",
-                "--pidfile",
-                &format!("{dir}/redis.pid"),
-            ])
-            .env("MECHA_REDIS_DIR", &dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server under sh");
-        let stdin = child.stdin.take().expect("watchdog stdin");
-        self.watchdog = Some((child, stdin));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if answers_ping(self.port) {
-                return true;
-            }
-            if let Some((child, _)) = &mut self.watchdog {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// `127.0.0.1:<port>`, as `redisHost` takes it and as error messages print the address.
-    pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Kills redis-server (SIGKILL, like a crash) and waits until its port refuses connections;
-    /// its data directory (the AOF) stays for [`start_again`](Self::start_again).
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "synchronous test harness waiting for redis-server to exit"
-    )]
-    pub fn stop(&mut self) {
-        if let Some((mut child, mut stdin)) = self.watchdog.take() {
-            let _ = stdin.write_all(b"keep\n");
-            drop(stdin);
-            let _ = child.wait();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Starts the server again on the same port with the same data directory (AOF replayed) and
-    /// waits until it answers PING.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "synchronous test harness polling redis-server, which has no readiness signal"
-    )]
-    pub fn start_again(&mut self) {
-        for _ in 0..50 {
-            if self.spawn() {
-                return;
-            }
-            self.stop();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("redis-server did not restart on port {}", self.port);
-    }
-
-    /// [`stop`](Self::stop), then [`start_again`](Self::start_again).
-    pub fn restart(&mut self) {
-        self.stop();
-        self.start_again();
-    }
-
-    /// Freezes redis-server (SIGSTOP): connections are still accepted by the kernel, nothing
-    /// is answered — a stalled server or a partition, not a refused connection.
-    pub fn pause(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
-    }
-
-    /// Lets a [`pause`](Self::pause)d server run again (SIGCONT).
-    pub fn resume(&self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let path = self.dir.join("redis.pid");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let pid: i32 = text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{} holds {text:?}, not a pid", path.display()));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-            .unwrap_or_else(|e| panic!("send {signal:?} to redis-server {pid}: {e}"));
-    }
-
-    /// The end of the server's log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- redis-server on port {} log (tail) ---\n{}\n--- end of redis log ---",
-                self.port,
-                self.log_tail()
-            );
-        }
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The Redis the tests that never stop it use: `REDIS_URL` when set (e.g.
-/// `redis://127.0.0.1:6379/0`), else this test binary's throw-away server (started once; its
-/// watchdog kills it when the test process exits).
-pub fn shared_host() -> String {
-    static SHARED: OnceLock<RedisServer> = OnceLock::new();
-    match std::env::var("REDIS_URL") {
-        Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
-        _ => SHARED.get_or_init(RedisServer::start).host(),
-    }
-}
+pub use mecha_test_support::redis::{shared_host, unique, RedisServer};
 
 // === the sidecar's components ===
 
@@ -452,15 +173,13 @@ pub async fn wait_ready_status(admin: SocketAddr, ready: bool, bound: Duration) 
 /// `/ready` 200): for a sidecar started while its backend is down. Killed on drop (its config and
 /// stderr are printed when the test panicked).
 pub struct BareSidecar {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
+    inner: Mecha,
     /// The runtime listener.
     pub grpc_addr: SocketAddr,
     /// The admin listener.
     pub admin_addr: SocketAddr,
     /// The config it runs with.
     pub config: String,
-    _dir: TempDir,
 }
 
 impl BareSidecar {
@@ -468,87 +187,37 @@ impl BareSidecar {
     /// [`crate::SidecarBuilder::components`]) and waits until its admin listener answers
     /// `/healthz` (the process is up; readiness is not asked for).
     pub async fn start(components: &str) -> Self {
-        let dir = TempDir::new("bare-sidecar");
-        let (grpc_addr, admin_addr) = (free_addr(), free_addr());
-        let config = format!(
-            "threads: 1\napp:\n  id: app\nadmin:\n  address: {admin_addr}\nlisteners:\n  - name: runtime\n    address: {grpc_addr}\n    filters:\n      - type: capability\n        apis: [layotto]\ncomponents:\n{components}"
-        );
-        let path = dir.write("mecha.yaml", &config);
-        let mut child = crate::mecha_run_command(&path, dir.path())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", mecha_bin().display()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        if let Some(mut pipe) = child.stderr.take() {
-            let text = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                    if let Ok(mut t) = text.lock() {
-                        t.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    }
-                }
-            });
-        }
-        let mut sc = Self {
-            child,
-            stderr,
-            grpc_addr,
-            admin_addr,
-            config,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = sc.child.try_wait() {
-                panic!("mecha exited at start: {status}");
-            }
-            let r = tokio::time::timeout(Duration::from_secs(2), http_get(admin_addr, "/healthz"));
-            if matches!(r.await, Ok(Ok(r)) if r.status == 200) {
-                return sc;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mecha's admin listener did not answer /healthz within {READY_TIMEOUT:?}"
+        let mut grpc_addr = free_addr();
+        let mut inner = Mecha::start(Wait::Alive, || {
+            grpc_addr = free_addr();
+            let admin_addr = free_addr();
+            let config = format!(
+                "threads: 1\napp:\n  id: app\nadmin:\n  address: {admin_addr}\nlisteners:\n  - name: runtime\n    address: {grpc_addr}\n    filters:\n      - type: capability\n        apis: [layotto]\ncomponents:\n{components}"
             );
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            Launch::new("bare-sidecar", config, admin_addr)
+        })
+        .await;
+        inner.label = format!("grpc {grpc_addr}");
+        Self {
+            grpc_addr,
+            admin_addr: inner.admin,
+            config: inner.config.clone(),
+            inner,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner.pid()
     }
 
     /// The generated Layotto `Runtime` client, connected.
     pub async fn client(&self) -> RuntimeClient<Channel> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.grpc_addr))
-            .expect("endpoint url")
-            .connect_timeout(Duration::from_secs(5));
-        let channel = crate::within("connect", endpoint.connect())
-            .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.grpc_addr));
-        RuntimeClient::new(channel)
+        RuntimeClient::new(crate::connect(self.grpc_addr).await)
     }
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for BareSidecar {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let stderr = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();
-            eprintln!(
-                "--- mecha (pid {}) config ---\n{}\n--- mecha stderr ---\n{stderr}--- end of mecha stderr ---",
-                self.child.id(),
-                self.config
-            );
-        }
+        self.inner.is_running()
     }
 }
 
