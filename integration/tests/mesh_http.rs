@@ -438,8 +438,8 @@ clusters:
         "listeners[0].filters[0].virtual_hosts[0].routes[2]: set exactly one of",
         "listeners[1].tcp_proxy.cluster: unknown cluster \"missing\"",
         "clusters[0].endpoints[0].address: expected ip:port",
-        "clusters[1].endpoints[0].weight: must be at least 1",
-        "clusters[1].max_h2_streams: must be at least 1",
+        "clusters[1].endpoints[0].weight: must be between 1 and 1000, got 0",
+        "clusters[1].max_h2_streams: must be between 1 and",
         "clusters[1].outlier_detection.max_ejection_percent: at most 100",
     ] {
         assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");

@@ -17,6 +17,7 @@
 //! never changes a request midway, and objects a new Snapshot dropped finish their in-flight
 //! work (they are `Arc`s).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -303,8 +304,22 @@ impl Snapshot {
         let now = SystemTime::now();
         let mut plan = UpdatePlan::default();
         let mut resources = Vec::new();
+        // Indexes, so an update of thousands of resources stays linear.
+        let prev_index: HashMap<(ResourceKind, &str), &ResourceStatus> = prev
+            .map(|p| {
+                p.resources
+                    .iter()
+                    .map(|r| ((r.kind, r.name.as_str()), r))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let changes: HashMap<&str, &ClusterChange> = cluster_plan
+            .changes
+            .iter()
+            .map(|(n, c)| (n.as_str(), c))
+            .collect();
         let mut status = |kind: ResourceKind, name: &str, changed: bool, content| {
-            let old = prev.and_then(|p| p.resource(kind, name));
+            let old = prev_index.get(&(kind, name)).copied();
             let (version, last_updated) = match old {
                 Some(o) if !changed => (o.version.clone(), o.last_updated),
                 _ => (source.version.clone(), now),
@@ -323,7 +338,9 @@ impl Snapshot {
             });
         };
         for (i, l) in config.listeners.iter().enumerate() {
-            let changed = prev.is_none_or(|p| p.listener(&l.name) != Some(l));
+            // Its route table is a resource of its own: a route edit changes that one.
+            let changed = prev
+                .is_none_or(|p| p.listener(&l.name).map(without_routes) != Some(without_routes(l)));
             status(
                 ResourceKind::Listener,
                 &l.name,
@@ -345,11 +362,7 @@ impl Snapshot {
             }
         }
         for (i, c) in config.clusters.iter().enumerate() {
-            let change = cluster_plan
-                .changes
-                .iter()
-                .find(|(n, _)| *n == c.name)
-                .map(|(_, ch)| ch.clone());
+            let change = changes.get(c.name.as_str()).map(|ch| (*ch).clone());
             let changed = change != Some(ClusterChange::Kept);
             status(
                 ResourceKind::Cluster,
@@ -382,16 +395,11 @@ impl Snapshot {
             );
         }
         if let Some(p) = prev {
-            let gone = p
+            // Every resource that existed before and still does was counted changed or kept.
+            plan.counts[2] = p
                 .resources
-                .iter()
-                .filter(|r| {
-                    !resources
-                        .iter()
-                        .any(|n| n.kind == r.kind && n.name == r.name)
-                })
-                .count();
-            plan.counts[2] = gone;
+                .len()
+                .saturating_sub(plan.counts[1] + plan.counts[3]);
             plan.removed_clusters = cluster_plan.removed.clone();
             let live: std::collections::HashSet<&str> = routes
                 .iter()
@@ -447,6 +455,17 @@ impl Snapshot {
             .iter()
             .find(|r| r.kind == kind && r.name == name)
     }
+}
+
+/// A listener's config without its routes (they are the route table resource).
+fn without_routes(l: &ListenerConfig) -> ListenerConfig {
+    let mut l = l.clone();
+    for f in &mut l.filters {
+        if let FilterConfig::Router(rc) = f {
+            rc.virtual_hosts.clear();
+        }
+    }
+    l
 }
 
 /// Components are named per building block (`state/statestore`): two blocks may use one name.
