@@ -85,13 +85,7 @@ fn config(clusters: usize, routes: usize, edit: Edit) -> String {
     );
     for i in 0..routes {
         let timeout = match edit {
-            Edit::Route(flip) if i == edited_route => {
-                if flip {
-                    "6s"
-                } else {
-                    "5s"
-                }
-            }
+            Edit::Route(true) if i == edited_route => "6s",
             _ => "5s",
         };
         let _ = writeln!(
