@@ -149,7 +149,7 @@ struct Phases {
     counts: Vec<[usize; 4]>,
     /// Per update: clusters that are not the same objects as before the update.
     clusters_replaced: Vec<usize>,
-    /// Per update: the resources (`kind/name`) that took the update's version.
+    /// Per update: the resources (`kind/name`) whose version differs from the running one's.
     changed: Vec<String>,
 }
 
@@ -212,7 +212,7 @@ fn updates(
             Outcome::Unchanged => return Err(format!("update {i} was taken as unchanged")),
         }
         // Proof of what was rebuilt: object identity of every cluster, and the resources
-        // whose version is the new config's.
+        // whose version changed.
         let next = manager.current();
         p.clusters_replaced.push(
             next.clusters
@@ -228,7 +228,11 @@ fn updates(
         let mut changed: Vec<String> = next
             .resources
             .iter()
-            .filter(|r| r.version == next.version)
+            .filter(|r| {
+                current
+                    .resource(r.kind, &r.name)
+                    .is_none_or(|old| old.version != r.version)
+            })
             .map(|r| format!("{}/{}", r.kind.as_str(), r.name))
             .collect();
         changed.sort();
