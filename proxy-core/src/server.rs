@@ -244,6 +244,11 @@ pub fn run_with_source(
     Ok(())
 }
 
+/// How often the config file's modification time and length are checked: the fastest a file
+/// source can apply updates (benches/reload.sh measures 10 reloads/s; a `stat` each 100 ms is
+/// free next to serving traffic).
+pub const RELOAD_POLL: Duration = Duration::from_millis(100);
+
 /// Watches the config file; each change is a resource update (see [`crate::resources`]):
 /// applied as a diff, or rejected whole with every error logged and shown in `/config_dump`.
 struct ConfigReload {
@@ -297,7 +302,7 @@ impl BackgroundService for ConfigReload {
         let mut last = self.stamp();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(RELOAD_POLL) => {}
                 _ = shutdown.changed() => return,
             }
             let now = self.stamp();
