@@ -252,19 +252,27 @@ fn needs_restart(current: &Config, next: &Config, platform_roots: bool) -> Vec<S
             .iter()
             .map(|l| {
                 let lean = matches!(l.filters.as_slice(), [FilterConfig::Capability { .. }]);
+                // The listener's limits are set on its accept loop at start.
+                let limits = (
+                    l.max_connections,
+                    l.request_header_timeout,
+                    l.request_body_timeout,
+                );
                 (
                     l.name.clone(),
                     l.address.clone(),
                     l.tcp_proxy.is_some(),
                     lean,
+                    limits,
                 )
             })
             .collect::<Vec<_>>()
     };
     if shape(current) != shape(next) {
         errors.push(
-            "listeners: adding, removing, renaming or re-addressing a listener, or changing its \
-             kind (tcp_proxy, capability-only, full chain), needs a restart"
+            "listeners: adding, removing, renaming or re-addressing a listener, changing its \
+             kind (tcp_proxy, capability-only, full chain) or its limits (max_connections, \
+             request_header_timeout, request_body_timeout), needs a restart"
                 .to_owned(),
         );
     }
