@@ -541,3 +541,32 @@ fn redact(v: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_dump_contents_redact_secret_looking_values() {
+        let source = UpdateSource::yaml(
+            "test",
+            "components:\n  - name: s\n    type: state.redis\n    metadata: { redisHost: h:1, \
+             redisPassword: hunter2, accessKey: k1 }\n\
+             listeners:\n  - name: l\n    filters: [{ type: capability, api_token: t0k }]\n",
+        );
+        let component = section(&source.document, "components", 0);
+        assert_eq!(component["metadata"]["redisPassword"], "[redacted]");
+        assert_eq!(component["metadata"]["accessKey"], "[redacted]");
+        assert_eq!(component["metadata"]["redisHost"], "h:1");
+        let listener = section(&source.document, "listeners", 0);
+        assert_eq!(listener["filters"][0]["api_token"], "[redacted]");
+        assert!(!listener.to_string().contains("t0k"));
+    }
+
+    #[test]
+    fn content_versions_are_stable_and_tell_texts_apart() {
+        assert_eq!(content_version("a: 1\n"), content_version("a: 1\n"));
+        assert_ne!(content_version("a: 1\n"), content_version("a: 2\n"));
+        assert_eq!(content_version(""), "cbf29ce484222325");
+    }
+}
