@@ -2,12 +2,14 @@
 //!
 //! [`run_app_callback`] is Layotto's start-up subscription flow, kept running and kept in step
 //! with config updates:
-//! 1. connect to the app (h2c) and call `ListTopicSubscriptions`, retrying with backoff until
-//!    the app answers (each failure is logged with the address);
+//! 1. call the app's `ListTopicSubscriptions`, retrying with backoff until the app answers
+//!    (each failure is logged with the address). Calls go over the [`AppChannel`] the caller
+//!    gives — in the sidecar, the mesh client's channel to the local app's cluster, so each
+//!    call has the mesh's timeout, per-cluster metrics and outlier accounting;
 //! 2. subscribe every listed `(pubsub_name, topic, metadata)`; the dead-letter topic comes from
 //!    the subscription's metadata key [`DEAD_LETTER_METADATA`];
-//! 3. for every delivery call `OnTopicEvent` (at most [`MAX_IN_FLIGHT`] calls at once across all
-//!    subscriptions) and acknowledge with the app's answer: SUCCESS, RETRY or DROP. A failed
+//! 3. for every delivery call `OnTopicEvent` (at most `maxConcurrentHandlers` calls at once per
+//!    subscription, from its metadata; [`DEFAULT_HANDLERS`] when absent) and acknowledge with the app's answer: SUCCESS, RETRY or DROP. A failed
 //!    call is RETRY, except UNIMPLEMENTED, which Layotto and Dapr treat as "this app will never
 //!    take it": DROP (to the dead-letter topic when one is set).
 //!
@@ -34,15 +36,20 @@ use mecha_proto::layotto::app_callback_client::AppCallbackClient;
 use mecha_proto::layotto::TopicSubscription;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
+use tower::util::BoxCloneSyncService;
 
 use crate::layotto::convert;
 
 /// Subscription metadata key naming the dead-letter topic (Dapr's spelling).
 pub const DEAD_LETTER_METADATA: &str = "deadLetterTopic";
-/// `OnTopicEvent` calls outstanding at once, over all subscriptions.
-pub const MAX_IN_FLIGHT: usize = 64;
+/// Subscription metadata key bounding the `OnTopicEvent` calls outstanding at once for that
+/// subscription (Dapr's `maxConcurrentHandlers`-style setting).
+pub const MAX_HANDLERS_METADATA: &str = "maxConcurrentHandlers";
+/// `OnTopicEvent` calls outstanding at once per subscription when its metadata sets none.
+pub const DEFAULT_HANDLERS: usize = 16;
+/// The largest `maxConcurrentHandlers` honoured.
+pub const MAX_HANDLERS: usize = 1024;
 /// Deadline of one callback RPC; past it the event is retried.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the app's subscriptions are listed again by default (an app that restarted
@@ -52,39 +59,33 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-type Client = AppCallbackClient<Channel>;
+/// The transport callback calls go over: any tower service carrying gRPC requests to the app
+/// (the sidecar gives the mesh client's channel; tests may give a tonic `Channel`). It never
+/// fails as a service: a call that got no answer is answered with a gRPC status naming why.
+pub type AppChannel = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    std::convert::Infallible,
+>;
 
-/// Delivers events to the app at `endpoint` (`host:port`, or a full `http://` URI) from the
-/// components of the registry `registries` holds (a new value after each config update),
-/// until `shutdown` turns true. `relist_every` must not be zero.
+type Client = AppCallbackClient<AppChannel>;
+
+/// Delivers events over `channel` to the app at `endpoint` (`host:port`: where the app's
+/// presence is watched, and what logs name) from the components of the registry `registries`
+/// holds (a new value after each config update), until `shutdown` turns true.
+/// `relist_every` must not be zero.
 pub async fn run_app_callback(
     mut registries: watch::Receiver<Arc<Registry>>,
     app_id: String,
+    channel: AppChannel,
     endpoint: String,
     relist_every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let uri = if endpoint.contains("://") {
-        endpoint.clone()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = match Endpoint::from_shared(uri) {
-        Ok(e) => e
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy(),
-        Err(e) => {
-            tracing::error!(%endpoint, error = %e, "app callback address is not a valid URI; no events will be pushed");
-            return;
-        }
-    };
     let mut sync = Syncer {
         client: AppCallbackClient::new(channel),
         app_id: Arc::from(app_id),
         endpoint,
-        limit: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         relist: Arc::new(Notify::new()),
         shutdown: shutdown.clone(),
         running: HashMap::new(),
@@ -188,7 +189,6 @@ struct Syncer {
     client: Client,
     app_id: Arc<str>,
     endpoint: String,
-    limit: Arc<Semaphore>,
     /// Workers ask for a re-list when the app looks gone.
     relist: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
@@ -239,7 +239,7 @@ impl Syncer {
                         client: self.client.clone(),
                         app_id: self.app_id.clone(),
                         endpoint: self.endpoint.clone(),
-                        limit: self.limit.clone(),
+                        limit: Arc::new(Semaphore::new(handlers(&s.metadata))),
                         relist: self.relist.clone(),
                         shutdown: self.shutdown.clone(),
                     };
@@ -261,6 +261,22 @@ impl Syncer {
             r.task.abort();
         }
         self.running = keep;
+    }
+}
+
+/// The `OnTopicEvent` calls a subscription may have outstanding at once: its
+/// `maxConcurrentHandlers` metadata (1 to [`MAX_HANDLERS`]), else [`DEFAULT_HANDLERS`].
+fn handlers(metadata: &HashMap<String, String>) -> usize {
+    match metadata.get(MAX_HANDLERS_METADATA) {
+        None => DEFAULT_HANDLERS,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_HANDLERS).contains(&n) => n,
+            _ => {
+                tracing::warn!(value = %v, default = DEFAULT_HANDLERS,
+                    "subscription metadata {MAX_HANDLERS_METADATA} must be 1 to {MAX_HANDLERS}; using the default");
+                DEFAULT_HANDLERS
+            }
+        },
     }
 }
 
@@ -430,6 +446,29 @@ mod tests {
 
     use super::*;
 
+    /// A tonic channel to `addr`, as the transport of the callback (the sidecar uses the mesh
+    /// client's; the delivery logic is the same).
+    fn tonic_channel(addr: &str) -> AppChannel {
+        use tower::ServiceExt;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        BoxCloneSyncService::new(tower::service_fn(
+            move |req: http::Request<tonic::body::Body>| {
+                let channel = channel.clone();
+                async move {
+                    let answer = channel.oneshot(req).await;
+                    Ok::<_, std::convert::Infallible>(
+                        answer.unwrap_or_else(|e| {
+                            tonic::Status::unavailable(e.to_string()).into_http()
+                        }),
+                    )
+                }
+            },
+        ))
+    }
+
     /// An app subscribed to `orders` that answers RETRY to its first event, SUCCESS after.
     struct FakeApp {
         listed: mpsc::UnboundedSender<()>,
@@ -493,6 +532,7 @@ mod tests {
         let runner = tokio::spawn(run_app_callback(
             registries,
             "app1".into(),
+            tonic_channel(&addr.to_string()),
             addr.to_string(),
             DEFAULT_RELIST_INTERVAL,
             stop_rx,
@@ -559,23 +599,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_invalid_address_returns_at_once() {
-        let (_stop_tx, stop_rx) = watch::channel(false);
-        let registry = crate::layotto::tests::registry();
-        let (_tx, registries) = watch::channel(registry);
-        let run = run_app_callback(
-            registries,
-            "app1".into(),
-            "not a uri".into(),
-            DEFAULT_RELIST_INTERVAL,
-            stop_rx,
-        );
-        tokio::time::timeout(Duration::from_secs(2), run)
-            .await
-            .expect("returns");
-    }
-
-    #[tokio::test]
     async fn shutdown_stops_the_connect_retries() {
         let addr = {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -589,6 +612,7 @@ mod tests {
         let runner = tokio::spawn(run_app_callback(
             registries,
             "app1".into(),
+            tonic_channel(&addr.to_string()),
             addr.to_string(),
             DEFAULT_RELIST_INTERVAL,
             stop_rx,
@@ -695,6 +719,7 @@ mod tests {
         let runner = tokio::spawn(run_app_callback(
             registries,
             "app1".into(),
+            tonic_channel(&addr.to_string()),
             addr.to_string(),
             DEFAULT_RELIST_INTERVAL,
             stop_rx,

@@ -122,7 +122,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let service = mecha_api::layotto::server(registry, &args.app_id, MAX_MESSAGE);
+    let service = mecha_api::layotto::server(registry, &args.app_id, MAX_MESSAGE, None);
     let addr = args.addr;
     let threads = args.threads;
     let result = runtime.block_on(async move {

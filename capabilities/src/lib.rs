@@ -2,7 +2,7 @@
 //! and the components behind them.
 //!
 //! - Building blocks ([`state`], [`pubsub`], [`lock`], [`sequencer`], [`configuration`],
-//!   [`secrets`], [`hello`]) are traits over plain Rust types. Nothing here knows gRPC or HTTP:
+//!   [`secrets`], [`hello`], [`invoke`]) are traits over plain Rust types. Nothing here knows gRPC or HTTP:
 //!   the API adapters (`mecha-api`) map wire messages onto these traits.
 //! - [`registry::Registry`] builds the components a config names (`type: state.redis`, …) and
 //!   hands them out by name; an unknown name is an error that lists the configured ones.
@@ -17,6 +17,7 @@ pub mod configuration;
 pub mod conformance;
 pub mod error;
 pub mod hello;
+pub mod invoke;
 pub mod lock;
 pub mod memory;
 pub mod pubsub;

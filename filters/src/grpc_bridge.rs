@@ -174,23 +174,9 @@ impl FrameLimiter {
 
 // === helpers ===
 
-/// Parses `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
+/// Parses `grpc-timeout` (the capability layer's parser, shared with invocations).
 pub fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
-    let s = v.to_str().ok()?;
-    if s.len() < 2 || s.len() > 9 {
-        return None;
-    }
-    let (num, unit) = s.split_at(s.len() - 1);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    mecha_capabilities::invoke::parse_grpc_timeout(v.as_bytes())
 }
 
 fn code_of(headers: &HeaderMap) -> Option<Code> {
@@ -223,15 +209,7 @@ fn status_trailers(code: Code, message: &str) -> HeaderMap {
 
 /// grpc-message is percent-encoded (gRPC HTTP/2 spec): printable ASCII except '%' passes.
 pub fn percent_encode(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    for b in msg.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    mecha_mesh::client::percent_encode(msg)
 }
 
 fn h2_err(e: impl std::fmt::Display) -> BridgeError {

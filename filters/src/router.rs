@@ -11,15 +11,16 @@
 //! Plain CONNECT tunnels are refused with 405.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
-use mecha_mesh::cluster::{ConnectionSlot, RequestSlot, RetrySlot};
+use mecha_mesh::client::{resendable, Attempts, CallError, CallPolicy};
+use mecha_mesh::cluster::{ConnectionSlot, RequestSlot};
 use mecha_mesh::config::UpstreamProtocol;
 use mecha_mesh::metrics::{MeshMetrics, RouteMetrics};
-use mecha_mesh::{Action, AttemptResult, Cluster, Endpoint, PickError, RouteTable};
+use mecha_mesh::{Action, AttemptResult, Cluster, PickError, Route, RouteTable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, Session};
@@ -27,20 +28,9 @@ use pingora::{Error, ErrorType};
 use rand::Rng;
 
 use crate::chain::{Decision, HttpFilter, RequestCtx};
+use mecha_mesh::trace::{next_traceparent, put_hex};
 
-/// Default bound on the whole request when a route sets no `timeout` (Envoy's default route
-/// timeout is 15 s).
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Default stream idle timeout when a route sets no `idle_timeout` (Envoy's default stream idle
-/// timeout is 5 min).
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Retries of a request whose pooled upstream connection turned out closed (the keep-alive
-/// race), on top of the route's retry policy. Each one takes another (or a new) connection; a
-/// few cover a pool whose idle connections the upstream closed at once, and the bound keeps an
-/// upstream that closes every connection unanswered from looping a request.
-const MAX_REUSE_RETRIES: u32 = 4;
+use mecha_mesh::client::DEFAULT_TIMEOUT;
 
 /// Inbound headers with this prefix are the proxy's own and are removed from client requests
 /// (as Envoy does with `x-envoy-*`), so a client cannot forge them.
@@ -58,24 +48,18 @@ pub struct Router {
 pub struct Routed {
     router: Arc<Router>,
     route: (usize, usize),
-    cluster: Arc<Cluster>,
+    /// The tries against the chosen cluster (endpoint, retry slot, the `timeout` clock):
+    /// the mesh client's policy state, driven from the proxy phases.
+    tries: Attempts,
     _slot: RequestSlot,
     _connection: ConnectionSlot,
-    endpoint: Option<Endpoint>,
-    attempts: u32,
-    retry_slot: Option<RetrySlot>,
     grpc: bool,
     hash_key: Vec<u8>,
     status: u16,
     /// Set when `upstream_response` asked for a retry of a retriable status: Pingora hands that
     /// error to `error_while_proxy`, which must keep the decision (and not count it twice).
     status_retry: bool,
-    /// When the route was chosen: `timeout` covers the request from here — the connection
-    /// slot wait, every try and backoff, and the response until its end.
-    routed_at: Instant,
-    /// Tries that were retries of the keep-alive race (not counted against the policy).
-    reuse_retries: u32,
-    /// Set by `error_while_proxy` when the next try is such a retry.
+    /// Set by `error_while_proxy` when the next try retries the keep-alive race.
     reuse_retry: bool,
     /// The request's `x-request-id` (kept or created), for the access log.
     request_id: HeaderValue,
@@ -83,23 +67,31 @@ pub struct Routed {
 
 impl Routed {
     pub fn cluster_name(&self) -> &str {
-        &self.cluster.name
+        &self.tries.cluster().name
     }
 
     pub fn cluster(&self) -> &Cluster {
-        &self.cluster
+        self.tries.cluster()
     }
 
-    /// The route's total `timeout`, when it has one.
-    fn total_timeout(&self) -> Option<Duration> {
-        let total = self
-            .router
-            .table
-            .route(self.route)?
-            .timeout
-            .unwrap_or(DEFAULT_TIMEOUT);
-        (!total.is_zero()).then_some(total)
+    fn route(&self) -> Option<&Route> {
+        self.router.table.route(self.route)
     }
+
+    /// The route's policies (`timeout` runs from when the route was chosen: it covers the
+    /// connection slot wait, every try and backoff, and the response until its end).
+    fn policy(&self) -> CallPolicy<'_> {
+        self.route().map(route_policy).unwrap_or_default()
+    }
+}
+
+fn route_policy(r: &Route) -> CallPolicy<'_> {
+    CallPolicy::from_route(
+        r.retry.as_ref(),
+        r.timeout,
+        r.per_try_timeout,
+        r.idle_timeout,
+    )
 }
 
 impl Router {
@@ -295,7 +287,7 @@ impl HttpFilter for RouterFilter {
             router.record(idx, 502, ctx.started);
             return Ok(Decision::Responded);
         }
-        let routed_at = Instant::now();
+        let tries = Attempts::new(cluster.clone());
         let slot = match cluster.admit() {
             Ok(s) => s,
             Err(e) => {
@@ -366,18 +358,13 @@ impl HttpFilter for RouterFilter {
         ctx.routed = Some(Routed {
             router: router.clone(),
             route: idx,
-            cluster,
+            tries,
             _slot: slot,
             _connection: connection,
-            endpoint: None,
-            attempts: 0,
-            retry_slot: None,
             grpc,
             hash_key,
             status: 0,
             status_retry: false,
-            routed_at,
-            reuse_retries: 0,
             reuse_retry: false,
             request_id,
         });
@@ -394,153 +381,63 @@ impl Router {
         }
     }
 
-    /// Picks the endpoint for this attempt (a retry avoids the endpoint that just failed).
+    /// Picks the endpoint for this attempt (a retry avoids the endpoint that just failed):
+    /// [`Attempts::begin`] applies the retry budget, backoff and try timeouts.
     pub async fn upstream_peer(routed: &mut Routed) -> pingora::Result<Box<HttpPeer>> {
         let route =
             routed.router.table.route(routed.route).ok_or_else(|| {
                 Error::explain(ErrorType::InternalError, "route index out of range")
             })?;
+        let policy = route_policy(route);
         let reuse_retry = std::mem::take(&mut routed.reuse_retry);
-        if reuse_retry {
-            // The keep-alive race: the connection failed, not the upstream — no retry budget,
-            // no backoff, and the same endpoint may serve it.
-            routed.reuse_retries += 1;
-        } else if routed.attempts > 0 {
-            let policy = route.retry.as_ref();
-            let Some(slot) = routed.cluster.admit_retry() else {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(503),
-                    format!(
-                        "cluster {:?}: retry budget exhausted (max_retries)",
-                        routed.cluster.name
-                    ),
-                ));
-            };
-            routed.retry_slot = Some(slot);
-            if let Some(p) = policy {
-                let mut pause = p.backoff(routed.attempts - routed.reuse_retries);
-                if let Some(total) = routed.total_timeout() {
-                    pause = pause.min(total.saturating_sub(routed.routed_at.elapsed()));
-                }
-                tokio::time::sleep(pause).await;
-            }
-        }
-        routed.attempts += 1;
         // No answer yet from this try (`reuse_race` reads it).
         routed.status = 0;
-        let failed = routed.endpoint.take().map(|e| e.addr);
-        let avoid = if reuse_retry { None } else { failed };
-        let ep = routed
-            .cluster
-            .pick(&routed.hash_key, avoid)
-            // `pick` fails only for want of a healthy endpoint.
-            .map_err(|e| Error::explain(ErrorType::HTTPStatus(503), e.to_string()))?;
-        let cluster = &routed.cluster;
-        let tls = cluster.protocol == UpstreamProtocol::H2;
-        let mut peer = HttpPeer::new(ep.addr, tls, cluster.sni.clone());
-        peer.options.ca = cluster.ca.clone();
-        // Pingora's pool key leaves out the CA: without this, a cluster trusting other roots
-        // could reuse a connection another cluster verified to the same address and SNI.
-        peer.group_key = cluster.pool_key;
-        if reuse_retry {
-            // A pool key no pooled connection has: this try opens a new connection instead of
-            // meeting another one the upstream closed at the same time.
-            peer.group_key ^= rand::rng().random::<u64>() | 1;
-        }
-        // `timeout` bounds the whole request: a try may wait only for what is left of it, and
-        // at most `per_try_timeout`; each wait for bytes is also bounded by the idle timeout.
-        // `timeout: 0` disables the total (as in Envoy), e.g. for streams.
-        let left = match routed.total_timeout() {
-            Some(total) => {
-                let left = total.saturating_sub(routed.routed_at.elapsed());
-                if left.is_zero() {
-                    return Err(Error::explain(
-                        ErrorType::HTTPStatus(504),
-                        format!(
-                            "cluster {:?}: route timeout of {total:?} elapsed before try {}",
-                            cluster.name, routed.attempts
-                        ),
-                    ));
-                }
-                Some(left)
+        match routed
+            .tries
+            .begin(&policy, &routed.hash_key, reuse_retry)
+            .await
+        {
+            Ok(t) => Ok(Box::new(t.peer)),
+            Err(e) => {
+                let msg = match &e {
+                    CallError::Timeout { cluster, timeout, tries } => format!(
+                        "cluster {cluster:?}: route timeout of {timeout:?} elapsed before try {tries}"
+                    ),
+                    other => other.to_string(),
+                };
+                Err(Error::explain(ErrorType::HTTPStatus(e.http_status()), msg))
             }
-            None => None,
-        };
-        let idle =
-            Some(route.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)).filter(|d| !d.is_zero());
-        let timeout = [left, route.per_try_timeout, idle]
-            .into_iter()
-            .flatten()
-            .min();
-        let connect = left.map_or(cluster.connect_timeout, |l| l.min(cluster.connect_timeout));
-        peer.options.connection_timeout = Some(connect);
-        peer.options.total_connection_timeout = Some(connect);
-        peer.options.read_timeout = timeout;
-        peer.options.write_timeout = timeout;
-        if cluster.protocol != UpstreamProtocol::Http1 {
-            peer.options.set_http_version(2, 2);
-            peer.options.max_h2_streams = cluster.max_h2_streams;
         }
-        cluster.metrics.upstream_requests.inc();
-        routed.endpoint = Some(ep);
-        Ok(Box::new(peer))
     }
 
-    /// Whether the route's retry policy retries this failure. `may_have_arrived`: the request
-    /// may have reached the upstream (anything but a connect failure), so a non-idempotent
-    /// method is retried only when the policy opts in.
+    /// Whether the route's retry policy retries this failure ([`Attempts::may_retry`]), and
+    /// the request body is still whole to resend.
     fn may_retry(
         routed: &Routed,
         session: &Session,
         may_have_arrived: bool,
         cond: impl Fn(&mecha_mesh::retry::RetryPolicy) -> bool,
     ) -> bool {
-        let Some(route) = routed.router.table.route(routed.route) else {
-            return false;
-        };
-        let Some(p) = route.retry.as_ref() else {
-            return false;
-        };
-        (!may_have_arrived || Self::may_resend(routed, session))
-            && cond(p)
-            && routed.attempts - routed.reuse_retries <= p.num_retries
-            && !session.as_downstream().retry_buffer_truncated()
+        let policy = routed.policy();
+        routed.tries.may_retry(
+            &policy,
+            may_have_arrived,
+            resendable(&session.req_header().method, &policy),
+            cond,
+        ) && !session.as_downstream().retry_buffer_truncated()
     }
 
-    /// A request that may have reached the upstream may be sent again: its method is
-    /// idempotent (RFC 9110 §9.2.2), or the route's retry policy says duplicates are fine.
-    fn may_resend(routed: &Routed, session: &Session) -> bool {
-        session.req_header().method.is_idempotent()
-            || routed
-                .router
-                .table
-                .route(routed.route)
-                .and_then(|r| r.retry.as_ref())
-                .is_some_and(|p| p.retry_non_idempotent)
-    }
-
-    /// Pingora's retry safety, kept although `error_while_proxy` is overridden: an error that
-    /// Pingora marks retriable — the pooled connection was found closed while sending or before
-    /// any response byte (`ReusedOnly` on a reused connection), an h2 GOAWAY or REFUSED_STREAM
-    /// — or a write failing on a reused connection before any answer, is the keep-alive race,
-    /// retried without a retry policy. Like Pingora's default, only for requests that may be
-    /// resent whole.
+    /// The keep-alive race ([`Attempts::reuse_race`]): Pingora's retry safety, kept although
+    /// `error_while_proxy` is overridden, for requests whose body can still be resent whole.
     fn reuse_race(routed: &Routed, session: &Session, e: &Error, client_reused: bool) -> bool {
-        let mut marked = e.retry;
-        marked.decide_reuse(client_reused);
-        let marked = matches!(marked, pingora::RetryType::Decided(true));
-        let write_on_reused = client_reused
-            && routed.status == 0
-            && *e.esource() == pingora::ErrorSource::Upstream
-            && matches!(
-                e.etype(),
-                ErrorType::WriteError | ErrorType::ConnectionClosed
-            );
-        (marked || write_on_reused)
-            && routed.reuse_retries < MAX_REUSE_RETRIES
-            && session.response_written().is_none()
+        let policy = routed.policy();
+        routed.tries.reuse_race(
+            e,
+            client_reused,
+            routed.status != 0,
+            resendable(&session.req_header().method, &policy),
+        ) && session.response_written().is_none()
             && !session.as_downstream().retry_buffer_truncated()
-            && Self::may_resend(routed, session)
     }
 
     pub fn fail_to_connect(
@@ -548,10 +445,7 @@ impl Router {
         session: &Session,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        routed.cluster.metrics.upstream_failures.inc();
-        if let Some(ep) = &routed.endpoint {
-            routed.cluster.report(ep, AttemptResult::ConnectFailure);
-        }
+        routed.tries.failed(AttemptResult::ConnectFailure);
         // The request never left: any method may be retried.
         let retry = Self::may_retry(routed, session, false, |p| p.on_connect_failure);
         e.set_retry(retry);
@@ -575,10 +469,7 @@ impl Router {
             e.set_retry(true);
             return e;
         }
-        routed.cluster.metrics.upstream_failures.inc();
-        if let Some(ep) = &routed.endpoint {
-            routed.cluster.report(ep, AttemptResult::ServerError);
-        }
+        routed.tries.failed(AttemptResult::ServerError);
         // Only before anything reached the client may we try again.
         let retry = session.response_written().is_none()
             && Self::may_retry(routed, session, true, |p| p.on_reset);
@@ -589,17 +480,16 @@ impl Router {
     /// A chunk of the response body: the route `timeout` also covers the response's end, so
     /// a response still streaming when it elapses is cut (the client sees a reset stream).
     pub fn upstream_body(routed: &Routed) -> pingora::Result<()> {
-        if let Some(total) = routed.total_timeout() {
-            if routed.routed_at.elapsed() >= total {
-                return Err(Error::explain(
-                    ErrorType::ReadTimedout,
-                    format!(
-                        "cluster {:?}: route timeout of {total:?} elapsed while the response \
-                         streamed",
-                        routed.cluster.name
-                    ),
-                ));
-            }
+        let policy = routed.policy();
+        if routed.tries.timed_out(&policy) {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                format!(
+                    "cluster {:?}: route timeout of {:?} elapsed while the response streamed",
+                    routed.cluster_name(),
+                    policy.timeout.unwrap_or_default()
+                ),
+            ));
         }
         Ok(())
     }
@@ -612,14 +502,7 @@ impl Router {
     ) -> pingora::Result<()> {
         let status = resp.status.as_u16();
         routed.status = status;
-        if let Some(ep) = &routed.endpoint {
-            let result = if status >= 500 {
-                AttemptResult::ServerError
-            } else {
-                AttemptResult::Success
-            };
-            routed.cluster.report(ep, result);
-        }
+        routed.tries.answered(status);
         // A trailers-only gRPC answer carries its status in the headers (looked up only when
         // the route retries and the HTTP status alone does not decide).
         let grpc_code = || {
@@ -716,7 +599,7 @@ impl Router {
         };
         let cluster = routed
             .as_ref()
-            .map(|r| r.cluster.name.clone())
+            .map(|r| r.cluster_name().to_owned())
             .unwrap_or_default();
         if code > 0 && session.response_written().is_none() {
             let msg = match code {
@@ -764,16 +647,16 @@ impl Router {
                 "authority": req.uri.authority().map(|a| a.as_str()).or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok())),
                 "status": status,
                 "route": routed.router.table.route(routed.route).map(|r| r.label.as_str()),
-                "cluster": routed.cluster.name,
-                "upstream": routed.endpoint.as_ref().map(|e| e.addr.to_string()),
-                "attempts": routed.attempts,
+                "cluster": routed.cluster_name(),
+                "upstream": routed.tries.endpoint().map(|e| e.addr.to_string()),
+                "attempts": routed.tries.tries(),
                 "request_id": routed.request_id.to_str().ok(),
                 "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
                 "client": session.client_addr().map(|a| a.to_string()),
             });
             tracing::info!(target: "access", "{line}");
         }
-        routed.endpoint = None;
+        routed.tries.release_endpoint();
     }
 }
 
@@ -853,165 +736,9 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// The trace id and flags of a `traceparent` valid by W3C Trace Context (§3.2): 2-digit
-/// lower-case hex version other than `ff`; trace id (32) and parent id (16) lower-case hex,
-/// not all zeros; 2-digit flags. Version `00` has exactly these four fields; a later version
-/// may carry more after a `-`, and only its sampled flag is kept (§3.3 "versioning").
-fn parse_traceparent(v: &[u8]) -> Option<(&[u8], u8)> {
-    fn hex(b: &[u8]) -> bool {
-        b.iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-    }
-    let v = v.trim_ascii();
-    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
-        return None;
-    }
-    let (version, trace, parent, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
-    let valid = hex(version)
-        && version != b"ff"
-        && hex(trace)
-        && trace.iter().any(|&c| c != b'0')
-        && hex(parent)
-        && parent.iter().any(|&c| c != b'0')
-        && hex(flags);
-    if !valid {
-        return None;
-    }
-    let flags = u8::from_str_radix(std::str::from_utf8(flags).ok()?, 16).ok()?;
-    if version == b"00" {
-        (v.len() == 55).then_some((trace, flags))
-    } else {
-        (v.len() == 55 || v[55] == b'-').then_some((trace, flags & 0x01))
-    }
-}
-
-/// W3C trace context: keep the trace id of a valid `traceparent` and make this hop a new
-/// parent span; start a new trace when it is absent or invalid. Returns the header and whether
-/// the incoming trace was kept. Written into a fixed buffer (no `format!`: this runs per
-/// request).
-fn next_traceparent(
-    incoming: Option<&HeaderValue>,
-) -> Result<(HeaderValue, bool), http::header::InvalidHeaderValue> {
-    // "00-" trace(32) "-" span(16) "-" flags(2)
-    let mut out = [0u8; 55];
-    out[..3].copy_from_slice(b"00-");
-    out[35] = b'-';
-    out[52] = b'-';
-    let mut rng = rand::rng();
-    let span: u64 = rng.random::<u64>().max(1);
-    put_hex(&mut out[36..52], u128::from(span));
-    let kept = incoming.and_then(|v| parse_traceparent(v.as_bytes()));
-    let flags = match kept {
-        Some((trace, flags)) => {
-            out[3..35].copy_from_slice(trace);
-            flags
-        }
-        None => {
-            let trace: u128 = rng.random::<u128>().max(1);
-            put_hex(&mut out[3..35], trace);
-            0x01
-        }
-    };
-    put_hex(&mut out[53..], u128::from(flags));
-    // Every byte is a lower-case hex digit or '-'.
-    Ok((HeaderValue::from_bytes(&out)?, kept.is_some()))
-}
-
-/// Lower-case hex of `v`, right-aligned and zero-padded to `dst.len()` digits.
-fn put_hex(dst: &mut [u8], mut v: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for d in dst.iter_mut().rev() {
-        *d = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn next(incoming: &'static str) -> (String, bool) {
-        let v = HeaderValue::from_static(incoming);
-        let (out, kept) = next_traceparent(Some(&v)).expect("valid header value");
-        (out.to_str().expect("ascii").to_owned(), kept)
-    }
-
-    fn assert_well_formed(out: &str) {
-        assert_eq!(out.len(), 55, "{out}");
-        let parts: Vec<&str> = out.split('-').collect();
-        assert_eq!(parts.len(), 4, "{out}");
-        assert_eq!(
-            (parts[0], parts[1].len(), parts[2].len()),
-            ("00", 32, 16),
-            "{out}"
-        );
-        for p in &parts[1..] {
-            assert!(
-                p.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-                "{out}"
-            );
-        }
-        assert_ne!(parts[1], "0".repeat(32), "{out}");
-        assert_ne!(parts[2], "0".repeat(16), "{out}");
-    }
-
-    #[test]
-    fn traceparent_keeps_the_trace_and_makes_a_new_span() {
-        let (out, kept) = next("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        assert!(kept);
-        assert_well_formed(&out);
-        assert!(
-            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-            "{out}"
-        );
-        assert!(out.ends_with("-01"), "{out}");
-        assert_ne!(&out[36..52], "00f067aa0ba902b7");
-        // Flags of version 00 pass unchanged; a later version keeps only "sampled" and its
-        // extra fields are dropped.
-        let (out, kept) = next("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
-        assert!(kept && out.ends_with("-00"), "{out}");
-        let (out, kept) = next("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what");
-        assert!(
-            kept && out.starts_with("00-4bf92f35") && out.ends_with("-01"),
-            "{out}"
-        );
-        assert_well_formed(&out);
-    }
-
-    #[test]
-    fn an_invalid_traceparent_starts_a_new_trace() {
-        for invalid in [
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01extra",
-            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
-            "00-4bf92f3577b34da6a3ce929d0e0e47366-00f067aa0ba902b-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b70-1",
-            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "garbage",
-        ] {
-            let (out, kept) = next(invalid);
-            assert!(!kept, "{invalid} was propagated as {out}");
-            assert_well_formed(&out);
-            assert!(out.ends_with("-01"), "{out}");
-            assert!(
-                !out.contains("4bf92f3577b34da6a3ce929d0e0e473"),
-                "{invalid} -> {out}"
-            );
-        }
-        let (out, kept) = next_traceparent(None).expect("valid header value");
-        assert!(!kept);
-        assert_well_formed(out.to_str().expect("ascii"));
-    }
 
     #[test]
     fn request_ids_are_uuid_v4() {

@@ -768,7 +768,7 @@ impl GrpcUpstream {
             app_id: name.to_owned(),
         };
         let registry = Arc::new(Registry::build(&specs, &ctx).expect("upstream registry"));
-        let svc = mecha_api::layotto::server(registry, name, 4 * 1024 * 1024);
+        let svc = mecha_api::layotto::server(registry, name, 4 * 1024 * 1024, None);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind grpc upstream");

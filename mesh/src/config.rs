@@ -70,6 +70,27 @@ pub struct ClusterConfig {
     pub circuit_breakers: CircuitBreakerConfig,
 }
 
+impl ClusterConfig {
+    /// An HTTP/1.1 cluster over `endpoints` with every other setting at its default.
+    pub fn with_endpoints(name: &str, endpoints: Vec<EndpointConfig>) -> Self {
+        Self {
+            name: name.to_owned(),
+            endpoints,
+            protocol: UpstreamProtocol::default(),
+            sni: None,
+            ca_file: None,
+            lb_policy: LbPolicy::default(),
+            hash_header: None,
+            connect_timeout: default_connect_timeout(),
+            dns_refresh: default_dns_refresh(),
+            max_h2_streams: default_h2_streams(),
+            health_check: None,
+            outlier_detection: None,
+            circuit_breakers: CircuitBreakerConfig::default(),
+        }
+    }
+}
+
 fn default_connect_timeout() -> Dur {
     Dur(Duration::from_secs(1))
 }

@@ -10,20 +10,27 @@
 //! - [`grpc_health`]: gRPC health v1 active checks.
 //! - [`maglev`]: Maglev consistent hashing (pingora-load-balancing has Ketama only).
 //! - [`retry`]: retry policies and backoff.
-//! - [`metrics`]: per-route and per-cluster metric families.
-//!
-//! The router filter (`mecha-filters`) drives these from Pingora's proxy phases.
+//! - [`metrics`]: per-route, per-cluster and per-invocation metric families.
+//! - [`client`]: the mesh as a client — the one implementation of the upstream policies
+//!   (pick, breakers, retries, timeouts, outlier accounting), driven by the router filter from
+//!   Pingora's proxy phases and by [`client::MeshClient`] for invocations and event delivery.
+//! - [`invoke`]: app ids resolved to clusters; [`invoke::MeshInvoker`] implements the
+//!   service-invocation building block over the client.
+//! - [`trace`]: W3C trace context.
 
 #![forbid(unsafe_code)]
 
 pub mod bounds;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod grpc_health;
+pub mod invoke;
 pub mod maglev;
 pub mod metrics;
 pub mod retry;
 pub mod route;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::Arc;

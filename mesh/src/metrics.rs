@@ -24,8 +24,23 @@ pub struct RouteLabel {
     pub route: String,
 }
 
+/// Labels of one finished invocation: the target app and the outcome (`2xx`…`5xx` for an
+/// answer, the gRPC code name for a call that got none: `unavailable`, `deadline_exceeded`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InvocationLabels {
+    pub app: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabel {
+    pub app: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct MeshMetrics {
+    invocations: Family<InvocationLabels, Counter>,
+    invocation_latency: Family<AppLabel, Histogram, fn() -> Histogram>,
     retries: Family<ClusterLabel, Counter>,
     ejections: Family<ClusterLabel, Counter>,
     breaker_trips: Family<ClusterLabel, Counter>,
@@ -85,6 +100,8 @@ impl RouteMetrics {
 impl MeshMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = MeshMetrics {
+            invocations: Family::default(),
+            invocation_latency: Family::new_with_constructor(latency as fn() -> Histogram),
             retries: Family::default(),
             ejections: Family::default(),
             breaker_trips: Family::default(),
@@ -146,7 +163,32 @@ impl MeshMetrics {
             "Circuit breaker overflows by cluster",
             m.breaker_trips.clone(),
         );
+        registry.register(
+            "mecha_invocations",
+            "Service invocations this sidecar made, by target app and outcome",
+            m.invocations.clone(),
+        );
+        registry.register(
+            "mecha_invocation_duration_seconds",
+            "Service invocation latency (all tries) by target app",
+            m.invocation_latency.clone(),
+        );
         m
+    }
+
+    /// Records one finished invocation of `app`.
+    pub fn record_invocation(&self, app: &str, outcome: &str, seconds: f64) {
+        self.invocations
+            .get_or_create(&InvocationLabels {
+                app: app.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.invocation_latency
+            .get_or_create(&AppLabel {
+                app: app.to_owned(),
+            })
+            .observe(seconds);
     }
 
     pub fn cluster(&self, name: &str) -> ClusterMetrics {

@@ -24,7 +24,7 @@
 //! [`load`] parses and validates; on failure it returns every problem found, each with its path
 //! (`listeners[0].address: …`, `components[2].type: unknown type "state.foo" …`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -55,6 +55,85 @@ pub struct Config {
     /// Upstream clusters the router filters send to.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// The apps this sidecar can invoke (`InvokeService`, HTTP `dapr-app-id`), by app id:
+    /// where each one's sidecar takes inbound traffic.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppTargetConfig>,
+    /// Service invocation settings (defaults for every app; a naming rule for the rest).
+    #[serde(default)]
+    pub invocation: InvocationConfig,
+}
+
+/// Where one invocable app is reached: `address` / `addresses` (its sidecar's inbound
+/// listener; a cluster named `app/<id>` is made for it) or `cluster` (a cluster of
+/// `clusters`, with all its policies). `timeout` and `retry` override `invocation`'s.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppTargetConfig {
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub retry: Option<mecha_mesh::config::RetryPolicyConfig>,
+}
+
+/// Service invocation settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvocationConfig {
+    /// Bound on one invocation, every try included (default 15 s); a shorter `grpc-timeout`
+    /// from the caller wins.
+    #[serde(default = "default_invoke_timeout")]
+    pub timeout: Dur,
+    /// Retries (default: `connect-failure` and `reset`, 2 retries; a reset is retried only
+    /// for idempotent verbs unless `retry_non_idempotent`).
+    #[serde(default)]
+    pub retry: Option<mecha_mesh::config::RetryPolicyConfig>,
+    /// Largest request and response body of one invocation (default 4 MiB).
+    #[serde(default = "default_max_message")]
+    pub max_body_bytes: usize,
+    /// Apps not listed in `apps` are resolved by this template, e.g.
+    /// `"{app}.{namespace}.svc.cluster.local:{port}"` (Kubernetes services); without it an
+    /// unlisted app id is NOT_FOUND.
+    #[serde(default)]
+    pub dns_template: Option<String>,
+    /// `{namespace}` in `dns_template` (default `default`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// `{port}` in `dns_template`: the port of the callee sidecars' inbound listener
+    /// (default 34906).
+    #[serde(default = "default_inbound_port")]
+    pub port: u16,
+}
+
+fn default_invoke_timeout() -> Dur {
+    Dur(Duration::from_secs(15))
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+fn default_inbound_port() -> u16 {
+    34906
+}
+
+impl Default for InvocationConfig {
+    fn default() -> Self {
+        Self {
+            timeout: default_invoke_timeout(),
+            retry: None,
+            max_body_bytes: default_max_message(),
+            dns_template: None,
+            namespace: default_namespace(),
+            port: default_inbound_port(),
+        }
+    }
 }
 
 fn default_threads() -> usize {
@@ -75,6 +154,14 @@ pub struct AppConfig {
     /// other topics is served within this; at once when a delivery finds the app gone).
     #[serde(default = "default_list_interval")]
     pub list_subscriptions_interval: Dur,
+    /// The port of the app's HTTP server on 127.0.0.1: `inbound` listeners deliver HTTP
+    /// invocations there.
+    #[serde(default)]
+    pub http_port: Option<u16>,
+    /// The port of the app's gRPC server on 127.0.0.1: `inbound` listeners deliver gRPC there,
+    /// and it is the `AppCallback` endpoint unless `grpc_callback` names another.
+    #[serde(default)]
+    pub grpc_port: Option<u16>,
 }
 
 fn default_list_interval() -> Dur {
@@ -91,6 +178,8 @@ impl Default for AppConfig {
             id: default_app_id(),
             grpc_callback: None,
             list_subscriptions_interval: default_list_interval(),
+            http_port: None,
+            grpc_port: None,
         }
     }
 }
@@ -212,6 +301,16 @@ pub enum FilterConfig {
     },
     /// Routes to clusters (the last filter of a chain).
     Router(RouterConfig),
+    /// Delivers mesh traffic to the local app: gRPC (`content-type: application/grpc…`) to
+    /// `app.grpc_port`, the rest to `app.http_port`. Expanded at parse time into a router with
+    /// the clusters `local-app/grpc` and `local-app/http` (the last filter of a chain).
+    Inbound {
+        /// Bound on one delivery (default 15 s; `0s`: none, for streams).
+        #[serde(default)]
+        timeout: Option<Dur>,
+        #[serde(default)]
+        access_log: bool,
+    },
 }
 
 /// A runtime-API token: kept out of `Debug` output (logs, dumps).
@@ -266,7 +365,7 @@ pub fn load(yaml: &str) -> Result<Config, Vec<String>> {
 /// with its path).
 pub fn parse(yaml: &str) -> Result<Config, Vec<String>> {
     let de = serde_yaml_ng::Deserializer::from_str(yaml);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         if path == "." || path.is_empty() {
@@ -274,7 +373,165 @@ pub fn parse(yaml: &str) -> Result<Config, Vec<String>> {
         } else {
             vec![format!("{path}: {inner}")]
         }
-    })
+    })?;
+    expand(cfg)
+}
+
+/// Name of the cluster made for the local app's gRPC server (inbound gRPC, AppCallback).
+pub const LOCAL_APP_GRPC: &str = "local-app/grpc";
+/// Name of the cluster made for the local app's HTTP server (inbound HTTP).
+pub const LOCAL_APP_HTTP: &str = "local-app/http";
+
+/// The name of the cluster made for an app listed with `address` / `addresses`.
+pub fn app_cluster_name(app_id: &str) -> String {
+    format!("app/{app_id}")
+}
+
+/// Turns the shorthand sections into the resources they stand for, so everything downstream
+/// (building, diffing, metrics, `/config_dump`) sees plain clusters and routers:
+/// - `app.grpc_port` / `app.grpc_callback` and `app.http_port` → the clusters
+///   [`LOCAL_APP_GRPC`] (h2c) and [`LOCAL_APP_HTTP`];
+/// - each `inbound` filter → a router sending gRPC to the first and the rest to the second;
+/// - each app listed with `address`/`addresses` → a cluster `app/<id>`.
+fn expand(mut cfg: Config) -> Result<Config, Vec<String>> {
+    let mut errors = Vec::new();
+    let taken: HashSet<String> = cfg.clusters.iter().map(|c| c.name.clone()).collect();
+    let add_cluster = |cfg: &mut Config, errors: &mut Vec<String>, path: &str, yaml: String| {
+        match serde_yaml_ng::from_str::<ClusterConfig>(&yaml) {
+            Ok(c) if taken.contains(&c.name) => errors.push(format!(
+                "{path}: makes a cluster named {:?}, which `clusters` already has",
+                c.name
+            )),
+            Ok(c) => cfg.clusters.push(c),
+            Err(e) => errors.push(format!("{path}: {e}")),
+        }
+    };
+    let grpc_app = cfg
+        .app
+        .grpc_callback
+        .clone()
+        .or_else(|| cfg.app.grpc_port.map(|p| format!("127.0.0.1:{p}")));
+    if let Some(ep) = &grpc_app {
+        add_cluster(
+            &mut cfg,
+            &mut errors,
+            "app.grpc_port",
+            format!(
+                "{{name: {LOCAL_APP_GRPC:?}, protocol: h2c, endpoints: [{{address: {ep:?}}}]}}"
+            ),
+        );
+    }
+    if let Some(p) = cfg.app.http_port {
+        add_cluster(
+            &mut cfg,
+            &mut errors,
+            "app.http_port",
+            format!("{{name: {LOCAL_APP_HTTP:?}, endpoints: [{{address: \"127.0.0.1:{p}\"}}]}}"),
+        );
+    }
+    let (has_grpc, has_http) = (grpc_app.is_some(), cfg.app.http_port.is_some());
+    for (i, l) in cfg.listeners.iter_mut().enumerate() {
+        for (j, f) in l.filters.iter_mut().enumerate() {
+            let FilterConfig::Inbound {
+                timeout,
+                access_log,
+            } = f
+            else {
+                continue;
+            };
+            if !has_grpc && !has_http {
+                errors.push(format!(
+                    "listeners[{i}].filters[{j}]: an inbound filter delivers to the local app: \
+                     set app.http_port or app.grpc_port"
+                ));
+                continue;
+            }
+            let timeout = match timeout {
+                Some(t) => format!(", timeout: {}", t.0.as_millis()),
+                None => String::new(),
+            };
+            let mut routes = Vec::new();
+            if has_grpc {
+                routes.push(format!(
+                    "{{name: inbound-grpc, match: {{prefix: /, headers: [{{name: content-type, \
+                     regex: \"^application/grpc\"}}]}}, cluster: {LOCAL_APP_GRPC:?}{timeout}}}"
+                ));
+            }
+            if has_http {
+                routes.push(format!(
+                    "{{name: inbound-http, match: {{prefix: /}}, cluster: {LOCAL_APP_HTTP:?}{timeout}}}"
+                ));
+            }
+            let yaml = format!(
+                "{{access_log: {access_log}, virtual_hosts: [{{name: local-app, domains: [\"*\"], \
+                 routes: [{}]}}]}}",
+                routes.join(", ")
+            );
+            match serde_yaml_ng::from_str::<RouterConfig>(&yaml) {
+                Ok(rc) => *f = FilterConfig::Router(rc),
+                Err(e) => errors.push(format!("listeners[{i}].filters[{j}]: {e}")),
+            }
+        }
+    }
+    let apps: Vec<(String, Vec<String>)> = cfg
+        .apps
+        .iter()
+        .map(|(id, t)| {
+            let mut addrs = t.addresses.clone();
+            addrs.extend(t.address.clone());
+            (id.clone(), addrs)
+        })
+        .collect();
+    for (id, addrs) in apps {
+        let t = &cfg.apps[&id];
+        let path = format!("apps.{id}");
+        if !valid_app_id(&id) {
+            errors.push(format!(
+                "{path}: an app id is 1 to 63 characters of a-z, 0-9, '-', '_' and '.'"
+            ));
+            continue;
+        }
+        match (addrs.is_empty(), &t.cluster) {
+            (true, None) => errors.push(format!(
+                "{path}: needs `address`, `addresses` or `cluster` (where app {id:?} is reached)"
+            )),
+            (false, Some(_)) => errors.push(format!(
+                "{path}: give either `address`/`addresses` or `cluster`, not both"
+            )),
+            (true, Some(c)) => {
+                if !taken.contains(c) {
+                    errors.push(format!("{path}.cluster: unknown cluster {c:?}"));
+                }
+            }
+            (false, None) => {
+                let eps: Vec<String> = addrs
+                    .iter()
+                    .map(|a| format!("{{address: {a:?}}}"))
+                    .collect();
+                let name = app_cluster_name(&id);
+                add_cluster(
+                    &mut cfg,
+                    &mut errors,
+                    &path,
+                    format!("{{name: {name:?}, endpoints: [{}]}}", eps.join(", ")),
+                );
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(errors)
+    }
+}
+
+/// App ids are DNS-label-like, so they are safe in a DNS template, a metric label and a
+/// header value.
+pub fn valid_app_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
 /// Checks what the schema cannot and building does not: addresses, names, filter settings.
@@ -288,6 +545,7 @@ pub fn validate(cfg: &Config) -> Vec<String> {
             errors.push(format!("app.grpc_callback: expected host:port, got {cb:?}"));
         }
     }
+    errors.extend(invocation_bounds(cfg));
     if cfg.app.list_subscriptions_interval.0 < Duration::from_millis(100) {
         errors.push(format!(
             "app.list_subscriptions_interval: must be at least 100ms, got {:?}",
@@ -409,8 +667,9 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                         ));
                     }
                 }
-                // The table itself is checked by building it (Snapshot::build).
-                FilterConfig::Router(_) => {
+                // The table itself is checked by building it (Snapshot::build); an inbound
+                // filter is a router by now (`expand`).
+                FilterConfig::Router(_) | FilterConfig::Inbound { .. } => {
                     if j + 1 != l.filters.len() {
                         errors.push(format!(
                             "listeners[{i}].filters[{j}]: the router must be the last filter"
@@ -418,6 +677,61 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                     }
                 }
             }
+        }
+    }
+    errors
+}
+
+/// Largest `invocation.max_body_bytes` (64 MiB): invocation bodies are held whole.
+pub const MAX_INVOKE_BODY: usize = 64 * 1024 * 1024;
+
+/// Longest invocation timeout (1 hour).
+pub const MAX_INVOKE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Checks of `invocation` and `apps` (their clusters are checked by building them).
+fn invocation_bounds(cfg: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    let inv = &cfg.invocation;
+    let timeout = |path: &str, d: Duration, errors: &mut Vec<String>| {
+        if d < Duration::from_millis(1) || d > MAX_INVOKE_TIMEOUT {
+            errors.push(format!(
+                "{path}: must be between 1ms and {MAX_INVOKE_TIMEOUT:?}, got {d:?}"
+            ));
+        }
+    };
+    timeout("invocation.timeout", inv.timeout.0, &mut errors);
+    if !(1024..=MAX_INVOKE_BODY).contains(&inv.max_body_bytes) {
+        errors.push(format!(
+            "invocation.max_body_bytes: must be between 1024 and {MAX_INVOKE_BODY}, got {}",
+            inv.max_body_bytes
+        ));
+    }
+    if let Some(t) = &inv.dns_template {
+        if !t.contains("{app}") {
+            errors.push(format!(
+                "invocation.dns_template: must contain {{app}}, got {t:?}"
+            ));
+        }
+        let sample = t
+            .replace("{app}", "app")
+            .replace("{namespace}", &inv.namespace)
+            .replace("{port}", &inv.port.to_string());
+        if sample.contains('{') || sample.contains('}') || !sample.contains(':') {
+            errors.push(format!(
+                "invocation.dns_template: expected host:port with {{app}}, {{namespace}}, \
+                 {{port}}, got {t:?}"
+            ));
+        }
+    }
+    if !valid_app_id(&inv.namespace) {
+        errors.push(format!(
+            "invocation.namespace: {:?} is not a valid name",
+            inv.namespace
+        ));
+    }
+    for (id, t) in &cfg.apps {
+        if let Some(d) = t.timeout {
+            timeout(&format!("apps.{id}.timeout"), d.0, &mut errors);
         }
     }
     errors

@@ -396,12 +396,27 @@ impl BackgroundService for AppCallbackTask {
         loop {
             let snap = published.borrow_and_update().clone();
             let app = snap.config.app.clone();
+            // The local app's gRPC cluster (`app.grpc_port` / `app.grpc_callback`): callback
+            // calls go over the mesh client to it.
+            let cluster = snap.clusters.get(crate::config::LOCAL_APP_GRPC).cloned();
             let (registry_tx, registries) = tokio::sync::watch::channel(snap.registry.clone());
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
-            let runner = app.grpc_callback.clone().map(|endpoint| {
+            let endpoint = app
+                .grpc_callback
+                .clone()
+                .or_else(|| app.grpc_port.map(|p| format!("127.0.0.1:{p}")));
+            let runner = cluster.clone().zip(endpoint).map(|(cluster, endpoint)| {
+                let channel = mecha_mesh::client::GrpcChannel::new(
+                    snap.invoker.client().clone(),
+                    cluster,
+                    None,
+                    Some(mecha_filters::capability::CALLBACK_TIMEOUT),
+                    snap.config.invocation.max_body_bytes,
+                );
                 tokio::spawn(mecha_filters::capability::run_app_callback(
                     registries,
                     app.id.clone(),
+                    channel,
                     endpoint,
                     app.list_subscriptions_interval.0,
                     stop,
@@ -415,7 +430,13 @@ impl BackgroundService for AppCallbackTask {
                             break false;
                         }
                         let next = published.borrow_and_update().clone();
-                        if next.config.app != app {
+                        let next_cluster = next.clusters.get(crate::config::LOCAL_APP_GRPC);
+                        let same_cluster = match (&cluster, next_cluster) {
+                            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                            (None, None) => true,
+                            _ => false,
+                        };
+                        if next.config.app != app || !same_cluster {
                             break true;
                         }
                         registry_tx.send_replace(next.registry.clone());

@@ -21,11 +21,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use mecha_capabilities::invoke::ServiceInvoker;
 use mecha_capabilities::registry::Block;
 use mecha_capabilities::Registry;
 use mecha_filters::router::{Router, RouterFilter};
 use mecha_filters::{CapabilityFilter, FilterChain, GrpcApi, HttpFilter};
-use mecha_mesh::config::{EndpointConfig, RouterConfig};
+use mecha_mesh::config::{EndpointConfig, RetryPolicyConfig, RouterConfig};
+use mecha_mesh::invoke::{AppTarget, DnsTemplate, InvokeSettings, MeshInvoker};
+use mecha_mesh::retry::RetryPolicy;
 use mecha_mesh::{Cluster, ClusterChange, Clusters};
 
 use crate::config::{build_context, Config, FilterConfig, ListenerConfig};
@@ -100,6 +103,91 @@ pub fn content_version(text: &str) -> String {
     format!("{h:016x}")
 }
 
+/// The invoker of a config: every `apps` entry resolved to its cluster, with its timeout and
+/// retry policy (the entry's, else `invocation`'s).
+fn build_invoker(
+    config: &Config,
+    clusters: &Clusters,
+    metrics: &Metrics,
+    prev: Option<&Snapshot>,
+) -> Result<MeshInvoker, Vec<String>> {
+    let mut errors = Vec::new();
+    let inv = &config.invocation;
+    let default_retry =
+        match RetryPolicy::build(inv.retry.as_ref().unwrap_or(&default_invocation_retry())) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                errors.push(format!("invocation.retry.{e}"));
+                None
+            }
+        };
+    let mut apps = std::collections::BTreeMap::new();
+    for (id, t) in &config.apps {
+        let name = t
+            .cluster
+            .clone()
+            .unwrap_or_else(|| crate::config::app_cluster_name(id));
+        let Some(cluster) = clusters.get(&name) else {
+            // Reported already when the cluster itself is broken or unknown.
+            continue;
+        };
+        let app_retry = match &t.retry {
+            Some(c) => match RetryPolicy::build(c) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    errors.push(format!("apps.{id}.retry.{e}"));
+                    continue;
+                }
+            },
+            None => default_retry.clone(),
+        };
+        apps.insert(
+            id.clone(),
+            AppTarget {
+                cluster: cluster.clone(),
+                timeout: t.timeout.map_or(inv.timeout.0, |d| d.0),
+                retry: app_retry,
+            },
+        );
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let client = prev.map(|p| p.invoker.client().clone()).unwrap_or_default();
+    let settings = InvokeSettings {
+        caller: config.app.id.clone(),
+        timeout: inv.timeout.0,
+        retry: default_retry,
+        max_body: inv.max_body_bytes,
+        dns_template: inv.dns_template.as_ref().map(|t| DnsTemplate {
+            template: t.clone(),
+            namespace: inv.namespace.clone(),
+            port: inv.port,
+        }),
+    };
+    Ok(MeshInvoker::new(
+        client,
+        apps,
+        settings,
+        metrics.mesh.clone(),
+        prev.map(|p| &*p.invoker),
+    ))
+}
+
+/// By default an invocation is retried twice (25–250 ms apart) when it cannot have reached the
+/// callee (`connect-failure`, e.g. its sidecar restarting) and, for idempotent verbs only, on
+/// a reset.
+fn default_invocation_retry() -> RetryPolicyConfig {
+    RetryPolicyConfig {
+        retry_on: vec!["connect-failure".to_owned(), "reset".to_owned()],
+        num_retries: 2,
+        retriable_status_codes: Vec::new(),
+        base_interval: mecha_mesh::config::Dur(std::time::Duration::from_millis(25)),
+        max_interval: mecha_mesh::config::Dur(std::time::Duration::from_millis(250)),
+        retry_non_idempotent: false,
+    }
+}
+
 /// One router filter's compiled table and the config it came from.
 struct RouteResource {
     config: RouterConfig,
@@ -124,6 +212,8 @@ pub struct Snapshot {
     routes: Vec<Option<RouteResource>>,
     /// Every resource with its version, sorted by kind and name.
     pub resources: Vec<ResourceStatus>,
+    /// Service invocation: `apps` resolved to clusters, over the process's mesh client.
+    pub invoker: Arc<MeshInvoker>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -247,11 +337,16 @@ impl Snapshot {
             }
             routes.push(route);
         }
-        let (Some(registry), Some(cluster_plan), true) =
-            (registry, cluster_plan, errors.is_empty())
+        let invoker = build_invoker(&config, &clusters, metrics, prev)
+            .map_err(|e| errors.extend(e))
+            .ok()
+            .map(Arc::new);
+        let (Some(registry), Some(cluster_plan), Some(invoker), true) =
+            (registry, cluster_plan, invoker, errors.is_empty())
         else {
             return Err(errors);
         };
+        let dyn_invoker: Arc<dyn ServiceInvoker> = invoker.clone();
 
         let mut chains = Vec::with_capacity(config.listeners.len());
         let mut lean = Vec::with_capacity(config.listeners.len());
@@ -274,23 +369,27 @@ impl Snapshot {
                                     &config.app.id,
                                     *max_request_message_bytes,
                                     metrics.layotto.clone(),
+                                    Some(dyn_invoker.clone()),
                                 ));
                             }
                         }
-                        let cap = Arc::new(CapabilityFilter::new(
-                            grpc,
-                            mecha_filters::capability::CapabilityOptions {
-                                max_request_message: *max_request_message_bytes,
-                                api_token: crate::config::resolve_api_token(api_token.as_ref()),
-                                request_body_timeout: listener.request_body_timeout.0,
-                            },
-                        ));
+                        let cap = Arc::new(
+                            CapabilityFilter::new(
+                                grpc,
+                                mecha_filters::capability::CapabilityOptions {
+                                    max_request_message: *max_request_message_bytes,
+                                    api_token: crate::config::resolve_api_token(api_token.as_ref()),
+                                    request_body_timeout: listener.request_body_timeout.0,
+                                },
+                            )
+                            .with_invoker(Some(dyn_invoker.clone())),
+                        );
                         if listener.filters.len() == 1 {
                             lean_filter = Some(cap.clone());
                         }
                         filters.push(cap);
                     }
-                    FilterConfig::Router(_) => {
+                    FilterConfig::Router(_) | FilterConfig::Inbound { .. } => {
                         if let Some(r) = route {
                             filters.push(Arc::new(RouterFilter(r.router.clone())));
                         }
@@ -432,6 +531,7 @@ impl Snapshot {
                 tcp,
                 routes,
                 resources,
+                invoker,
             },
             plan,
         ))

@@ -11,6 +11,7 @@ mod streams;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use mecha_capabilities::invoke::{InvokeError, InvokeRequest, InvokeResponse, ServiceInvoker};
 use mecha_capabilities::lock::LockRequest;
 use mecha_capabilities::pubsub::PublishRequest;
 use mecha_capabilities::state::TransactionOp;
@@ -69,8 +70,9 @@ pub fn server(
     registry: Arc<Registry>,
     app_id: &str,
     max_message: usize,
+    invoker: Option<Arc<dyn ServiceInvoker>>,
 ) -> RuntimeServer<LayottoRuntime> {
-    RuntimeServer::new(LayottoRuntime::new(registry, app_id))
+    RuntimeServer::new(LayottoRuntime::new(registry, app_id).with_invoker(invoker))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message)
         .accept_compressed(CompressionEncoding::Gzip)
@@ -79,10 +81,22 @@ pub fn server(
 
 /// The Layotto API adapter: the registry of one config Snapshot plus the sidecar's app id
 /// (default configuration app id; `source` of delivered events).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LayottoRuntime {
     registry: Arc<Registry>,
     app_id: Arc<str>,
+    /// Service invocation (the mesh); `None`: InvokeService is UNIMPLEMENTED.
+    invoker: Option<Arc<dyn ServiceInvoker>>,
+}
+
+impl std::fmt::Debug for LayottoRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayottoRuntime")
+            .field("registry", &self.registry)
+            .field("app_id", &self.app_id)
+            .field("invoker", &self.invoker.is_some())
+            .finish()
+    }
 }
 
 // === impl LayottoRuntime ===
@@ -92,7 +106,13 @@ impl LayottoRuntime {
         Self {
             registry,
             app_id: Arc::from(app_id),
+            invoker: None,
         }
+    }
+
+    pub fn with_invoker(mut self, invoker: Option<Arc<dyn ServiceInvoker>>) -> Self {
+        self.invoker = invoker;
+        self
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -101,6 +121,68 @@ impl LayottoRuntime {
 
     pub fn app_id(&self) -> &str {
         &self.app_id
+    }
+}
+
+/// The gRPC status of an invocation that got no answer from the callee.
+fn invoke_error_status(e: &InvokeError) -> Status {
+    let msg = e.to_string();
+    match e {
+        InvokeError::UnknownApp { .. } => Status::not_found(msg),
+        InvokeError::InvalidArgument(_) => Status::invalid_argument(msg),
+        InvokeError::Unavailable { .. } => Status::unavailable(msg),
+        InvokeError::DeadlineExceeded { .. } => Status::deadline_exceeded(msg),
+        InvokeError::ResourceExhausted { .. } => Status::resource_exhausted(msg),
+    }
+}
+
+/// Most bytes of a failed callee's body quoted in the error message.
+const QUOTED_BODY: usize = 256;
+
+/// The error status for a callee's non-2xx answer: the code by [`grpc_code_for_http`], a
+/// message naming the app, the method and the HTTP status (with the start of the body), and
+/// the status in the `mecha-http-status` metadata.
+pub fn invoke_status(app: &str, method: &str, resp: &InvokeResponse) -> Status {
+    let body = String::from_utf8_lossy(&resp.data[..resp.data.len().min(QUOTED_BODY)]);
+    let body = body.trim();
+    let mut msg = format!(
+        "app {app:?} method {method:?} answered HTTP {}",
+        resp.status
+    );
+    if !body.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(body);
+    }
+    let mut status = Status::new(grpc_code_for_http(resp.status), msg);
+    status
+        .metadata_mut()
+        .insert("mecha-http-status", resp.status.into());
+    status
+}
+
+/// The gRPC status for a callee's non-2xx HTTP answer (Dapr's mapping, after
+/// grpc-gateway's): 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED,
+/// 404 NOT_FOUND, 409 ABORTED, 412 FAILED_PRECONDITION, 416 OUT_OF_RANGE,
+/// 429 RESOURCE_EXHAUSTED, 499 CANCELLED, 501 UNIMPLEMENTED, 503 UNAVAILABLE,
+/// 504 DEADLINE_EXCEEDED, any other 5xx INTERNAL, any other status UNKNOWN.
+pub fn grpc_code_for_http(status: u16) -> tonic::Code {
+    use tonic::Code;
+    match status {
+        200..=299 => Code::Ok,
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::Aborted,
+        412 => Code::FailedPrecondition,
+        416 => Code::OutOfRange,
+        429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        500..=599 => Code::Internal,
+        _ => Code::Unknown,
     }
 }
 
@@ -168,15 +250,79 @@ impl Runtime for LayottoRuntime {
         }))
     }
 
-    /// Service invocation is routed through the mesh router, which this build does not have
-    /// yet; the method answers UNIMPLEMENTED until it does.
+    /// Calls `id`'s `message.method` through the mesh: `http_extension` gives the verb
+    /// (POST when NONE) and query, `data.value` the body. The callee's body comes back in
+    /// `data.value` (`type_url` empty) with its content type; a non-2xx answer is an error
+    /// status ([`invoke_status`]).
     async fn invoke_service(
         &self,
-        _request: Request<pb::InvokeServiceRequest>,
+        request: Request<pb::InvokeServiceRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
-        Err(Status::unimplemented(
-            "InvokeService needs the mesh router: not available yet",
-        ))
+        let Some(invoker) = &self.invoker else {
+            return Err(Status::unimplemented(
+                "InvokeService: this sidecar has no mesh to invoke through",
+            ));
+        };
+        let (metadata, _, req) = request.into_parts();
+        let Some(message) = req.message else {
+            return Err(Status::invalid_argument(format!(
+                "message is missing (invoking app {:?})",
+                req.id
+            )));
+        };
+        let (verb, query) = match &message.http_extension {
+            Some(ext) => {
+                let verb = pb::http_extension::Verb::try_from(ext.verb).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "http_extension.verb {} is not a known verb (invoking app {:?})",
+                        ext.verb, req.id
+                    ))
+                })?;
+                let verb = match verb {
+                    pb::http_extension::Verb::None => "POST",
+                    v => v.as_str_name(),
+                };
+                (verb.to_owned(), ext.querystring.clone())
+            }
+            None => ("POST".to_owned(), String::new()),
+        };
+        let deadline = metadata
+            .get("grpc-timeout")
+            .and_then(|v| mecha_capabilities::invoke::parse_grpc_timeout(v.as_bytes()));
+        let metadata = metadata
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        let app = req.id;
+        let method = message.method;
+        let resp = invoker
+            .invoke(InvokeRequest {
+                app_id: app.clone(),
+                method: method.clone(),
+                verb,
+                query,
+                content_type: message.content_type,
+                data: message.data.map(|d| d.value.into()).unwrap_or_default(),
+                metadata,
+                deadline,
+            })
+            .await
+            .map_err(|e| invoke_error_status(&e))?;
+        if !(200..300).contains(&resp.status) {
+            return Err(invoke_status(&app, &method, &resp));
+        }
+        Ok(Response::new(pb::InvokeResponse {
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: resp.data.to_vec(),
+            }),
+            content_type: resp.content_type,
+        }))
     }
 
     // --- configuration ---

@@ -519,7 +519,7 @@ async fn publish_validates_and_unbuilt_blocks_are_unimplemented() {
         rt.invoke_service(Request::new(pb::InvokeServiceRequest::default()))
             .await,
         Code::Unimplemented,
-        "mesh router",
+        "no mesh to invoke through",
     );
     assert_code(
         rt.invoke_binding(Request::new(pb::InvokeBindingRequest {
@@ -583,7 +583,7 @@ async fn serve(registry: Arc<Registry>, max_message: usize) -> SocketAddr {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let svc = server(registry, "app1", max_message);
+    let svc = server(registry, "app1", max_message, None);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
