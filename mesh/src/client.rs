@@ -430,7 +430,7 @@ impl MeshClient {
                 .endpoint()
                 .map(|e| e.addr.to_string())
                 .unwrap_or_default();
-            let exchange = self.exchange(&t.peer, &req, max_response, policy.idle_timeout);
+            let exchange = self.exchange(&t.peer, &req, max_response, policy.idle_timeout, cluster);
             let outcome = match t.deadline {
                 Some(d) => tokio::time::timeout(d, exchange).await.ok(),
                 None => Some(exchange.await),
@@ -525,6 +525,7 @@ impl MeshClient {
         req: &Request,
         max_response: usize,
         idle: Option<Duration>,
+        cluster: &Cluster,
     ) -> Result<Result<(ResponseHeader, Bytes, Option<http::HeaderMap>), usize>, TryFailure> {
         let connector = self.connector();
         let (mut session, reused) =
@@ -537,6 +538,9 @@ impl MeshClient {
                     connect: true,
                     answered: false,
                 })?;
+        if !reused {
+            cluster.metrics.connections_opened.inc();
+        }
         let fail = |error: Box<Error>, answered: bool| TryFailure {
             error,
             reused,

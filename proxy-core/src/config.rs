@@ -526,13 +526,8 @@ fn expand(mut cfg: Config) -> Result<Config, Vec<String>> {
 }
 
 /// App ids are DNS-label-like, so they are safe in a DNS template, a metric label and a
-/// header value.
-pub fn valid_app_id(id: &str) -> bool {
-    (1..=63).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-}
+/// header value (the mesh invoker checks ids from requests by the same rule).
+pub use mecha_mesh::invoke::valid_app_id;
 
 /// Checks what the schema cannot and building does not: addresses, names, filter settings.
 pub fn validate(cfg: &Config) -> Vec<String> {
@@ -774,6 +769,68 @@ pub fn build_context(cfg: &Config) -> BuildContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_configs_expand_into_clusters_and_routers() {
+        let a = load(include_str!("../../configs/demo-a.yaml")).expect("demo-a is valid");
+        assert!(a
+            .clusters
+            .iter()
+            .any(|c| c.name == "app/app-b" && c.endpoints[0].address == "127.0.0.1:35006"));
+        let b = load(include_str!("../../configs/demo-b.yaml")).expect("demo-b is valid");
+        let names: Vec<&str> = b.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [LOCAL_APP_GRPC, LOCAL_APP_HTTP]);
+        let grpc = &b.clusters[0];
+        assert_eq!(grpc.protocol, mecha_mesh::config::UpstreamProtocol::H2c);
+        assert_eq!(grpc.endpoints[0].address, "127.0.0.1:9003");
+        let FilterConfig::Router(rc) = &b.listeners[1].filters[0] else {
+            panic!(
+                "the inbound filter became a router: {:?}",
+                b.listeners[1].filters
+            );
+        };
+        let routes = &rc.virtual_hosts[0].routes;
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].name.as_deref(), Some("inbound-grpc"));
+        assert_eq!(routes[1].name.as_deref(), Some("inbound-http"));
+        crate::check(include_str!("../../configs/demo-b.yaml")).expect("demo-b builds");
+    }
+
+    #[test]
+    fn bad_apps_and_invocation_settings_are_named() {
+        let base = "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    filters: [{type: capability}]\n";
+        for (extra, want) in [
+            ("apps: {b: {}}", "apps.b: needs `address`, `addresses` or `cluster`"),
+            (
+                "apps: {b: {address: \"127.0.0.1:2\", cluster: c}}",
+                "apps.b: give either",
+            ),
+            ("apps: {b: {cluster: nope}}", "apps.b.cluster: unknown cluster \"nope\""),
+            ("apps: {B!: {address: \"127.0.0.1:2\"}}", "apps.B!: an app id is"),
+            ("invocation: {timeout: 0ms}", "invocation.timeout: must be between"),
+            ("invocation: {max_body_bytes: 10}", "invocation.max_body_bytes: must be between"),
+            ("invocation: {dns_template: \"svc:80\"}", "invocation.dns_template: must contain {app}"),
+            (
+                "clusters: [{name: app/b, endpoints: [{address: \"127.0.0.1:3\"}]}]\napps: {b: {address: \"127.0.0.1:2\"}}",
+                "makes a cluster named \"app/b\", which `clusters` already has",
+            ),
+        ] {
+            let errors = crate::check(&format!("{base}{extra}\n")).expect_err(extra);
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "{extra}: {errors:?} lacks {want:?}"
+            );
+        }
+        let inbound =
+            "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    filters: [{type: inbound}]\n";
+        let errors = crate::check(inbound).expect_err("inbound without app ports");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("set app.http_port or app.grpc_port")),
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn the_embedded_default_is_valid() {
