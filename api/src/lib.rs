@@ -1,14 +1,15 @@
 //! API adapters: wire messages in, building-block calls out.
 //!
 //! The capability layer (`mecha-capabilities`) knows state, pub/sub, locks, sequencers,
-//! configuration, secrets and hello as protocol-neutral traits behind a [`Registry`] of named
+//! configuration, secrets, hello and service invocation as protocol-neutral traits behind a [`Registry`] of named
 //! components. This crate maps a public API onto them, so a second API (Dapr's, next) is a
 //! second adapter over the same components:
 //!
 //! - [`layotto`]: Layotto's `spec.proto.runtime.v1.Runtime` gRPC service ([`layotto::server`]
 //!   is what the capability filter mounts under [`layotto::SERVICE_PREFIX`]);
+//!   `InvokeService` goes to the `ServiceInvoker` it is given (the mesh's);
 //! - [`callback`]: push delivery of pub/sub events to an app implementing Layotto's
-//!   `AppCallback` service;
+//!   `AppCallback` service, over the transport it is given (the mesh client's channel);
 //! - [`status`]: the one mapping from building-block errors to gRPC statuses.
 //!
 //! # Mapping rules

@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: the YAML schema, parsing and validation (every error with its path).
 //! - [`snapshot`]: the immutable [`Snapshot`](snapshot::Snapshot): the named resources of one
-//!   config version (listeners, route tables, clusters, components), built against the running
+//!   config version (listeners, route tables, clusters, components, invocation targets),
+//!   built against the running
 //!   one so unchanged resources are the same objects; building is also how config is validated.
 //! - [`resources`]: the resource manager — applies config updates as diffs (no data, state or
 //!   subscription lost for what did not change), publishes Snapshots, reports `/config_dump`.
