@@ -1,5 +1,6 @@
-//! SayHello, and the methods this build answers UNIMPLEMENTED with a message: InvokeService
-//! (needs the mesh router), the file APIs and InvokeBinding (no components yet).
+//! SayHello; InvokeService to an app the sidecar does not know (NOT_FOUND naming it); and the
+//! methods this build answers UNIMPLEMENTED with a message: the file APIs and InvokeBinding
+//! (no components yet).
 
 use std::collections::HashMap;
 
@@ -127,7 +128,13 @@ async fn unimplemented_methods_say_why() {
         }),
     )
     .await;
-    assert_unimplemented("InvokeService", r.map(|_| ()), "InvokeService");
+    let err = r.expect_err("no apps are configured");
+    assert_eq!(err.code(), Code::NotFound, "{}", describe(&err));
+    assert!(
+        err.message().contains("\"other-app\"") && err.message().contains("known: none"),
+        "names the app and the known ones: {}",
+        describe(&err)
+    );
 
     // Server streaming: the status arrives instead of the stream (trailers-only) or on it.
     let r = match within(
