@@ -81,19 +81,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-port_in_use() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-TAKEN=" "
-free_port() { # VAR start
-  local p=$2
-  while port_in_use "$p" || [[ "$TAKEN" == *" $p "* ]]; do p=$((p + 1)); done
-  TAKEN+="$p "
-  printf -v "$1" '%s' "$p"
-}
-wait_tcp() { # port timeout_s
-  local i
-  for ((i = 0; i < $2 * 100; i++)); do port_in_use "$1" && return 0; sleep 0.01; done
-  return 1
-}
+# shellcheck source=benches/common.sh
+. "$ROOT/benches/common.sh"
 free_port UP_PORT 18180; free_port UP_H2_PORT 18190
 free_port MECHA_PORT 15101; free_port MECHA_ADMIN 35099
 head -c 1024 /dev/urandom | base64 -w 0 | head -c 1024 >"$OUT/www/1k.bin"

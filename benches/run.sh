@@ -95,26 +95,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port_in_use() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# Ports below the ephemeral range (32768+), so no client socket can hold them; `ss` also
-# rules out a port any socket (listening, connected, TIME-WAIT) uses locally.
-port_busy() {
-  port_in_use "$1" && return 0
-  command -v ss >/dev/null && [ -n "$(ss -Htan "( sport = :$1 )" 2>/dev/null)" ] && return 0
-  return 1
-}
-TAKEN=" "
-free_port() { # first free port from $1 up, not handed out before in this run
-  local p=$1
-  while port_busy "$p" || [[ "$TAKEN" == *" $p "* ]]; do p=$((p + 1)); done
-  TAKEN+="$p "
-  echo "$p"
-}
-wait_tcp() { # port timeout_s
-  local i
-  for ((i = 0; i < $2 * 100; i++)); do port_in_use "$1" && return 0; sleep 0.01; done
-  return 1
-}
+# Ports below the ephemeral range (32768+), so no client socket can hold them; `port_busy`
+# (benches/common.sh) also rules out a port any socket (listening, connected, TIME-WAIT) uses.
+have() { command -v "$1" >/dev/null 2>&1; }
 wait_ready() { # admin_port timeout_s
   local i
   for ((i = 0; i < $2 * 100; i++)); do
@@ -243,9 +226,9 @@ h2run() { # group scenario target round port pid method file [h2load options...]
 }
 
 # ===== capability API, in-memory: bare tonic vs Mecha ========================================
-BT_PORT=$(free_port 25051)
-M_PORT=$(free_port 25904)
-M_ADMIN=$(free_port 25999)
+free_port BT_PORT 25051
+free_port M_PORT 25904
+free_port M_ADMIN 25999
 sed -e "s/^threads: .*/threads: $THREADS/" -e "s/127.0.0.1:25904/127.0.0.1:$M_PORT/" \
   -e "s/127.0.0.1:25999/127.0.0.1:$M_ADMIN/" "$ROOT/benches/mecha-bench.yaml" >"$OUT/mecha-bench.yaml"
 "$REL/mecha" validate "$OUT/mecha-bench.yaml" >/dev/null || die "invalid $OUT/mecha-bench.yaml"
@@ -290,7 +273,7 @@ log "RSS idle/peak KiB: bare-tonic $BT_IDLE/$BT_PEAK, mecha $M_IDLE/$M_PEAK; mec
 COLD_NOTE=""
 if port_in_use 34904 || port_in_use 34999; then
   # Something (another sidecar) holds the default ports: same default config, other ports.
-  CP=$(free_port 26904); CA=$(free_port 26999)
+  free_port CP 26904; free_port CA 26999
   "$REL/mecha" default-config | sed -e "s/127.0.0.1:34904/127.0.0.1:$CP/" \
     -e "s/127.0.0.1:34999/127.0.0.1:$CA/" >"$OUT/default-other-ports.yaml"
   COLD_CMD=("$REL/mecha" run -c "$OUT/default-other-ports.yaml")
@@ -302,7 +285,7 @@ fi
 log "cold start: $COLD_RUNS runs of ${COLD_CMD[*]} $COLD_NOTE"
 "$REL/coldstart" --runs "$COLD_RUNS" --ready "http://127.0.0.1:$CA/ready" -- "${COLD_CMD[@]}" \
   >"$OUT/raw/coldstart-mecha.txt" || die "coldstart failed, see $OUT/raw/coldstart-mecha.txt"
-CB=$(free_port 25052)
+free_port CB 25052
 "$REL/coldstart" --runs "$COLD_RUNS" --ready "tcp:127.0.0.1:$CB" -- \
   "$REL/bare-tonic" --addr "127.0.0.1:$CB" --threads "$THREADS" \
   >"$OUT/raw/coldstart-bare-tonic.txt" || die "coldstart failed, see $OUT/raw/coldstart-bare-tonic.txt"
@@ -319,14 +302,14 @@ if [ "$NO_REDIS" = 0 ]; then
     R_HOST=${hp%%:*} R_PORT=${hp##*:}
     [ "$R_PORT" = "$hp" ] && R_PORT=6379
   else
-    R_HOST=127.0.0.1 R_PORT=$(free_port 26379)
+    R_HOST=127.0.0.1; free_port R_PORT 26379
     redis-server --port "$R_PORT" --bind 127.0.0.1 --save '' --appendonly no \
       --daemonize no >"$OUT/raw/redis.out" 2>&1 &
     R_PID=$!; PIDS+=("$R_PID")
     wait_tcp "$R_PORT" 10 || die "redis-server did not start on :$R_PORT"
   fi
   RA="$R_HOST:$R_PORT"
-  BR_PORT=$(free_port 25053); MR_PORT=$(free_port 25905); MR_ADMIN=$(free_port 25998)
+  free_port BR_PORT 25053; free_port MR_PORT 25905; free_port MR_ADMIN 25998
   MECHA_ADMIN=$MR_ADMIN
   sed -e "s/^threads: .*/threads: $THREADS/" -e "s/127.0.0.1:25905/127.0.0.1:$MR_PORT/" \
     -e "s/127.0.0.1:25998/127.0.0.1:$MR_ADMIN/" -e "s/127.0.0.1:26379/$RA/" \

@@ -195,10 +195,6 @@ impl Attempts {
         self.endpoint = None;
     }
 
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-
     /// What is left of `timeout` (`None`: unbounded).
     pub fn left(&self, policy: &CallPolicy<'_>) -> Option<Duration> {
         policy
@@ -664,10 +660,6 @@ impl GrpcChannel {
             timeout,
             max_message,
         }
-    }
-
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.cluster
     }
 
     async fn send(
