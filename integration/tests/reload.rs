@@ -663,8 +663,8 @@ async fn config_dump_shows_versions_in_place_endpoint_updates_and_rejected_updat
         errors.contains("routes[1].cluster: unknown cluster \\\"nope\\\""),
         "{third:#}"
     );
-    let moved = config(&two).replace("address: ${edge}", "address: ${elsewhere}");
-    assert_eq!(mesh.rewrite(&moved).await, Reload::Rejected);
+    let more_threads = format!("threads: 2\n{}", config(&two));
+    assert_eq!(mesh.rewrite(&more_threads).await, Reload::Rejected);
     let fourth = mesh.config_dump().await;
     assert!(
         fourth["last_rejected_update"]["errors"]

@@ -23,7 +23,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-use crate::metrics::{established_connections, process_rss_bytes, Metrics};
+use crate::metrics::{process_rss_bytes, Metrics};
 use crate::proxy::ProcessState;
 use crate::resources::ResourceManager;
 use crate::snapshot::Snapshot;
@@ -63,6 +63,8 @@ impl AdminApp {
         let mut checks = Vec::new();
         for l in &snap.config.listeners {
             let error = match l.address.parse::<SocketAddr>() {
+                // A virtual listener is served through a use_original_dst listener's socket.
+                Ok(_) if !l.bind_to_port => None,
                 Ok(addr) => {
                     match tokio::time::timeout(HEALTH_TIMEOUT, tokio::net::TcpStream::connect(addr))
                         .await
@@ -166,19 +168,6 @@ impl AdminApp {
             );
             let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
             let _ = writeln!(out, "process_resident_memory_bytes {rss}");
-        }
-        let snap = self.snapshot.load_full();
-        let _ = writeln!(out, "# HELP mecha_downstream_connections Open (established) downstream connections per listener.");
-        let _ = writeln!(out, "# TYPE mecha_downstream_connections gauge");
-        for l in &snap.config.listeners {
-            if let Ok(addr) = l.address.parse::<SocketAddr>() {
-                let n = established_connections(addr.port());
-                let _ = writeln!(
-                    out,
-                    "mecha_downstream_connections{{listener=\"{}\"}} {n}",
-                    l.name
-                );
-            }
         }
         let _ = writeln!(
             out,

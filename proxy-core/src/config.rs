@@ -250,6 +250,21 @@ pub struct ListenerConfig {
     /// Requests of streaming gRPC methods are exempt: their clients may rightly be silent.
     #[serde(default = "default_request_body_timeout")]
     pub request_body_timeout: Dur,
+    /// `false` makes this a *virtual* listener (Envoy's `bind_to_port: false`): nothing is
+    /// bound at `address`; it serves the connections a `use_original_dst` listener accepted
+    /// whose original destination (before an iptables REDIRECT) is `address` (an exact
+    /// `ip:port` first, then `0.0.0.0:port`). Default `true`.
+    #[serde(default = "default_true")]
+    pub bind_to_port: bool,
+    /// On each accepted connection, read its original destination (`SO_ORIGINAL_DST`, set by
+    /// an iptables REDIRECT) and hand the connection to the virtual listener for that address;
+    /// a connection no virtual listener matches is served by this listener's own filters.
+    #[serde(default)]
+    pub use_original_dst: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Upper bound of `max_connections`: far beyond what one sidecar's file descriptors allow, so
@@ -560,6 +575,7 @@ pub fn validate(cfg: &Config) -> Vec<String> {
         errors.push("listeners: at least one listener is required".to_owned());
     }
     let mut names = HashSet::new();
+    let mut virtual_addresses = HashSet::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         if l.name.trim().is_empty() {
             errors.push(format!("listeners[{i}].name: must not be empty"));
@@ -589,11 +605,24 @@ pub fn validate(cfg: &Config) -> Vec<String> {
             }
         }
         let listen_addr = l.address.parse::<SocketAddr>().ok();
+        if !l.bind_to_port && l.use_original_dst {
+            errors.push(format!(
+                "listeners[{i}]: a virtual listener (bind_to_port: false) accepts nothing \
+                 itself, so it cannot use_original_dst"
+            ));
+        }
         match l.address.parse::<SocketAddr>() {
-            Ok(sa) => {
+            Ok(sa) if l.bind_to_port => {
                 if !addresses.insert(sa) {
                     errors.push(format!(
                         "listeners[{i}].address: {sa} is used by another listener or the admin"
+                    ));
+                }
+            }
+            Ok(sa) => {
+                if !virtual_addresses.insert(sa) {
+                    errors.push(format!(
+                        "listeners[{i}].address: {sa} is used by another virtual listener"
                     ));
                 }
             }

@@ -14,10 +14,10 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 
 use crate::proxy::ProcessState;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ListenerRef, Snapshot};
 
 pub struct LeanListener {
-    pub index: usize,
+    pub listener: ListenerRef,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub process: Arc<ProcessState>,
     pub options: HttpServerOptions,
@@ -42,7 +42,8 @@ impl HttpServerApp for LeanListener {
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let _inflight = self.process.enter();
         let snap = self.snapshot.load_full();
-        let served = match snap.lean.get(self.index).and_then(Option::as_ref) {
+        let lean = self.listener.index(&snap).and_then(|i| snap.lean.get(i));
+        let served = match lean.and_then(Option::as_ref) {
             Some(cap) => cap.serve(&mut session).await,
             None => Ok(Decision::Continue),
         };

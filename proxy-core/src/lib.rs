@@ -7,13 +7,16 @@
 //!   one so unchanged resources are the same objects; building is also how config is validated.
 //! - [`resources`]: the resource manager — applies config updates as diffs (no data, state or
 //!   subscription lost for what did not change), publishes Snapshots, reports `/config_dump`.
+//! - [`listeners`]: the listener manager — per-worker `SO_REUSEPORT` accept loops on
+//!   current-thread runtimes, listeners added/removed/moved live, original-destination
+//!   dispatch to virtual listeners.
 //! - [`lean`]: capability-only listeners served without the proxy phases.
 //! - [`proxy`]: the Pingora `ProxyHttp` of a listener: load the Snapshot once, run the chain.
 //! - [`sniff`]: HTTP/1 vs h2c detection that never waits on a short HTTP/1 request.
 //! - [`tcp`]: L4 TCP proxy listeners (opaque protocols to a cluster).
 //! - [`admin`]: `/healthz`, `/ready`, Layotto's `/actuator/health/*`, `/metrics`.
-//! - [`server`]: bootstrap (one Pingora service per listener, admin, background tasks) and
-//!   SIGTERM draining.
+//! - [`server`]: bootstrap (worker threads and listeners, Pingora's admin and background
+//!   services) and SIGTERM draining.
 //!
 //! Dependency direction: binary → proxy-core → filters → api → capabilities → proto.
 
@@ -22,6 +25,7 @@
 pub mod admin;
 pub mod config;
 pub mod lean;
+pub mod listeners;
 pub mod metrics;
 pub mod proxy;
 pub mod resources;

@@ -8,6 +8,7 @@ use mecha_mesh::metrics::MeshMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Labels of `mecha_config_updates_total`.
@@ -20,6 +21,8 @@ pub struct UpdateLabels {
 }
 /// `mecha_listener_connections_refused_total{listener}`.
 pub type ListenerRefused = Family<Vec<(String, String)>, Counter>;
+/// `mecha_downstream_connections{listener}`.
+pub type ListenerGauge = Family<Vec<(String, String)>, Gauge>;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -30,6 +33,11 @@ pub struct Metrics {
     pub config_updates: Family<UpdateLabels, Counter>,
     /// Connections closed at accept because the listener had `max_connections` open.
     pub listener_connections_refused: ListenerRefused,
+    /// Connections accepted, by the listener that served them (a virtual listener for a
+    /// redirected connection).
+    pub listener_connections_accepted: ListenerRefused,
+    /// Connections open now, by listener.
+    pub downstream_connections: ListenerGauge,
 }
 
 impl Metrics {
@@ -54,6 +62,19 @@ impl Metrics {
             "Connections closed at accept because the listener had max_connections open",
             listener_connections_refused.clone(),
         );
+        let listener_connections_accepted = ListenerRefused::default();
+        registry.register(
+            "mecha_listener_connections_accepted",
+            "Connections accepted, by the listener that served them (for a connection \
+             redirected to a use_original_dst listener: the virtual listener it matched)",
+            listener_connections_accepted.clone(),
+        );
+        let downstream_connections = ListenerGauge::default();
+        registry.register(
+            "mecha_downstream_connections",
+            "Open downstream connections per listener",
+            downstream_connections.clone(),
+        );
         Self {
             registry,
             layotto,
@@ -61,6 +82,8 @@ impl Metrics {
             throwaway_mesh: MeshMetrics::register(&mut Registry::default()),
             config_updates,
             listener_connections_refused,
+            listener_connections_accepted,
+            downstream_connections,
         }
     }
 }
@@ -77,34 +100,4 @@ pub fn process_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// Established TCP connections whose local port is `port`, from `/proc/net/tcp{,6}`.
-/// Pingora has no per-connection hook for a live gauge; the kernel's table is the truth.
-pub fn established_connections(port: u16) -> u64 {
-    let mut n = 0;
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(table) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in table.lines().skip(1) {
-            let mut cols = line.split_whitespace();
-            let (Some(_sl), Some(local), Some(_rem), Some(state)) =
-                (cols.next(), cols.next(), cols.next(), cols.next())
-            else {
-                continue;
-            };
-            // state 01 = ESTABLISHED; local is HEXADDR:HEXPORT
-            if state != "01" {
-                continue;
-            }
-            let Some((_, p)) = local.rsplit_once(':') else {
-                continue;
-            };
-            if u16::from_str_radix(p, 16).ok() == Some(port) {
-                n += 1;
-            }
-        }
-    }
-    n
 }

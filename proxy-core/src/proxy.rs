@@ -15,7 +15,7 @@ use pingora::proxy::FailToProxy;
 use pingora::proxy::{ProxyHttp, Session};
 use tokio::sync::Notify;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ListenerRef, Snapshot};
 
 /// Process-wide state the admin endpoints and shutdown share with the listeners.
 #[derive(Debug, Default)]
@@ -62,7 +62,7 @@ impl Drop for InflightGuard {
 
 /// One listener's proxy logic.
 pub struct ListenerProxy {
-    pub index: usize,
+    pub listener: ListenerRef,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub process: Arc<ProcessState>,
 }
@@ -92,7 +92,11 @@ impl ProxyHttp for ListenerProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx._inflight = Some(self.process.enter());
-        let Some(chain) = ctx.snapshot.chains.get(self.index) else {
+        let chain = self
+            .listener
+            .index(&ctx.snapshot)
+            .and_then(|i| ctx.snapshot.chains.get(i));
+        let Some(chain) = chain else {
             session.respond_error(503).await?;
             return Ok(true);
         };

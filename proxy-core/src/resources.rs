@@ -8,8 +8,10 @@
 //! 2. carry out the [`UpdatePlan`](crate::snapshot::UpdatePlan) that must precede publishing:
 //!    clusters whose endpoint list alone changed adopt it in place; new clusters with DNS
 //!    names resolve them (bounded by [`WARM_TIMEOUT`]), so they never serve empty;
-//! 3. publish (ArcSwap for requests, a watch channel for long-lived tasks: cluster
-//!    maintenance, AppCallback delivery);
+//! 3. bind the sockets of new or moved listeners (a taken address rejects the update), then
+//!    publish (ArcSwap for requests, a watch channel for long-lived tasks: cluster
+//!    maintenance, AppCallback delivery) and hand the listeners to the listener manager
+//!    (new ones accept, removed ones drain);
 //! 4. retire the components the update replaced or removed (their subscription streams end
 //!    with UNAVAILABLE, AppCallback resubscribes) and drop removed clusters' and routes'
 //!    metric series.
@@ -26,7 +28,8 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::config::{Config, FilterConfig};
+use crate::config::Config;
+use crate::listeners::ListenerManager;
 use crate::metrics::{Metrics, UpdateLabels};
 use crate::snapshot::{ResourceKind, Snapshot, UpdatePlan, UpdateSource};
 
@@ -60,6 +63,8 @@ pub struct ResourceManager {
     rejected: Mutex<Option<Rejected>>,
     /// One update at a time (file events and, later, xDS pushes may race).
     serial: tokio::sync::Mutex<()>,
+    /// Binds and runs the listeners of each published Snapshot (set once at start).
+    listeners: std::sync::OnceLock<Arc<ListenerManager>>,
 }
 
 impl ResourceManager {
@@ -75,7 +80,14 @@ impl ResourceManager {
             applied_at: Mutex::new(SystemTime::now()),
             rejected: Mutex::new(None),
             serial: tokio::sync::Mutex::new(()),
+            listeners: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on, every applied update also applies its listeners (bound before the
+    /// Snapshot is published; a taken address rejects the update).
+    pub fn attach_listeners(&self, listeners: Arc<ListenerManager>) {
+        let _ = self.listeners.set(listeners);
     }
 
     /// Carries out the start-up Snapshot's plan before anything serves: DNS names resolved.
@@ -153,10 +165,18 @@ impl ResourceManager {
                 return Err(self.reject(kind, &update, errors));
             }
         };
+        let staged = match self.listeners.get().map(|l| l.stage(&next.config)) {
+            Some(Ok(staged)) => Some(staged),
+            Some(Err(errors)) => return Err(self.reject(kind, &update, errors)),
+            None => None,
+        };
         warm(&plan).await;
         let next = Arc::new(next);
         self.snapshot.store(next.clone());
         self.published.send_replace(next.clone());
+        if let (Some(listeners), Some(staged)) = (self.listeners.get(), staged) {
+            listeners.commit(staged, &next);
+        }
         *self.applied_at.lock() = SystemTime::now();
         Registry::retire_superseded(&current.registry, &next.registry);
         for c in &plan.removed_clusters {
@@ -243,39 +263,10 @@ async fn warm(plan: &UpdatePlan) {
     }
 }
 
-/// What an update changes that only a restart can apply (listeners are bound at start; the
-/// listener manager lifts this).
+/// What an update changes that only a restart can apply (listeners are applied live by the
+/// listener manager; the admin listener and the worker threads are set up once).
 fn needs_restart(current: &Config, next: &Config, platform_roots: bool) -> Vec<String> {
     let mut errors = Vec::new();
-    let shape = |c: &Config| {
-        c.listeners
-            .iter()
-            .map(|l| {
-                let lean = matches!(l.filters.as_slice(), [FilterConfig::Capability { .. }]);
-                // The listener's limits are set on its accept loop at start.
-                let limits = (
-                    l.max_connections,
-                    l.request_header_timeout,
-                    l.request_body_timeout,
-                );
-                (
-                    l.name.clone(),
-                    l.address.clone(),
-                    l.tcp_proxy.is_some(),
-                    lean,
-                    limits,
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    if shape(current) != shape(next) {
-        errors.push(
-            "listeners: adding, removing, renaming or re-addressing a listener, changing its \
-             kind (tcp_proxy, capability-only, full chain) or its limits (max_connections, \
-             request_header_timeout, request_body_timeout), needs a restart"
-                .to_owned(),
-        );
-    }
     if current.admin != next.admin {
         errors.push("admin: changing the admin listener needs a restart".to_owned());
     }

@@ -1,6 +1,7 @@
-//! Process bootstrap: first Snapshot → resource manager → Pingora server with one proxy
-//! service per listener, the admin service and background tasks (config file watch, cluster
-//! maintenance, AppCallback delivery) → run until SIGTERM (drain) or SIGINT (fast exit).
+//! Process bootstrap: first Snapshot → resource manager → the listener manager's worker
+//! threads and listeners → Pingora server with the admin service and background tasks
+//! (config file watch, cluster maintenance, AppCallback delivery) → run until SIGTERM (drain)
+//! or SIGINT (fast exit).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -11,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mecha_mesh::config::UpstreamProtocol;
-use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -19,19 +19,21 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
-use crate::lean::LeanListener;
+use crate::listeners::ListenerManager;
 use crate::metrics::Metrics;
-use crate::proxy::{ListenerProxy, ProcessState};
+use crate::proxy::ProcessState;
 use crate::resources::{Outcome, ResourceManager};
 use crate::snapshot::{Snapshot, UpdateSource};
-use crate::sniff::{H2cSniff, ListenerLimits};
-use crate::tcp::TcpProxy;
 
 /// Why the process could not start; printed by the binary, which then exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("invalid config:\n  {}", .0.join("\n  "))]
     Config(Vec<String>),
+    #[error("cannot listen:\n  {}", .0.join("\n  "))]
+    Listen(Vec<String>),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
     #[error("{what} {addr}: cannot listen: {source}")]
     Bind {
         what: String,
@@ -51,6 +53,7 @@ fn check_addresses(config: &Config) -> Result<(), StartError> {
     let mut all: Vec<(String, String)> = config
         .listeners
         .iter()
+        .filter(|l| l.bind_to_port)
         .map(|l| (format!("listeners.{}", l.name), l.address.clone()))
         .collect();
     if let Some(a) = &config.admin.address {
@@ -134,62 +137,18 @@ pub fn run_with_source(
     server.bootstrap();
 
     let initial = snapshot.load_full();
-    for (index, l) in config.listeners.iter().enumerate() {
-        if l.tcp_proxy.is_some() {
-            let app = TcpProxy {
-                index,
-                snapshot: snapshot.clone(),
-            };
-            let mut svc = Service::new(format!("tcp listener {}", l.name), app);
-            svc.add_tcp(&l.address);
-            server.add_service(svc);
-            continue;
-        }
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = true;
-        opts.h2_idle_timeout = Some(crate::sniff::IDLE_TIMEOUT);
-        let limits = ListenerLimits {
-            max_connections: l.max_connections,
-            header_timeout: l.request_header_timeout.0,
-            body_timeout: l.request_body_timeout.0,
-            refused: metrics
-                .listener_connections_refused
-                .get_or_create(&vec![("listener".to_owned(), l.name.clone())])
-                .clone(),
-        };
-        if initial.lean.get(index).is_some_and(Option::is_some) {
-            let app = LeanListener {
-                index,
-                snapshot: snapshot.clone(),
-                process: process.clone(),
-                options: opts,
-            };
-            // Every HTTP listener detects HTTP/1 vs h2c itself (see `sniff`).
-            let mut svc = Service::new(format!("listener {}", l.name), H2cSniff::new(app, limits));
-            svc.add_tcp(&l.address);
-            server.add_service(svc);
-            continue;
-        }
-        // Extended CONNECT reaches the router (Pingora would answer 405 to any CONNECT).
-        opts.allow_connect_method_proxying = true;
-        let mut proxy = pingora::proxy::http_proxy(
-            &server.configuration,
-            ListenerProxy {
-                index,
-                snapshot: snapshot.clone(),
-                process: process.clone(),
-            },
-        );
-        proxy.server_options = Some(opts);
-        // HTTP/2 extended CONNECT (RFC 8441, e.g. WebSocket over h2) is routed like any
-        // request; the router refuses plain CONNECT tunnels.
-        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
-        h2.enable_connect_protocol();
-        proxy.h2_options = Some(h2);
-        let mut svc = Service::new(format!("listener {}", l.name), H2cSniff::new(proxy, limits));
-        svc.add_tcp(&l.address);
-        server.add_service(svc);
-    }
+    let listeners = ListenerManager::start(
+        config.threads,
+        snapshot.clone(),
+        process.clone(),
+        metrics.clone(),
+        server.configuration.clone(),
+    )
+    .map_err(StartError::Workers)?;
+    let staged = listeners.stage(&config).map_err(StartError::Listen)?;
+    listeners.commit(staged, &initial);
+    let listeners = Arc::new(listeners);
+    manager.attach_listeners(listeners.clone());
 
     if let Some(addr) = &config.admin.address {
         let admin = AdminApp {
@@ -239,7 +198,11 @@ pub fn run_with_source(
     );
     let drain = Duration::from_secs(config.shutdown.drain_seconds);
     server.run(RunArgs {
-        shutdown_signal: Box::new(DrainOnTerm { process, drain }),
+        shutdown_signal: Box::new(DrainOnTerm {
+            process,
+            drain,
+            listeners,
+        }),
     });
     Ok(())
 }
@@ -460,6 +423,7 @@ impl BackgroundService for AppCallbackTask {
 struct DrainOnTerm {
     process: Arc<ProcessState>,
     drain: Duration,
+    listeners: Arc<ListenerManager>,
 }
 
 #[async_trait]
@@ -493,6 +457,7 @@ impl ShutdownSignalWatch for DrainOnTerm {
                 "drain time is up; closing remaining requests"
             );
         }
+        self.listeners.shutdown();
         ShutdownSignal::GracefulTerminate
     }
 }

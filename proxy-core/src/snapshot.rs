@@ -557,6 +557,38 @@ impl Snapshot {
     }
 }
 
+/// How a listener's serving code finds its own entries in whichever Snapshot a request loads:
+/// by name (indexes shift when an update adds or removes listeners), with the last index it
+/// was found at tried first, so the usual lookup is one string compare.
+#[derive(Debug)]
+pub struct ListenerRef {
+    pub name: String,
+    hint: std::sync::atomic::AtomicUsize,
+}
+
+impl ListenerRef {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            hint: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// This listener's index in `snap`, or `None` when `snap` no longer has it (a request
+    /// that raced the listener's removal).
+    pub fn index(&self, snap: &Snapshot) -> Option<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listeners = &snap.config.listeners;
+        let hint = self.hint.load(Relaxed);
+        if listeners.get(hint).is_some_and(|l| l.name == self.name) {
+            return Some(hint);
+        }
+        let found = listeners.iter().position(|l| l.name == self.name)?;
+        self.hint.store(found, Relaxed);
+        Some(found)
+    }
+}
+
 /// A listener's config without its routes (they are the route table resource).
 fn without_routes(l: &ListenerConfig) -> ListenerConfig {
     let mut l = l.clone();

@@ -11,11 +11,11 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::net::TcpStream;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ListenerRef, Snapshot};
 
 pub struct TcpProxy {
-    /// The listener's index in the Snapshot (its cluster is resolved there).
-    pub index: usize,
+    /// The listener (its cluster is resolved in each connection's Snapshot).
+    pub listener: ListenerRef,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
 }
 
@@ -27,8 +27,9 @@ impl ServerApp for TcpProxy {
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let snap = self.snapshot.load_full();
-        let Some(cluster) = snap.tcp.get(self.index).cloned().flatten() else {
-            tracing::error!(listener = self.index, "tcp proxy: listener has no cluster");
+        let cluster = self.listener.index(&snap).and_then(|i| snap.tcp.get(i));
+        let Some(cluster) = cluster.cloned().flatten() else {
+            tracing::error!(listener = %self.listener.name, "tcp proxy: listener has no cluster");
             return None;
         };
         let Ok(_slot) = cluster.admit() else {
