@@ -3,10 +3,10 @@
 //! Label sets are fixed when the filter is built (method names are `&'static str` from the
 //! service's method table), so recording a call formats no strings and allocates nothing.
 
+use mecha_mesh::histogram::LatencyHistogram as Histogram;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tonic::Code;
 

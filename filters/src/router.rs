@@ -272,7 +272,12 @@ impl HttpFilter for RouterFilter {
             }
             Action::Cluster(_) | Action::Weighted { .. } => {}
         }
-        let roll = rand::rng().random_range(0..u32::MAX);
+        // Only a weighted choice needs a random roll (a thread-local RNG draw per request).
+        let roll = if route.is_weighted() {
+            rand::rng().random_range(0..u32::MAX)
+        } else {
+            0
+        };
         let Some(cluster) = route.cluster_for(roll).cloned() else {
             respond_error(session, grpc, 503, "route names no usable cluster", None).await?;
             router.record(idx, 503, ctx.started);

@@ -5,6 +5,8 @@
 //! pending requests).
 
 use std::collections::{BTreeSet, HashMap};
+
+type EndpointMap = HashMap<SocketAddr, Arc<EndpointState>, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -132,7 +134,9 @@ pub struct Cluster {
     pub hash_header: Option<String>,
     policy: LbPolicy,
     balancer: Balancer,
-    endpoints: RwLock<HashMap<SocketAddr, Arc<EndpointState>>>,
+    /// Looked up on every pick: foldhash, not SipHash (the keys are our own endpoints' addresses,
+    /// so hash flooding is not a concern).
+    endpoints: RwLock<EndpointMap>,
     /// What config lists as endpoints (addresses and DNS names with their last resolution);
     /// the balancer's discovery reads it, so adopting a change is synchronous.
     source: Arc<Mutex<EndpointSource>>,
@@ -240,7 +244,7 @@ impl Cluster {
             }
         };
         // Endpoints that stay keep their state; `sync_endpoints` drops the ones that went.
-        let mut endpoints: HashMap<SocketAddr, Arc<EndpointState>> =
+        let mut endpoints: EndpointMap =
             prev.map(|p| p.endpoints.read().clone()).unwrap_or_default();
         for b in &backends {
             if let Some(sa) = b.addr.as_inet() {

@@ -10,7 +10,8 @@
 //! - [`grpc_health`]: gRPC health v1 active checks.
 //! - [`maglev`]: Maglev consistent hashing (pingora-load-balancing has Ketama only).
 //! - [`retry`]: retry policies and backoff.
-//! - [`metrics`]: per-route, per-cluster and per-invocation metric families.
+//! - [`metrics`]: per-route, per-cluster and per-invocation metric families;
+//!   [`histogram`]: the lock-free latency histogram they (and the API metrics) record into.
 //! - [`client`]: the mesh as a client — the one implementation of the upstream policies
 //!   (pick, breakers, retries, timeouts, outlier accounting), driven by the router filter from
 //!   Pingora's proxy phases and by [`client::MeshClient`] for invocations and event delivery.
@@ -25,6 +26,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod grpc_health;
+pub mod histogram;
 pub mod invoke;
 pub mod maglev;
 pub mod metrics;

@@ -531,6 +531,11 @@ impl Route {
             .map(|rest| format!("{new}{rest}"))
     }
 
+    /// Whether [`Route::cluster_for`] depends on its roll (weighted clusters).
+    pub fn is_weighted(&self) -> bool {
+        matches!(self.action, Action::Weighted { .. })
+    }
+
     /// Picks the cluster: fixed, or by weight with `roll` uniformly in `0..total`.
     pub fn cluster_for(&self, roll: u32) -> Option<&Arc<Cluster>> {
         match &self.action {
