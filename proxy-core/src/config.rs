@@ -1,7 +1,7 @@
 //! The YAML config file: its schema, parsing with paths in every error, and validation.
 //!
 //! ```yaml
-//! threads: 2                       # worker threads per listener (default: 1)
+//! threads: 2                       # worker threads, one runtime and socket each (default: 1)
 //! app: { id: myapp }               # app id: default key prefix for state, consumer group, …
 //! admin: { address: 127.0.0.1:34999 }
 //! shutdown: { drain_seconds: 5 }   # on SIGTERM: stop being ready, finish requests, exit
@@ -11,6 +11,8 @@
 //!     max_connections: 10000       # open connections; beyond, new ones are closed at once
 //!     request_header_timeout: 10s  # from a request's first byte to its complete head
 //!     request_body_timeout: 60s    # longest stall while a request body is read
+//!     # bind_to_port: false        # virtual: served via a use_original_dst listener
+//!     # use_original_dst: true     # dispatch iptables-redirected connections by destination
 //!     filters:
 //!       - type: capability         # terminates the runtime APIs listed in `apis`
 //!         apis: [layotto]
@@ -39,7 +41,8 @@ pub const DEFAULT_YAML: &str = include_str!("../../configs/default.yaml");
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Worker threads of each listener's runtime.
+    /// Worker threads: each runs its own current-thread runtime and accepts on its own
+    /// `SO_REUSEPORT` socket of every listener (see `listeners`).
     #[serde(default = "default_threads")]
     pub threads: usize,
     #[serde(default)]
