@@ -566,3 +566,57 @@ async fn serve_connection(
         _ = close.wait_for(|closed| *closed) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_sockets_share_one_port_and_a_plain_holder_is_a_conflict() {
+        let sockets = bind_reuseport("127.0.0.1:0".parse().expect("addr"), 3, true)
+            .expect("three sockets on one port");
+        let ports: HashSet<u16> = sockets
+            .iter()
+            .map(|s| s.local_addr().expect("addr").port())
+            .collect();
+        assert_eq!(ports.len(), 1, "{ports:?}");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let err = bind_reuseport(addr, 2, true).expect_err("the address is held");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn original_destinations_match_exact_addresses_before_wildcards() {
+        let yaml = "listeners:\n  - name: l\n    address: 127.0.0.1:1\n";
+        let config = crate::config::parse(yaml).expect("config");
+        let update = crate::snapshot::UpdateSource::yaml("test", yaml);
+        let (first, _) = Snapshot::build(config, &Metrics::new(), None, &update).expect("build");
+        let snapshot = Arc::new(ArcSwap::from_pointee(first));
+        let slot = |name: &str| {
+            let (drain, close) = (watch::channel(false).0, watch::channel(false).0);
+            Arc::new(Slot {
+                name: name.to_owned(),
+                app: ArcSwap::from_pointee(ListenerApp {
+                    serve: Serve::Tcp(Arc::new(TcpProxy {
+                        listener: ListenerRef::new(name),
+                        snapshot: snapshot.clone(),
+                    })),
+                    original_dst: false,
+                    drain,
+                    close,
+                }),
+                accepted: Counter::default(),
+                open: Gauge::default(),
+            })
+        };
+        let mut v = Virtuals::new();
+        v.insert("0.0.0.0:80".parse().expect("addr"), slot("any-80"));
+        v.insert("10.0.0.5:80".parse().expect("addr"), slot("pod-80"));
+        let name = |dst: &str| virtual_for(&v, dst.parse().expect("addr")).map(|s| s.name.clone());
+        assert_eq!(name("10.0.0.5:80").as_deref(), Some("pod-80"));
+        assert_eq!(name("10.0.0.6:80").as_deref(), Some("any-80"));
+        assert_eq!(name("10.0.0.5:81"), None);
+        assert_eq!(name("[::1]:80"), None);
+    }
+}
