@@ -273,3 +273,21 @@ async fn an_update_whose_listener_cannot_bind_is_rejected_whole() {
     assert_eq!(body_from(taken_addr).await, "b");
     assert_eq!(body_from(edge).await, "b");
 }
+
+#[tokio::test]
+async fn a_tls_client_on_a_plaintext_listener_is_closed_and_the_listener_keeps_serving() {
+    let ups = Upstreams::start().await;
+    let mesh = Mesh::start(&ups.config("")).await;
+    let edge = mesh.addr("edge");
+    let mut tls = KeepAlive::open(edge).await;
+    // A TLS record header (handshake, TLS 1.0 record version) and the start of a ClientHello.
+    tls.tcp
+        .write_all(b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03")
+        .await
+        .expect("write");
+    assert!(
+        tls.closed_by_peer().await,
+        "no answer is readable by a TLS client"
+    );
+    assert_eq!(body_from(edge).await, "a");
+}

@@ -27,6 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The first byte of a TLS handshake record; no HTTP/1 request starts with it.
+const TLS_HANDSHAKE: u8 = 0x16;
+
 /// How long a new connection may stay silent before its first byte (Pingora's HTTP/1
 /// keep-alive idle time); from the first byte on, the listener's header timeout applies.
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,6 +68,9 @@ impl Drop for ConnectionSlot<'_> {
 enum Detected {
     Http1,
     H2c,
+    /// A TLS ClientHello (record type 22): this listener has no TLS, so no answer it could
+    /// read is possible.
+    Tls,
     /// EOF, a read error or the timeout before the protocol was known.
     Gone,
 }
@@ -84,6 +90,9 @@ async fn detect(stream: &mut L4Stream, idle: Duration, timeout: Duration) -> Det
                 }
                 n += read;
             }
+        }
+        if buf[0] == TLS_HANDSHAKE {
+            break Detected::Tls;
         }
         if buf[..n] != H2_PREFACE[..n] {
             break Detected::Http1;
@@ -216,6 +225,12 @@ where
             // The preface is buffered now, so Pingora's own 24-byte check returns at once.
             Detected::H2c => self.inner.process_new(l4, shutdown).await,
             Detected::Gone => None,
+            Detected::Tls => {
+                tracing::debug!(
+                    "TLS ClientHello on a plaintext listener (it has no TLS settings); closing"
+                );
+                None
+            }
             Detected::Http1 => {
                 // Pingora's HTTP/1 keep-alive loop (apps::ServerApp for HttpServerApp), each
                 // request head first awaited here under the header timeout.
@@ -326,6 +341,13 @@ mod tests {
     async fn control_bytes_are_http1_so_the_parser_answers_400() {
         let (v, _) = detect_after_sending(b"\x01\x02", false).await;
         assert_eq!(v, Detected::Http1);
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_hello_is_told_apart() {
+        // The first bytes of a TLS 1.2/1.3 ClientHello record.
+        let (v, _) = detect_after_sending(b"\x16\x03\x01\x02\x00\x01", false).await;
+        assert_eq!(v, Detected::Tls);
     }
 
     #[tokio::test]
