@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing Mecha needs on Debian/Ubuntu when it is missing:
 #   cmake (Pingora's zlib-ng build), a C compiler, redis-server (the Redis component tests),
-#   and in test mode, when pip can, Python grpcio + grpcio-tools (the cross-stack test).
+#   in test mode as root iptables + iproute2 (the original-destination test's network
+#   namespace; it skips itself when not root), and in test mode, when pip can, Python
+#   grpcio + grpcio-tools (the cross-stack test).
 # As root with apt-get it installs them; otherwise it says exactly what to install and fails.
 # Usage: scripts/ensure-deps.sh [build|test|bench]
 set -euo pipefail
@@ -11,7 +13,9 @@ have cargo || { echo "error: cargo not found: install Rust (https://rustup.rs), 
 have cmake || need+=(cmake)
 have cc || need+=(build-essential)
 case "${1:-build}" in
-  test) have redis-server || need+=(redis-server) ;;
+  test) have redis-server || need+=(redis-server)
+        # integration/tests/original_dst.rs: a netns, a veth pair and an iptables REDIRECT.
+        if [ "$(id -u)" = 0 ]; then have iptables || need+=(iptables); have ip || need+=(iproute2); fi ;;
   bench) have redis-server || need+=(redis-server); have h2load || need+=(nghttp2-client)
          have redis-benchmark || need+=(redis-tools) ;;
 esac

@@ -238,6 +238,15 @@ impl HttpUpstream {
         Self::serve(name, listener)
     }
 
+    /// Like [`HttpUpstream::start`], bound on `addr` (port 0: a free one) instead of
+    /// loopback, e.g. the host side of a veth pair.
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind upstream {name} on {addr}: {e}"));
+        Self::serve(name, listener)
+    }
+
     fn serve(name: &str, listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(UpState {
@@ -654,6 +663,18 @@ pub struct EchoServer {
 impl EchoServer {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        Self::serve(listener)
+    }
+
+    /// Like [`EchoServer::start`], bound on `addr` (port 0: a free one) instead of loopback.
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind echo on {addr}: {e}"));
+        Self::serve(listener)
+    }
+
+    fn serve(listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {

@@ -63,6 +63,12 @@ impl AdminApp {
         let mut checks = Vec::new();
         for l in &snap.config.listeners {
             let error = match l.address.parse::<SocketAddr>() {
+                // The listener manager knows whether its accept loops run; asking it does not
+                // open a connection (which would count as one in the listener's metrics).
+                Ok(_) if self.resources.listeners().is_some() => self
+                    .resources
+                    .listeners()
+                    .and_then(|m| m.status(&l.name, &l.address, l.bind_to_port).err()),
                 // A virtual listener is served through a use_original_dst listener's socket.
                 Ok(_) if !l.bind_to_port => None,
                 Ok(addr) => {

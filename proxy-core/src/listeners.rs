@@ -328,6 +328,26 @@ impl ListenerManager {
         self.virtuals.store(Arc::new(virtuals));
     }
 
+    /// Whether `name` is running as `snap`'s config has it: bound at its address and
+    /// accepting, or (virtual) known for dispatch. `Err` names what is wrong.
+    pub fn status(&self, name: &str, address: &str, bind: bool) -> Result<(), String> {
+        let running = self.running.lock();
+        let Some(r) = running.get(name) else {
+            return Err(format!("listener {name:?} is not running"));
+        };
+        if address.parse::<SocketAddr>().ok() != Some(r.address) {
+            return Err(format!(
+                "listener {name:?} is at {}, not yet at {address}",
+                r.address
+            ));
+        }
+        match (bind, r.accepting.as_ref()) {
+            (true, Some(stop)) if stop.receiver_count() > 0 => Ok(()),
+            (true, _) => Err(format!("listener {address} not accepting")),
+            (false, _) => Ok(()),
+        }
+    }
+
     /// Stops accepting on every listener and tells their connections to finish (the process
     /// is shutting down).
     pub fn shutdown(&self) {

@@ -105,6 +105,11 @@ impl ResourceManager {
         self.snapshot.load_full()
     }
 
+    /// The listener manager, once attached at start.
+    pub fn listeners(&self) -> Option<&Arc<ListenerManager>> {
+        self.listeners.get()
+    }
+
     /// Each published Snapshot, for long-lived tasks.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.published.subscribe()

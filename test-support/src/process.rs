@@ -78,7 +78,21 @@ pub fn run_mecha(args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
 /// report, and stdin a pipe with `MECHA_EXIT_ON_STDIN_EOF` so the sidecar never outlives the
 /// test process (even one killed before `Drop` runs; the pipe lives in the `Child`).
 pub fn mecha_run_command(config: &Path, dir: &Path) -> Command {
-    let mut cmd = Command::new(mecha_bin());
+    mecha_run_command_wrapped(&[], config, dir)
+}
+
+/// [`mecha_run_command`] run through the command prefix `wrap` (nothing when empty), e.g.
+/// `["ip", "netns", "exec", "<ns>"]` to run the sidecar inside a network namespace. The prefix
+/// must exec the binary in its place (as `ip netns exec` does), so the child's pid is mecha's.
+pub fn mecha_run_command_wrapped(wrap: &[String], config: &Path, dir: &Path) -> Command {
+    let mut cmd = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(mecha_bin());
+            cmd
+        }
+        None => Command::new(mecha_bin()),
+    };
     cmd.arg("run")
         .arg("-c")
         .arg(config)
@@ -251,10 +265,20 @@ impl Mecha {
     /// Runs what `prepare` gives and waits for `wait`; a start that lost a race for its ports
     /// is retried with a new `prepare()` (pick the ports inside it). Panics with the config and
     /// mecha's stderr when it does not get there.
-    pub async fn start(wait: Wait, mut prepare: impl FnMut() -> Launch) -> Mecha {
+    pub async fn start(wait: Wait, prepare: impl FnMut() -> Launch) -> Mecha {
+        Self::start_wrapped(wait, &[], prepare).await
+    }
+
+    /// [`Mecha::start`] with the command run through the prefix `wrap` (see
+    /// [`mecha_run_command_wrapped`]), e.g. inside a network namespace.
+    pub async fn start_wrapped(
+        wait: Wait,
+        wrap: &[String],
+        mut prepare: impl FnMut() -> Launch,
+    ) -> Mecha {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            match Self::spawn(prepare(), wait).await {
+            match Self::spawn_wrapped(prepare(), wait, wrap).await {
                 Ok(m) => return m,
                 Err(e) if e.port_taken => last = e.message,
                 Err(e) => panic!("{e}"),
@@ -265,6 +289,16 @@ impl Mecha {
 
     /// Runs `launch` once and waits (bounded by [`READY_TIMEOUT`]) for `wait`.
     pub async fn spawn(launch: Launch, wait: Wait) -> Result<Mecha, StartError> {
+        Self::spawn_wrapped(launch, wait, &[]).await
+    }
+
+    /// [`Mecha::spawn`] with the command run through the prefix `wrap` (nothing when empty;
+    /// see [`mecha_run_command_wrapped`]).
+    pub async fn spawn_wrapped(
+        launch: Launch,
+        wait: Wait,
+        wrap: &[String],
+    ) -> Result<Mecha, StartError> {
         let Launch {
             dir,
             config,
@@ -272,13 +306,13 @@ impl Mecha {
             env,
         } = launch;
         let path = dir.write("mecha.yaml", &config);
-        let mut cmd = mecha_run_command(&path, dir.path());
+        let mut cmd = mecha_run_command_wrapped(wrap, &path, dir.path());
         for (k, v) in &env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().map_err(|e| StartError {
             port_taken: false,
-            message: format!("spawn {}: {e}", mecha_bin().display()),
+            message: format!("spawn {cmd:?}: {e}"),
         })?;
         let stderr = Drained::start(child.stderr.take());
         let stdin = child.stdin.take();
