@@ -46,6 +46,7 @@ sleep 1
 perf record -F 999 -e cpu-clock -g -p "$MECHA" -o "$OUT/perf.data" -- sleep $((DURATION - 2)) 2>"$OUT/perf-record.log"
 wait $WRK
 grep -E 'Requests/sec|99%' "$OUT/wrk.txt"
+grep -E 'VmHWM|VmRSS' "/proc/$MECHA/status" | tr -s ' \t' ' ' | tee "$OUT/rss.txt"
 perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol --percent-limit 0.5 2>/dev/null \
   | grep -E '^ +[0-9.]+%' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//' | head -"$TOP" | tee "$OUT/top.txt"
 echo "profile: $OUT/perf.data (perf report -i $OUT/perf.data)" >&2
