@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/runtime/v1/runtime.proto",
         "proto/runtime/v1/appcallback.proto",
         "proto/runtime/v1/lifecycle.proto",
+        "proto/mecha/config/v1/component.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
