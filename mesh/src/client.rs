@@ -18,7 +18,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
@@ -28,6 +27,7 @@ use rand::Rng;
 use crate::cluster::{AttemptResult, Cluster, Endpoint, PickError, RetrySlot};
 use crate::config::UpstreamProtocol;
 use crate::retry::RetryPolicy;
+use crate::upstream::Upstream;
 
 /// Default bound on the whole request when a route (or invocation) sets no `timeout` (Envoy's
 /// default route timeout is 15 s).
@@ -384,11 +384,12 @@ struct TryFailure {
 }
 
 /// Sends whole requests to clusters with the mesh's policies (see the module doc). One per
-/// process: its connector holds the upstream connection pools.
+/// process: its [`Upstream`] holds the upstream connections (HTTP/1.1 pooled per worker
+/// thread).
 #[derive(Default)]
 pub struct MeshClient {
     /// Made on first use, so a sidecar that never calls out loads no TLS trust store.
-    connector: OnceLock<Connector>,
+    upstream: OnceLock<Upstream>,
 }
 
 impl std::fmt::Debug for MeshClient {
@@ -402,8 +403,8 @@ impl MeshClient {
         Self::default()
     }
 
-    fn connector(&self) -> &Connector {
-        self.connector.get_or_init(|| Connector::new(None))
+    fn upstream(&self) -> &Upstream {
+        self.upstream.get_or_init(Upstream::new)
     }
 
     /// Sends `req` to `cluster` under `policy`, reading at most `max_response` body bytes.
@@ -523,17 +524,13 @@ impl MeshClient {
         idle: Option<Duration>,
         cluster: &Cluster,
     ) -> Result<Result<(ResponseHeader, Bytes, Option<http::HeaderMap>), usize>, TryFailure> {
-        let connector = self.connector();
-        let (mut session, reused) =
-            connector
-                .get_http_session(peer)
-                .await
-                .map_err(|error| TryFailure {
-                    error,
-                    reused: false,
-                    connect: true,
-                    answered: false,
-                })?;
+        let upstream = self.upstream();
+        let (mut session, reused) = upstream.session(peer).await.map_err(|error| TryFailure {
+            error,
+            reused: false,
+            connect: true,
+            answered: false,
+        })?;
         if !reused {
             cluster.metrics.connections_opened.inc();
         }
@@ -593,8 +590,12 @@ impl MeshClient {
             _ => None,
         };
         if session.response_done() {
-            connector
-                .release_http_session(session, peer, idle.or(Some(POOL_IDLE_TIMEOUT)))
+            upstream
+                .release(
+                    session,
+                    peer,
+                    idle.unwrap_or(POOL_IDLE_TIMEOUT).min(POOL_IDLE_TIMEOUT),
+                )
                 .await;
         }
         Ok(Ok((header, body.freeze(), trailers)))

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod retry;
 pub mod route;
 pub mod trace;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
