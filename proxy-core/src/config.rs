@@ -65,6 +65,45 @@ pub struct Config {
     /// Service invocation settings (defaults for every app; a naming rule for the rest).
     #[serde(default)]
     pub invocation: InvocationConfig,
+    /// A control plane to take listeners, routes, clusters, endpoints and components from
+    /// (ADS); what this file declares stays and is merged with what the control plane sends.
+    #[serde(default)]
+    pub xds: Option<XdsConfig>,
+}
+
+/// The control plane: one ADS stream (`mecha-xds`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsConfig {
+    /// `host:port` of the ADS server (plaintext gRPC).
+    pub server: String,
+    /// `delta` (incremental, Istio's default) or `sotw` (state of the world). With `delta`, a
+    /// server that answers UNIMPLEMENTED is spoken to in state of the world.
+    #[serde(default)]
+    pub api: XdsApi,
+    #[serde(default)]
+    pub node: XdsNode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdsApi {
+    #[default]
+    Sotw,
+    Delta,
+}
+
+/// Who this sidecar is, as the control plane sees it (Envoy's bootstrap `node`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsNode {
+    /// Istio: `sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`.
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub cluster: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Where one invocable app is reached: `address` / `addresses` (its sidecar's inbound
@@ -574,8 +613,27 @@ pub fn validate(cfg: &Config) -> Vec<String> {
             Err(_) => errors.push(format!("admin.address: expected ip:port, got {a:?}")),
         }
     }
-    if cfg.listeners.is_empty() {
-        errors.push("listeners: at least one listener is required".to_owned());
+    if cfg.listeners.is_empty() && cfg.xds.is_none() {
+        errors.push(
+            "listeners: at least one listener is required (or an xds: control plane)".to_owned(),
+        );
+    }
+    if let Some(x) = &cfg.xds {
+        if x.server
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            errors.push(format!(
+                "xds.server: expected host:port, got {:?}",
+                x.server
+            ));
+        }
+        if x.node.id.trim().is_empty() {
+            errors.push(
+                "xds.node.id: must not be empty (the control plane keys its answers by it)"
+                    .to_owned(),
+            );
+        }
     }
     let mut names = HashSet::new();
     let mut virtual_addresses = HashSet::new();
@@ -1038,5 +1096,32 @@ components:
             .expect_err("unknown field");
         assert!(errs[0].starts_with("listeners[0]"), "{errs:?}");
         assert!(errs[0].contains("bogus"), "{errs:?}");
+    }
+
+    #[test]
+    fn xds_bootstraps_need_no_listeners_and_name_bad_fields() {
+        for file in ["xds-bootstrap.yaml", "xds-bootstrap-delta.yaml"] {
+            let path = format!("{}/../configs/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("bootstrap file");
+            let cfg = load(&text).unwrap_or_else(|e| panic!("{file}: {e:?}"));
+            let x = cfg.xds.expect("xds section");
+            assert_eq!(x.server, "127.0.0.1:18000");
+            assert_eq!(
+                x.node.id,
+                "sidecar~127.0.0.1~app.default~default.svc.cluster.local"
+            );
+            assert_eq!(x.api == XdsApi::Delta, file.contains("delta"), "{file}");
+            assert!(cfg.listeners.is_empty());
+        }
+        let errs = load("xds:\n  server: nowhere\n  node: {id: ''}\n").expect_err("invalid");
+        assert!(errs.iter().any(|e| e.starts_with("xds.server")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with("xds.node.id")),
+            "{errs:?}"
+        );
+        let errs = load("xds:\n  server: a:1\n  api: rest\n").expect_err("unknown api");
+        assert!(errs[0].contains("xds"), "{errs:?}");
+        let errs = load("threads: 1\n").expect_err("nothing to serve");
+        assert!(errs.iter().any(|e| e.starts_with("listeners:")), "{errs:?}");
     }
 }

@@ -35,7 +35,7 @@ pub mod sniff;
 pub mod tcp;
 
 pub use config::Config;
-pub use server::{run, run_with_source, StartError};
+pub use server::{run, run_with, run_with_source, Feed, StartError};
 
 /// Checks a config text as serving it would: parse, then build every resource with no network
 /// I/O (`mecha validate`). Returns the config, or every problem with its path.

@@ -65,7 +65,12 @@ pub struct ResourceManager {
     serial: tokio::sync::Mutex<()>,
     /// Binds and runs the listeners of each published Snapshot (set once at start).
     listeners: std::sync::OnceLock<Arc<ListenerManager>>,
+    /// Extra `/config_dump` sections other sources report (see [`Self::add_dump_section`]).
+    dump_sections: Mutex<Vec<(&'static str, DumpSection)>>,
 }
+
+/// Reports one `/config_dump` section as JSON when asked.
+pub type DumpSection = Box<dyn Fn() -> Value + Send + Sync>;
 
 impl ResourceManager {
     /// Starts from the first Snapshot, whose plan [`ResourceManager::prepare_start`] ran.
@@ -81,6 +86,7 @@ impl ResourceManager {
             rejected: Mutex::new(None),
             serial: tokio::sync::Mutex::new(()),
             listeners: std::sync::OnceLock::new(),
+            dump_sections: Mutex::new(Vec::new()),
         }
     }
 
@@ -157,11 +163,49 @@ impl ResourceManager {
             Ok(c) => c,
             Err(errs) => return Err(self.reject(kind, &update, errs)),
         };
+        self.apply_locked(kind, update, cfg, &current).await
+    }
+
+    /// Applies a whole config built by another source (the xDS client merges the bootstrap
+    /// with what the control plane sent): validated, diffed and applied as a file update is.
+    /// On error nothing changed, and every problem is returned.
+    pub async fn apply_config(
+        &self,
+        kind: &'static str,
+        update: UpdateSource,
+        cfg: Config,
+    ) -> Result<Outcome, Vec<String>> {
+        let _serial = self.serial.lock().await;
+        let current = self.current();
+        if cfg == *current.config {
+            self.count(kind, "unchanged");
+            return Ok(Outcome::Unchanged);
+        }
+        self.apply_locked(kind, update, cfg, &current).await
+    }
+
+    /// The config of the running Snapshot.
+    pub fn config(&self) -> Config {
+        (*self.current().config).clone()
+    }
+
+    /// Adds a section to `/config_dump` (the xDS client's per-type state), read on each dump.
+    pub fn add_dump_section(&self, name: &'static str, section: DumpSection) {
+        self.dump_sections.lock().push((name, section));
+    }
+
+    async fn apply_locked(
+        &self,
+        kind: &'static str,
+        update: UpdateSource,
+        cfg: Config,
+        current: &Arc<Snapshot>,
+    ) -> Result<Outcome, Vec<String>> {
         let mut errors = crate::config::validate(&cfg);
         if errors.is_empty() {
             errors = needs_restart(&current.config, &cfg, self.platform_roots);
         }
-        let built = Snapshot::build(cfg, &self.metrics, Some(&current), &update);
+        let built = Snapshot::build(cfg, &self.metrics, Some(current), &update);
         let (next, plan) = match built {
             Ok(built) if errors.is_empty() => built,
             Ok(_) => return Err(self.reject(kind, &update, errors)),
@@ -238,13 +282,17 @@ impl ResourceManager {
                 "errors": r.errors,
             })
         });
-        json!({
+        let mut dump = json!({
             "version_info": snap.version,
             "source": snap.source,
             "last_updated": rfc3339(*self.applied_at.lock()),
             "configs": configs,
             "last_rejected_update": rejected,
-        })
+        });
+        for (name, section) in self.dump_sections.lock().iter() {
+            dump[*name] = section();
+        }
+        dump
     }
 }
 
@@ -274,6 +322,9 @@ fn needs_restart(current: &Config, next: &Config, platform_roots: bool) -> Vec<S
     let mut errors = Vec::new();
     if current.admin != next.admin {
         errors.push("admin: changing the admin listener needs a restart".to_owned());
+    }
+    if current.xds != next.xds {
+        errors.push("xds: changing the control plane needs a restart".to_owned());
     }
     if current.threads != next.threads {
         errors.push("threads: changing the worker thread count needs a restart".to_owned());

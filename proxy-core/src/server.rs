@@ -100,6 +100,29 @@ pub fn run_with_source(
     source: Option<PathBuf>,
     text: &str,
 ) -> Result<(), StartError> {
+    run_with(config, source, text, Vec::new())
+}
+
+/// A source of config updates besides the file (the xDS client): started once the sidecar
+/// serves its static config, on its own thread, with the resource manager to apply updates
+/// to; it runs until the process ends.
+pub trait Feed: Send + 'static {
+    /// Names the background service (logs).
+    fn name(&self) -> &'static str;
+    fn run(
+        self: Box<Self>,
+        manager: Arc<ResourceManager>,
+    ) -> futures::future::BoxFuture<'static, ()>;
+}
+
+/// [`run_with_source`], plus `feeds` started beside it. With a feed, the file is not watched:
+/// it is the bootstrap the feed merges its resources with.
+pub fn run_with(
+    config: Config,
+    source: Option<PathBuf>,
+    text: &str,
+    feeds: Vec<Box<dyn Feed>>,
+) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let origin = source.as_ref().map_or_else(
         || "embedded".to_owned(),
@@ -183,6 +206,20 @@ pub fn run_with_source(
     svc.threads = Some(1);
     server.add_service(svc);
 
+    let source = source.filter(|_| feeds.is_empty());
+    for feed in feeds {
+        let name = feed.name();
+        let mut svc = background_service(
+            name,
+            FeedTask {
+                feed: parking_lot::Mutex::new(Some(feed)),
+                manager: manager.clone(),
+            },
+        );
+        svc.threads = Some(1);
+        server.add_service(svc);
+    }
+
     if let Some(path) = source {
         let reload = ConfigReload { path, manager };
         let mut svc = background_service("config reload", reload);
@@ -214,6 +251,25 @@ pub const RELOAD_POLL: Duration = Duration::from_millis(100);
 
 /// Watches the config file; each change is a resource update (see [`crate::resources`]):
 /// applied as a diff, or rejected whole with every error logged and shown in `/config_dump`.
+/// Runs one [`Feed`] (taken on the first start; Pingora starts a background service once).
+struct FeedTask {
+    feed: parking_lot::Mutex<Option<Box<dyn Feed>>>,
+    manager: Arc<ResourceManager>,
+}
+
+#[async_trait]
+impl BackgroundService for FeedTask {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(feed) = self.feed.lock().take() else {
+            return;
+        };
+        tokio::select! {
+            _ = feed.run(self.manager.clone()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 struct ConfigReload {
     path: PathBuf,
     manager: Arc<ResourceManager>,
