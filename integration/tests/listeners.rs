@@ -291,3 +291,65 @@ async fn a_tls_client_on_a_plaintext_listener_is_closed_and_the_listener_keeps_s
     );
     assert_eq!(body_from(edge).await, "a");
 }
+
+/// `router_to_b` as a filter chain of `edge` (a virtual listener with `chain_of`).
+fn chain_of_edge(name: &str, address: &str, body: &str) -> String {
+    format!("{body}    bind_to_port: false\n    chain_of: edge\n")
+        .replace("@name@", name)
+        .replace("@address@", address)
+}
+
+#[tokio::test]
+async fn filter_chains_of_a_listener_are_chosen_by_destination_and_change_live() {
+    let ups = Upstreams::start().await;
+    let mut mesh = Mesh::start(&ups.config("")).await;
+    let edge = mesh.addr("edge");
+    assert_eq!(
+        body_from(edge).await,
+        "a",
+        "no chain: the listener's own filters"
+    );
+
+    // A chain for the listener's port (Envoy's `destination_port` match): it serves the
+    // connections made to edge — not redirected, so matched on the address they reached.
+    let by_port = chain_of_edge(
+        "edge-port",
+        &format!("0.0.0.0:{}", edge.port()),
+        &router_to_b("@name@", "@address@"),
+    );
+    assert_eq!(mesh.rewrite(&ups.config(&by_port)).await, Reload::Applied);
+    assert_eq!(body_from(edge).await, "b");
+
+    // An exact address beats the port: a TCP chain to the echo server.
+    let exact = format!(
+        "{by_port}  - name: edge-exact\n    address: {edge}\n    tcp_proxy: {{ cluster: echo }}\n    bind_to_port: false\n    chain_of: edge\n"
+    );
+    assert_eq!(mesh.rewrite(&ups.config(&exact)).await, Reload::Applied);
+    let mut tcp = TcpStream::connect(edge).await.expect("connect");
+    tcp.write_all(b"raw bytes").await.expect("write");
+    let mut echoed = [0u8; 9];
+    tokio::time::timeout(STEP_TIMEOUT, tcp.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echoed, b"raw bytes");
+    let accepted = mesh
+        .metric(r#"mecha_listener_connections_accepted_total{listener="edge-exact"}"#)
+        .await;
+    assert!(accepted >= 1.0, "accepted on the exact chain: {accepted}");
+
+    // A chain of a listener that does not exist, or one that binds, is refused by name.
+    let orphan = "  - name: stray\n    address: 0.0.0.0:9\n    bind_to_port: false\n    chain_of: nobody\n    tcp_proxy: { cluster: echo }\n";
+    assert_eq!(mesh.rewrite(&ups.config(orphan)).await, Reload::Rejected);
+    let dump = mesh.config_dump().await;
+    let errors = dump["last_rejected_update"]["errors"].to_string();
+    assert!(
+        errors.contains("chain_of: no listener is named \\\"nobody\\\""),
+        "{errors}"
+    );
+
+    // Chains removed: the listener's own filters again, in the same process.
+    assert_eq!(mesh.rewrite(&ups.config("")).await, Reload::Applied);
+    assert_eq!(body_from(edge).await, "a");
+    assert!(mesh.is_running());
+}

@@ -303,6 +303,14 @@ pub struct ListenerConfig {
     /// a connection no virtual listener matches is served by this listener's own filters.
     #[serde(default)]
     pub use_original_dst: bool,
+    /// Makes this virtual listener a *filter chain* of the named (bound) listener, as Envoy's
+    /// `filter_chains` with a `filter_chain_match` on destination: it serves that listener's
+    /// connections whose original destination (or, when not redirected, the address they
+    /// reached) is `address` — an exact `ip:port`, else `0.0.0.0:port` for a
+    /// `destination_port` match. A connection no chain matches is served by the listener's
+    /// own filters (its default chain). Needs `bind_to_port: false`.
+    #[serde(default)]
+    pub chain_of: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -666,6 +674,24 @@ pub fn validate(cfg: &Config) -> Vec<String> {
             }
         }
         let listen_addr = l.address.parse::<SocketAddr>().ok();
+        if let Some(owner) = &l.chain_of {
+            if l.bind_to_port {
+                errors.push(format!(
+                    "listeners[{i}].chain_of: a filter chain is reached through {owner:?}; it \
+                     needs bind_to_port: false"
+                ));
+            }
+            match cfg.listeners.iter().find(|o| &o.name == owner) {
+                None => errors.push(format!(
+                    "listeners[{i}].chain_of: no listener is named {owner:?}"
+                )),
+                Some(o) if !o.bind_to_port || o.chain_of.is_some() => errors.push(format!(
+                    "listeners[{i}].chain_of: {owner:?} binds no port; filter chains belong to \
+                     a bound listener"
+                )),
+                Some(_) => {}
+            }
+        }
         if !l.bind_to_port && l.use_original_dst {
             errors.push(format!(
                 "listeners[{i}]: a virtual listener (bind_to_port: false) accepts nothing \
@@ -681,9 +707,13 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                 }
             }
             Ok(sa) => {
-                if !virtual_addresses.insert(sa) {
+                if !virtual_addresses.insert((l.chain_of.as_deref(), sa)) {
+                    let of = match &l.chain_of {
+                        Some(o) => format!("filter chain of {o:?}"),
+                        None => "virtual listener".to_owned(),
+                    };
                     errors.push(format!(
-                        "listeners[{i}].address: {sa} is used by another virtual listener"
+                        "listeners[{i}].address: {sa} is used by another {of}"
                     ));
                 }
             }

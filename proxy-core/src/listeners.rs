@@ -24,6 +24,10 @@
 //!   *virtual* listener (`bind_to_port: false`) for that address — exact `ip:port`, then the
 //!   wildcard address with that port — or serves it itself when none matches, as Envoy's
 //!   `use_original_dst` does for Istio's outbound and inbound capture ports.
+//! - **Filter chains.** A virtual listener with `chain_of: L` is reached only from `L`: for
+//!   each connection `L` accepts, its original destination (or the address it reached) picks
+//!   the chain by the same exact-then-port rule, before any global virtual listener; `L`'s own
+//!   filters are the default chain.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -142,7 +146,16 @@ struct Slot {
 }
 
 /// Virtual listeners by address, for original-destination dispatch.
-type Virtuals = HashMap<SocketAddr, Arc<Slot>>;
+type ByAddress = HashMap<SocketAddr, Arc<Slot>>;
+
+/// The listeners that bind nothing, by the address they answer for.
+#[derive(Default)]
+struct Virtuals {
+    /// Reached from any `use_original_dst` listener.
+    global: ByAddress,
+    /// Filter chains (`chain_of`), by the listener whose connections they serve.
+    chains: HashMap<String, ByAddress>,
+}
 
 struct Running {
     /// The configured address (for a bound listener, what its sockets are bound to).
@@ -152,6 +165,8 @@ struct Running {
     /// Stops this listener's accept loops (and so closes its sockets); `None` for a virtual
     /// listener.
     accepting: Option<watch::Sender<bool>>,
+    /// The listener this one is a filter chain of (`chain_of`).
+    chain_of: Option<String>,
 }
 
 /// Sockets bound for an update, not yet accepting: dropped unused if the update is rejected.
@@ -197,7 +212,7 @@ impl ListenerManager {
             metrics,
             server_conf,
             running: Mutex::new(HashMap::new()),
-            virtuals: Arc::new(ArcSwap::from_pointee(HashMap::new())),
+            virtuals: Arc::new(ArcSwap::from_pointee(Virtuals::default())),
         })
     }
 
@@ -275,8 +290,10 @@ impl ListenerManager {
                             .clone(),
                     }),
                     accepting: None,
+                    chain_of: None,
                 }
             });
+            entry.chain_of = l.chain_of.clone();
             if entry.shape != shape {
                 tracing::info!(listener = %l.name, ?drain,
                     "listener kind or limits changed: new connections get the new settings; \
@@ -320,11 +337,14 @@ impl ListenerManager {
                 self.retire(&name, gone.slot.app.load_full(), drain);
             }
         }
-        let virtuals: Virtuals = running
-            .values()
-            .filter(|r| r.accepting.is_none())
-            .map(|r| (r.address, r.slot.clone()))
-            .collect();
+        let mut virtuals = Virtuals::default();
+        for r in running.values().filter(|r| r.accepting.is_none()) {
+            let map = match &r.chain_of {
+                Some(owner) => virtuals.chains.entry(owner.clone()).or_default(),
+                None => &mut virtuals.global,
+            };
+            map.insert(r.address, r.slot.clone());
+        }
         self.virtuals.store(Arc::new(virtuals));
     }
 
@@ -531,7 +551,7 @@ fn redirected_to(tcp: &tokio::net::TcpStream) -> Option<SocketAddr> {
     (original != local).then_some(original)
 }
 
-fn virtual_for(virtuals: &Virtuals, dst: SocketAddr) -> Option<Arc<Slot>> {
+fn virtual_for(virtuals: &ByAddress, dst: SocketAddr) -> Option<Arc<Slot>> {
     let wildcard = match dst.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -559,15 +579,26 @@ async fn serve_connection(
 ) {
     let mut app = own.app.load_full();
     let mut slot = own;
-    if app.original_dst {
-        if let Some(dst) = redirected_to(&tcp) {
-            if let Some(target) = virtual_for(&virtuals.load(), dst) {
-                tracing::trace!(from = %slot.name, to = %target.name, %dst, "original destination");
-                slot = target;
-                app = slot.app.load_full();
-            }
+    let v = virtuals.load();
+    let chains = v.chains.get(slot.name.as_str());
+    if app.original_dst || chains.is_some() {
+        let dst = redirected_to(&tcp);
+        // A filter chain of this listener first (matched on where the connection was going:
+        // its original destination, else the listener's own address), then — for a
+        // use_original_dst listener — any virtual listener for a redirected destination.
+        let target = chains
+            .and_then(|c| virtual_for(c, dst.or_else(|| tcp.local_addr().ok())?))
+            .or_else(|| {
+                dst.filter(|_| app.original_dst)
+                    .and_then(|d| virtual_for(&v.global, d))
+            });
+        if let Some(target) = target {
+            tracing::trace!(from = %slot.name, to = %target.name, ?dst, "original destination");
+            slot = target;
+            app = slot.app.load_full();
         }
     }
+    drop(v);
     slot.accepted.inc();
     slot.open.inc();
     let _open = Open(slot.open.clone());
@@ -630,7 +661,7 @@ mod tests {
                 open: Gauge::default(),
             })
         };
-        let mut v = Virtuals::new();
+        let mut v = ByAddress::new();
         v.insert("0.0.0.0:80".parse().expect("addr"), slot("any-80"));
         v.insert("10.0.0.5:80".parse().expect("addr"), slot("pod-80"));
         let name = |dst: &str| virtual_for(&v, dst.parse().expect("addr")).map(|s| s.name.clone());
