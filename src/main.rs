@@ -121,7 +121,14 @@ fn main() -> ExitCode {
                     std::process::exit(0);
                 });
             }
-            match mecha_proxy_core::run_with_source(cfg, config, &text) {
+            // With an `xds:` section the file is the bootstrap: the control plane's resources
+            // are merged with it (and the file is not watched).
+            let feeds: Vec<Box<dyn mecha_proxy_core::Feed>> =
+                mecha_xds::source::XdsFeed::new(cfg.clone())
+                    .map(|f| Box::new(f) as Box<dyn mecha_proxy_core::Feed>)
+                    .into_iter()
+                    .collect();
+            match mecha_proxy_core::run_with(cfg, config, &text, feeds) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mecha: {e}");

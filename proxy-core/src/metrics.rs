@@ -19,6 +19,26 @@ pub struct UpdateLabels {
     /// `applied`, `rejected` or `unchanged`.
     pub result: &'static str,
 }
+/// Labels of `mecha_xds_responses_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsLabels {
+    /// The resource type URL.
+    pub type_url: String,
+    /// `ack` or `nack`.
+    pub result: &'static str,
+}
+
+/// The xDS client's metrics (registered always; they stay empty without `xds:`).
+pub struct XdsMetrics {
+    pub responses: Family<XdsLabels, Counter>,
+    /// 1 while an ADS stream is open.
+    pub connected: Gauge,
+    /// Unix time of the last accepted response, by type URL.
+    pub last_update: Family<Vec<(String, String)>, Gauge>,
+    /// Streams opened (reconnects are this minus one).
+    pub streams: Counter,
+}
+
 /// `mecha_listener_connections_refused_total{listener}`.
 pub type ListenerRefused = Family<Vec<(String, String)>, Counter>;
 /// `mecha_downstream_connections{listener}`.
@@ -38,6 +58,7 @@ pub struct Metrics {
     pub listener_connections_accepted: ListenerRefused,
     /// Connections open now, by listener.
     pub downstream_connections: ListenerGauge,
+    pub xds: XdsMetrics,
 }
 
 impl Metrics {
@@ -75,6 +96,32 @@ impl Metrics {
             "Open downstream connections per listener",
             downstream_connections.clone(),
         );
+        let xds = XdsMetrics {
+            responses: Family::default(),
+            connected: Gauge::default(),
+            last_update: Family::default(),
+            streams: Counter::default(),
+        };
+        registry.register(
+            "mecha_xds_responses",
+            "xDS responses by type URL and result (ack: applied, nack: refused)",
+            xds.responses.clone(),
+        );
+        registry.register(
+            "mecha_xds_connected",
+            "1 while the ADS stream to the control plane is open",
+            xds.connected.clone(),
+        );
+        registry.register(
+            "mecha_xds_last_update_timestamp_seconds",
+            "Unix time of the last accepted xDS response, by type URL",
+            xds.last_update.clone(),
+        );
+        registry.register(
+            "mecha_xds_streams",
+            "ADS streams opened to the control plane",
+            xds.streams.clone(),
+        );
         Self {
             registry,
             layotto,
@@ -84,6 +131,7 @@ impl Metrics {
             listener_connections_refused,
             listener_connections_accepted,
             downstream_connections,
+            xds,
         }
     }
 }

@@ -184,6 +184,11 @@ impl ResourceManager {
         self.apply_locked(kind, update, cfg, &current).await
     }
 
+    /// The process's metric families.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The config of the running Snapshot.
     pub fn config(&self) -> Config {
         (*self.current().config).clone()

@@ -6,6 +6,9 @@
 //! - [`translate`]: Envoy v3 Listener / RouteConfiguration / Cluster / ClusterLoadAssignment and
 //!   `mecha.config.v1.Component` onto Mecha's config model; anything that would change
 //!   behaviour and is not supported is an error naming the field (the resource is NACKed).
+//! - [`source`]: the client as the sidecar's config feed — each checked response translated,
+//!   merged with the bootstrap file and applied by the resource manager (ACK), or refused with
+//!   its errors (NACK).
 //!
 //! Dependency direction: binary → xds → proxy-core (the config model it produces).
 
@@ -13,4 +16,5 @@
 
 pub mod ads;
 pub mod resources;
+pub mod source;
 pub mod translate;

@@ -1,0 +1,1206 @@
+//! Translation of Envoy v3 resources onto Mecha's config model, checked on the resulting
+//! config pieces and by building the merged config as a file config is built.
+
+// Control planes still send deprecated fields (Istio: `exact_match`, `append`); the tests
+// build them to check how they translate.
+#![allow(deprecated)]
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers::Thresholds, cluster, CircuitBreakers, Cluster, OutlierDetection,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, config_source, health_check, socket_address, Address, AggregatedConfigSource,
+    ConfigSource, HeaderValue, HeaderValueOption, HealthCheck, HealthStatus, Http2ProtocolOptions,
+    SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, Filter, FilterChain, FilterChainMatch, Listener,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher, redirect_action, retry_policy::RetryBackOff, route, route_action, route_match,
+    weighted_cluster::ClusterWeight, DirectResponseAction, HeaderMatcher, QueryParameterMatcher,
+    RedirectAction, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    WeightedCluster,
+};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options::{explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions},
+    HttpProtocolOptions,
+};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, Struct, UInt32Value};
+use mecha_mesh::config::{HealthCheckKind, LbPolicy, UpstreamProtocol};
+use mecha_proto::config::v1::Component;
+use mecha_proxy_core::config::{Config, FilterConfig, ListenerConfig};
+use mecha_xds::resources::{ResourceError, XdsResources};
+use mecha_xds::translate::{merge, translate, Translated};
+use prost::{Message, Name};
+
+// === builders ===
+
+fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// `udpa.type.v1.TypedStruct`, as istiod sends it.
+#[derive(Clone, PartialEq, Message)]
+struct TypedStruct {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(message, optional, tag = "2")]
+    value: Option<Struct>,
+}
+
+fn typed_struct(outer: &str, inner: &str) -> Any {
+    Any {
+        type_url: format!("type.googleapis.com/{outer}"),
+        value: TypedStruct {
+            type_url: format!("type.googleapis.com/{inner}"),
+            value: Some(Struct::default()),
+        }
+        .encode_to_vec(),
+    }
+}
+
+fn raw_any(type_name: &str) -> Any {
+    Any {
+        type_url: format!("type.googleapis.com/{type_name}"),
+        value: Vec::new(),
+    }
+}
+
+fn sock(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_owned(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn secs(s: i64) -> Option<Duration> {
+    Some(Duration {
+        seconds: s,
+        nanos: 0,
+    })
+}
+
+fn millis(ms: i32) -> Option<Duration> {
+    Some(Duration {
+        seconds: 0,
+        nanos: ms * 1_000_000,
+    })
+}
+
+fn u32v(v: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value: v })
+}
+
+fn http_filter(name: &str, cfg: Any) -> HttpFilter {
+    HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(cfg)),
+        ..Default::default()
+    }
+}
+
+fn router_filter() -> HttpFilter {
+    http_filter("envoy.filters.http.router", any(&Router::default()))
+}
+
+fn ads() -> Option<ConfigSource> {
+    Some(ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    })
+}
+
+fn hcm_rds(route_config: &str, http_filters: Vec<HttpFilter>) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: "http".to_owned(),
+        http_filters,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: ads(),
+            route_config_name: route_config.to_owned(),
+        })),
+        ..Default::default()
+    }
+}
+
+fn network_filter(name: &str, cfg: Any) -> Filter {
+    Filter {
+        name: name.to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(cfg)),
+    }
+}
+
+fn hcm_filter(h: &HttpConnectionManager) -> Filter {
+    network_filter("envoy.filters.network.http_connection_manager", any(h))
+}
+
+fn listener(name: &str, port: u32, filters: Vec<Filter>) -> Listener {
+    Listener {
+        name: name.to_owned(),
+        address: Some(sock("127.0.0.1", port)),
+        filter_chains: vec![FilterChain {
+            filters,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route_to(prefix: &str, cluster: &str) -> Route {
+    Route {
+        name: format!("to-{cluster}"),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_owned())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn route_config(name: &str, routes: Vec<Route>) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: "vh".to_owned(),
+            domains: vec!["*".to_owned()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn lb_endpoint(ip: &str, port: u32, weight: Option<u32>, status: HealthStatus) -> LbEndpoint {
+    LbEndpoint {
+        health_status: status as i32,
+        load_balancing_weight: weight.and_then(u32v),
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(sock(ip, port)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn cla(name: &str, eps: Vec<LbEndpoint>) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: eps,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn static_cluster(name: &str, port: u32) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        connect_timeout: secs(2),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(cla(
+            name,
+            vec![lb_endpoint("127.0.0.1", port, None, HealthStatus::Unknown)],
+        )),
+        ..Default::default()
+    }
+}
+
+fn eds_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: ads(),
+            service_name: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn set(
+    listeners: Vec<Listener>,
+    routes: Vec<RouteConfiguration>,
+    clusters: Vec<Cluster>,
+) -> XdsResources {
+    XdsResources {
+        listeners: listeners.into_iter().map(|l| (l.name.clone(), l)).collect(),
+        routes: routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        clusters: clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
+        endpoints: BTreeMap::new(),
+        components: BTreeMap::new(),
+    }
+}
+
+fn bootstrap() -> Config {
+    mecha_proxy_core::config::parse("admin: { address: \"127.0.0.1:34999\" }\n")
+        .expect("bootstrap parses")
+}
+
+/// Merges with the bootstrap, then validates and builds the config as `mecha validate` does
+/// for a file.
+fn merged(t: &Translated) -> Config {
+    let cfg = merge(&bootstrap(), t).expect("merges");
+    let errors = mecha_proxy_core::config::validate(&cfg);
+    assert!(errors.is_empty(), "validate: {errors:?}");
+    let metrics = mecha_proxy_core::metrics::Metrics::new();
+    let source = mecha_proxy_core::snapshot::UpdateSource {
+        source: "xds:test".to_owned(),
+        version: "1".to_owned(),
+        document: serde_json::Value::Null,
+    };
+    if let Err(e) =
+        mecha_proxy_core::snapshot::Snapshot::build(cfg.clone(), &metrics, None, &source)
+    {
+        panic!("builds: {e:?}");
+    }
+    cfg
+}
+
+fn errors_of(res: &XdsResources) -> Vec<String> {
+    match translate(res) {
+        Ok(t) => panic!("expected errors, got {t:?}"),
+        Err(e) => e.iter().map(ResourceError::to_string).collect(),
+    }
+}
+
+fn assert_error(res: &XdsResources, want: &str) {
+    let errs = errors_of(res);
+    assert!(
+        errs.iter().any(|e| e.contains(want)),
+        "{want:?} not in {errs:#?}"
+    );
+}
+
+fn ok(res: &XdsResources) -> Translated {
+    match translate(res) {
+        Ok(t) => t,
+        Err(e) => panic!("translation failed: {e:#?}"),
+    }
+}
+
+fn router_of(l: &ListenerConfig) -> &mecha_mesh::config::RouterConfig {
+    match l.filters.as_slice() {
+        [FilterConfig::Router(r)] => r,
+        other => panic!("expected one router filter, got {other:?}"),
+    }
+}
+
+// === tests ===
+
+#[test]
+fn lds_rds_and_inline_route_configs_translate_and_build() {
+    let inline = HttpConnectionManager {
+        stat_prefix: "inline".to_owned(),
+        http_filters: vec![router_filter()],
+        route_specifier: Some(RouteSpecifier::RouteConfig(route_config(
+            "inline",
+            vec![route_to("/", "c2")],
+        ))),
+        ..Default::default()
+    };
+    let mut l1 = listener(
+        "l1",
+        18081,
+        vec![hcm_filter(&hcm_rds("r1", vec![router_filter()]))],
+    );
+    l1.bind_to_port = Some(BoolValue { value: false });
+    let mut l2 = listener("l2", 18082, vec![hcm_filter(&inline)]);
+    l2.use_original_dst = Some(BoolValue { value: true });
+    let res = set(
+        vec![l1, l2],
+        vec![route_config(
+            "r1",
+            vec![route_to("/api", "c1"), route_to("/", "c2")],
+        )],
+        vec![static_cluster("c1", 9001), static_cluster("c2", 9002)],
+    );
+    let t = ok(&res);
+    assert!(t.warming.is_empty(), "{:?}", t.warming);
+    assert_eq!(t.listeners.len(), 2);
+    let l1 = &t.listeners[0];
+    assert_eq!(l1.name, "l1");
+    assert_eq!(l1.address, "127.0.0.1:18081");
+    assert!(!l1.bind_to_port);
+    let r = router_of(l1);
+    assert_eq!(r.virtual_hosts[0].domains, ["*"]);
+    let routes = &r.virtual_hosts[0].routes;
+    assert_eq!(routes[0].matcher.prefix.as_deref(), Some("/api"));
+    assert_eq!(routes[0].cluster.as_deref(), Some("c1"));
+    assert_eq!(routes[1].cluster.as_deref(), Some("c2"));
+    let l2 = &t.listeners[1];
+    assert!(l2.use_original_dst && l2.bind_to_port);
+    assert_eq!(
+        router_of(l2).virtual_hosts[0].routes[0].cluster.as_deref(),
+        Some("c2")
+    );
+    let c1 = &t.clusters[0];
+    assert_eq!(c1.endpoints[0].address, "127.0.0.1:9001");
+    assert_eq!(c1.connect_timeout.0, std::time::Duration::from_secs(2));
+    let cfg = merged(&t);
+    assert_eq!(cfg.listeners.len(), 2);
+}
+
+#[test]
+fn weighted_clusters_headers_and_matchers_map() {
+    let mut r = route_to("/", "unused");
+    let Some(route::Action::Route(ra)) = &mut r.action else {
+        unreachable!()
+    };
+    ra.cluster_specifier = Some(route_action::ClusterSpecifier::WeightedClusters(
+        WeightedCluster {
+            clusters: vec![
+                ClusterWeight {
+                    name: "c1".to_owned(),
+                    weight: u32v(90),
+                    ..Default::default()
+                },
+                ClusterWeight {
+                    name: "c2".to_owned(),
+                    weight: u32v(10),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        },
+    ));
+    ra.prefix_rewrite = "/v2/".to_owned();
+    ra.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(
+        "backend".to_owned(),
+    ));
+    ra.timeout = secs(3);
+    ra.idle_timeout = secs(30);
+    if let Some(m) = &mut r.r#match {
+        m.headers = vec![
+            HeaderMatcher {
+                name: "x-exact".to_owned(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::ExactMatch(
+                    "a".to_owned(),
+                )),
+                ..Default::default()
+            },
+            HeaderMatcher {
+                name: "x-absent".to_owned(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(
+                    true,
+                )),
+                invert_match: true,
+                ..Default::default()
+            },
+            HeaderMatcher {
+                name: "x-prefix".to_owned(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PrefixMatch(
+                    "v1.".to_owned(),
+                )),
+                ..Default::default()
+            },
+        ];
+    }
+    r.request_headers_to_add = vec![
+        HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "x-added".to_owned(),
+                value: "1".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "x-set".to_owned(),
+                value: "2".to_owned(),
+                ..Default::default()
+            }),
+            append: Some(BoolValue { value: false }),
+            ..Default::default()
+        },
+    ];
+    r.response_headers_to_remove = vec!["server".to_owned()];
+    let res = set(
+        vec![listener(
+            "l",
+            18083,
+            vec![hcm_filter(&hcm_rds("r", vec![router_filter()]))],
+        )],
+        vec![route_config("r", vec![r])],
+        vec![static_cluster("c1", 9001), static_cluster("c2", 9002)],
+    );
+    let t = ok(&res);
+    let rc = &router_of(&t.listeners[0]).virtual_hosts[0].routes[0];
+    let w = rc.weighted_clusters.as_ref().expect("weighted");
+    assert_eq!((w[0].name.as_str(), w[0].weight), ("c1", 90));
+    assert_eq!((w[1].name.as_str(), w[1].weight), ("c2", 10));
+    assert_eq!(rc.prefix_rewrite.as_deref(), Some("/v2/"));
+    assert_eq!(rc.host_rewrite.as_deref(), Some("backend"));
+    assert_eq!(rc.timeout.map(|d| d.0.as_secs()), Some(3));
+    assert_eq!(rc.idle_timeout.map(|d| d.0.as_secs()), Some(30));
+    let h = &rc.matcher.headers;
+    assert_eq!(h[0].exact.as_deref(), Some("a"));
+    assert_eq!((h[1].present, h[1].invert), (Some(true), true));
+    assert_eq!(h[2].regex.as_deref(), Some(r"v1\..*"));
+    let added: Vec<&str> = rc
+        .request_headers_to_add
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(added, ["x-added", "x-set"]);
+    // Overwrite = remove, then add.
+    assert_eq!(rc.request_headers_to_remove, ["x-set"]);
+    assert_eq!(rc.response_headers_to_remove, ["server"]);
+    merged(&t);
+}
+
+#[test]
+fn eds_cluster_takes_weights_and_leaves_out_unhealthy_endpoints() {
+    let mut res = set(vec![], vec![], vec![eds_cluster("svc")]);
+    res.endpoints.insert(
+        "svc".to_owned(),
+        cla(
+            "svc",
+            vec![
+                lb_endpoint("10.0.0.1", 80, Some(3), HealthStatus::Healthy),
+                lb_endpoint("10.0.0.2", 80, None, HealthStatus::Unhealthy),
+                lb_endpoint("10.0.0.3", 80, None, HealthStatus::Draining),
+                lb_endpoint("10.0.0.4", 80, None, HealthStatus::Timeout),
+                lb_endpoint("10.0.0.5", 80, None, HealthStatus::Unknown),
+            ],
+        ),
+    );
+    // A failover priority: dropped and listed.
+    if let Some(a) = res.endpoints.get_mut("svc") {
+        a.endpoints.push(LocalityLbEndpoints {
+            priority: 1,
+            lb_endpoints: vec![lb_endpoint("10.0.1.1", 80, None, HealthStatus::Healthy)],
+            ..Default::default()
+        });
+    }
+    let t = ok(&res);
+    let eps: Vec<(&str, usize)> = t.clusters[0]
+        .endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.weight))
+        .collect();
+    assert_eq!(eps, [("10.0.0.1:80", 3), ("10.0.0.5:80", 1)]);
+    assert!(
+        t.ignored.iter().any(|i| i.contains("priority > 0")),
+        "{:?}",
+        t.ignored
+    );
+}
+
+#[test]
+fn eds_service_name_names_the_assignment() {
+    let mut c = eds_cluster("outbound|80||svc");
+    if let Some(eds) = &mut c.eds_cluster_config {
+        eds.service_name = "svc-eds".to_owned();
+    }
+    let mut res = set(vec![], vec![], vec![c]);
+    res.endpoints.insert(
+        "svc-eds".to_owned(),
+        cla(
+            "svc-eds",
+            vec![lb_endpoint("10.0.0.1", 80, None, HealthStatus::Healthy)],
+        ),
+    );
+    let t = ok(&res);
+    assert_eq!(t.clusters[0].name, "outbound|80||svc");
+    assert_eq!(t.clusters[0].endpoints[0].address, "10.0.0.1:80");
+}
+
+#[test]
+fn strict_dns_keeps_host_names() {
+    let mut c = static_cluster("dns", 80);
+    c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::StrictDns as i32,
+    ));
+    c.load_assignment = Some(cla(
+        "dns",
+        vec![lb_endpoint(
+            "example.internal",
+            8080,
+            Some(2),
+            HealthStatus::Unknown,
+        )],
+    ));
+    c.dns_refresh_rate = secs(10);
+    let t = ok(&set(vec![], vec![], vec![c]));
+    assert_eq!(t.clusters[0].endpoints[0].address, "example.internal:8080");
+    assert_eq!(t.clusters[0].endpoints[0].weight, 2);
+    assert_eq!(t.clusters[0].dns_refresh.0.as_secs(), 10);
+    // STATIC needs IP addresses.
+    let mut s = static_cluster("s", 80);
+    s.load_assignment = Some(cla(
+        "s",
+        vec![lb_endpoint(
+            "example.internal",
+            80,
+            None,
+            HealthStatus::Unknown,
+        )],
+    ));
+    assert_error(
+        &set(vec![], vec![], vec![s]),
+        "cluster \"s\": load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.\
+         socket_address.address: expected an IP address",
+    );
+}
+
+#[test]
+fn http2_protocol_options_make_an_h2c_cluster() {
+    let mut c = static_cluster("grpc", 9000);
+    let opts = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions {
+                        max_concurrent_streams: u32v(50),
+                        ..Default::default()
+                    },
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+        any(&opts),
+    );
+    let t = ok(&set(vec![], vec![], vec![c]));
+    assert_eq!(t.clusters[0].protocol, UpstreamProtocol::H2c);
+    assert_eq!(t.clusters[0].max_h2_streams, 50);
+}
+
+#[test]
+fn every_lb_policy_maps() {
+    use cluster::LbPolicy as P;
+    for (p, want) in [
+        (P::RoundRobin, LbPolicy::RoundRobin),
+        (P::LeastRequest, LbPolicy::LeastRequest),
+        (P::Random, LbPolicy::Random),
+        (P::RingHash, LbPolicy::RingHash),
+        (P::Maglev, LbPolicy::Maglev),
+    ] {
+        let mut c = static_cluster("c", 9000);
+        c.lb_policy = p as i32;
+        let t = ok(&set(vec![], vec![], vec![c]));
+        assert_eq!(t.clusters[0].lb_policy, want, "{p:?}");
+    }
+    let mut c = static_cluster("c", 9000);
+    c.lb_policy = P::ClusterProvided as i32;
+    assert_error(
+        &set(vec![], vec![], vec![c]),
+        "cluster \"c\": lb_policy: CLUSTER_PROVIDED not supported yet",
+    );
+}
+
+#[test]
+fn health_checks_outlier_detection_and_breakers_map() {
+    let mut c = static_cluster("c", 9000);
+    c.health_checks = vec![HealthCheck {
+        timeout: secs(1),
+        interval: secs(5),
+        unhealthy_threshold: u32v(3),
+        healthy_threshold: u32v(2),
+        health_checker: Some(health_check::HealthChecker::HttpHealthCheck(
+            health_check::HttpHealthCheck {
+                path: "/ready".to_owned(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }];
+    c.outlier_detection = Some(OutlierDetection {
+        consecutive_5xx: u32v(7),
+        base_ejection_time: secs(10),
+        max_ejection_percent: u32v(50),
+        enforcing_success_rate: u32v(0),
+        ..Default::default()
+    });
+    c.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: u32v(100),
+            max_requests: u32v(200),
+            max_retries: u32v(5),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let t = ok(&set(vec![], vec![], vec![c.clone()]));
+    let cfg = &t.clusters[0];
+    let hc = cfg.health_check.as_ref().expect("health check");
+    assert_eq!(
+        (hc.kind, hc.path.as_str()),
+        (HealthCheckKind::Http, "/ready")
+    );
+    assert_eq!((hc.healthy_threshold, hc.unhealthy_threshold), (2, 3));
+    let od = cfg.outlier_detection.as_ref().expect("outlier detection");
+    assert_eq!((od.consecutive_5xx, od.max_ejection_percent), (7, 50));
+    assert_eq!(od.base_ejection_time.0.as_secs(), 10);
+    assert_eq!(cfg.circuit_breakers.max_connections, 100);
+    assert_eq!(cfg.circuit_breakers.max_requests, 200);
+    assert_eq!(cfg.circuit_breakers.max_retries, 5);
+    // Envoy's success-rate ejection is on unless switched off: Mecha has none.
+    if let Some(od) = &mut c.outlier_detection {
+        od.enforcing_success_rate = None;
+    }
+    assert_error(
+        &set(vec![], vec![], vec![c]),
+        "outlier_detection.enforcing_success_rate: success-rate ejection not supported yet",
+    );
+}
+
+#[test]
+fn retry_policy_maps() {
+    let mut r = route_to("/", "c1");
+    if let Some(route::Action::Route(ra)) = &mut r.action {
+        ra.retry_policy = Some(RetryPolicy {
+            retry_on: "connect-failure,refused-stream,unavailable,retriable-status-codes"
+                .to_owned(),
+            num_retries: u32v(3),
+            per_try_timeout: millis(500),
+            retriable_status_codes: vec![503],
+            retry_back_off: Some(RetryBackOff {
+                base_interval: millis(10),
+                max_interval: millis(100),
+            }),
+            ..Default::default()
+        });
+    }
+    let res = set(
+        vec![listener(
+            "l",
+            18084,
+            vec![hcm_filter(&hcm_rds("r", vec![router_filter()]))],
+        )],
+        vec![route_config("r", vec![r])],
+        vec![static_cluster("c1", 9001)],
+    );
+    let t = ok(&res);
+    let rc = &router_of(&t.listeners[0]).virtual_hosts[0].routes[0];
+    let rp = rc.retry_policy.as_ref().expect("retry policy");
+    assert_eq!(
+        rp.retry_on,
+        [
+            "connect-failure",
+            "reset",
+            "unavailable",
+            "retriable-status-codes"
+        ]
+    );
+    assert_eq!(rp.num_retries, 3);
+    assert_eq!(rp.retriable_status_codes, [503]);
+    assert_eq!(rp.base_interval.0.as_millis(), 10);
+    assert_eq!(rp.max_interval.0.as_millis(), 100);
+    assert_eq!(rc.per_try_timeout.map(|d| d.0.as_millis()), Some(500));
+    merged(&t);
+}
+
+#[test]
+fn redirects_and_direct_responses_map() {
+    let redirect = Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Path("/old".to_owned())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Redirect(RedirectAction {
+            host_redirect: "new.example".to_owned(),
+            response_code: redirect_action::RedirectResponseCode::Found as i32,
+            scheme_rewrite_specifier: Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(
+                true,
+            )),
+            path_rewrite_specifier: Some(redirect_action::PathRewriteSpecifier::PathRedirect(
+                "/new".to_owned(),
+            )),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let direct = Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::SafeRegex(
+                envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                    regex: "/health.*".to_owned(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status: 200,
+            body: Some(envoy_types::pb::envoy::config::core::v3::DataSource {
+                specifier: Some(
+                    envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                        "ok".to_owned(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let res = set(
+        vec![listener(
+            "l",
+            18085,
+            vec![hcm_filter(&hcm_rds("r", vec![router_filter()]))],
+        )],
+        vec![route_config("r", vec![redirect, direct])],
+        vec![],
+    );
+    let t = ok(&res);
+    let routes = &router_of(&t.listeners[0]).virtual_hosts[0].routes;
+    let rd = routes[0].redirect.as_ref().expect("redirect");
+    assert_eq!(routes[0].matcher.path.as_deref(), Some("/old"));
+    assert_eq!(
+        (
+            rd.scheme.as_deref(),
+            rd.host.as_deref(),
+            rd.path.as_deref(),
+            rd.code
+        ),
+        (Some("https"), Some("new.example"), Some("/new"), 302)
+    );
+    let d = routes[1].direct_response.as_ref().expect("direct");
+    assert_eq!(routes[1].matcher.regex.as_deref(), Some("/health.*"));
+    assert_eq!((d.status, d.body.as_str()), (200, "ok"));
+    merged(&t);
+}
+
+#[test]
+fn a_router_that_is_not_last_is_an_error() {
+    let grpc_stats = http_filter(
+        "envoy.filters.http.grpc_stats",
+        raw_any("envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"),
+    );
+    let res = set(
+        vec![listener(
+            "l1",
+            18086,
+            vec![hcm_filter(&hcm_rds("r", vec![router_filter(), grpc_stats]))],
+        )],
+        vec![route_config("r", vec![route_to("/", "c1")])],
+        vec![static_cluster("c1", 9001)],
+    );
+    assert_error(
+        &res,
+        "listener \"l1\": filter_chains[0].filters[0] (envoy.filters.network.http_connection_manager): \
+         http_filters: router must be last",
+    );
+}
+
+#[test]
+fn unknown_filters_are_errors_unless_optional() {
+    let unknown = || {
+        http_filter(
+            "acme.filters.http.magic",
+            raw_any("acme.filters.http.v1.Magic"),
+        )
+    };
+    let res = |f: HttpFilter| {
+        set(
+            vec![listener(
+                "l",
+                18087,
+                vec![hcm_filter(&hcm_rds("r", vec![f, router_filter()]))],
+            )],
+            vec![route_config("r", vec![route_to("/", "c1")])],
+            vec![static_cluster("c1", 9001)],
+        )
+    };
+    assert_error(
+        &res(unknown()),
+        "http_filters[0] (acme.filters.http.magic): unknown HTTP filter type \
+         acme.filters.http.v1.Magic and not is_optional",
+    );
+    let mut optional = unknown();
+    optional.is_optional = true;
+    let t = ok(&res(optional));
+    assert!(
+        t.ignored
+            .iter()
+            .any(|i| i.contains("acme.filters.http.magic") && i.contains("optional")),
+        "{:?}",
+        t.ignored
+    );
+    merged(&t);
+}
+
+#[test]
+fn istio_filters_are_ignored_and_listed() {
+    let http = vec![
+        http_filter(
+            "istio.metadata_exchange",
+            typed_struct(
+                "udpa.type.v1.TypedStruct",
+                "io.istio.http.peer_metadata.Config",
+            ),
+        ),
+        http_filter(
+            "istio.alpn",
+            raw_any("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig"),
+        ),
+        http_filter(
+            "envoy.filters.http.grpc_stats",
+            raw_any("envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"),
+        ),
+        http_filter("envoy.filters.http.fault", any(&HttpFault::default())),
+        http_filter(
+            "envoy.filters.http.cors",
+            raw_any("envoy.extensions.filters.http.cors.v3.Cors"),
+        ),
+        http_filter(
+            "istio.stats",
+            typed_struct("xds.type.v3.TypedStruct", "stats.PluginConfig"),
+        ),
+        // The router given as a TypedStruct with no fields: its defaults.
+        http_filter(
+            "envoy.filters.http.router",
+            typed_struct(
+                "udpa.type.v1.TypedStruct",
+                "envoy.extensions.filters.http.router.v3.Router",
+            ),
+        ),
+    ];
+    let mut l = listener(
+        "virtualOutbound",
+        15001,
+        vec![
+            network_filter(
+                "istio.metadata_exchange",
+                typed_struct(
+                    "udpa.type.v1.TypedStruct",
+                    "envoy.tcp.metadataexchange.config.MetadataExchange",
+                ),
+            ),
+            hcm_filter(&hcm_rds("r", http)),
+        ],
+    );
+    l.use_original_dst = Some(BoolValue { value: true });
+    l.listener_filters = vec![envoy_types::pb::envoy::config::listener::v3::ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".to_owned(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(
+                raw_any("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"),
+            ),
+        ),
+        ..Default::default()
+    }];
+    let res = set(
+        vec![l],
+        vec![route_config("r", vec![route_to("/", "c1")])],
+        vec![static_cluster("c1", 9001)],
+    );
+    let t = ok(&res);
+    for name in [
+        "istio.metadata_exchange",
+        "istio.alpn",
+        "envoy.filters.http.grpc_stats",
+        "envoy.filters.http.fault",
+        "envoy.filters.http.cors",
+        "istio.stats",
+        "tls_inspector",
+    ] {
+        assert!(
+            t.ignored.iter().any(|i| i.contains(name)),
+            "{name} not listed in {:#?}",
+            t.ignored
+        );
+    }
+    assert!(t.listeners[0].use_original_dst);
+    merged(&t);
+}
+
+#[test]
+fn a_fault_filter_that_injects_is_an_error() {
+    let fault = HttpFault {
+        max_active_faults: u32v(1),
+        ..Default::default()
+    };
+    let res = set(
+        vec![listener(
+            "l",
+            18088,
+            vec![hcm_filter(&hcm_rds(
+                "r",
+                vec![
+                    http_filter("envoy.filters.http.fault", any(&fault)),
+                    router_filter(),
+                ],
+            ))],
+        )],
+        vec![route_config("r", vec![route_to("/", "c1")])],
+        vec![static_cluster("c1", 9001)],
+    );
+    assert_error(&res, "fault injection not supported yet");
+}
+
+#[test]
+fn security_filters_are_refused() {
+    let rbac = http_filter("envoy.filters.http.rbac", any(&Rbac::default()));
+    let mut optional = rbac.clone();
+    optional.is_optional = true;
+    for f in [rbac, optional] {
+        let res = set(
+            vec![listener(
+                "l",
+                18089,
+                vec![hcm_filter(&hcm_rds("r", vec![f, router_filter()]))],
+            )],
+            vec![route_config("r", vec![route_to("/", "c1")])],
+            vec![static_cluster("c1", 9001)],
+        );
+        assert_error(
+            &res,
+            "envoy.extensions.filters.http.rbac.v3.RBAC is not implemented: refusing to serve \
+             without it",
+        );
+    }
+}
+
+#[test]
+fn a_listener_waits_for_its_route_config_and_a_cluster_for_its_endpoints() {
+    let res = set(
+        vec![listener(
+            "l",
+            18090,
+            vec![hcm_filter(&hcm_rds("later", vec![router_filter()]))],
+        )],
+        vec![],
+        vec![eds_cluster("svc")],
+    );
+    let t = ok(&res);
+    assert!(t.listeners.is_empty() && t.clusters.is_empty());
+    assert!(
+        t.warming
+            .contains(&"listener \"l\": waiting for route_config \"later\"".to_owned()),
+        "{:?}",
+        t.warming
+    );
+    assert!(
+        t.warming
+            .contains(&"cluster \"svc\": waiting for endpoints \"svc\"".to_owned()),
+        "{:?}",
+        t.warming
+    );
+}
+
+#[test]
+fn a_route_to_a_warming_cluster_answers_503_and_a_tcp_proxy_to_it_waits() {
+    let tcp = TcpProxy {
+        stat_prefix: "tcp".to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("svc".to_owned())),
+        ..Default::default()
+    };
+    let res = set(
+        vec![
+            listener(
+                "http",
+                18091,
+                vec![hcm_filter(&hcm_rds("r", vec![router_filter()]))],
+            ),
+            listener(
+                "tcp",
+                18092,
+                vec![network_filter("envoy.filters.network.tcp_proxy", any(&tcp))],
+            ),
+        ],
+        vec![route_config(
+            "r",
+            vec![route_to("/svc", "svc"), route_to("/", "c1")],
+        )],
+        vec![eds_cluster("svc"), static_cluster("c1", 9001)],
+    );
+    let t = ok(&res);
+    assert_eq!(t.listeners.len(), 1);
+    assert!(
+        t.warming
+            .iter()
+            .any(|w| w.starts_with("listener \"tcp\": waiting for cluster \"svc\"")),
+        "{:?}",
+        t.warming
+    );
+    let cfg = merged(&t);
+    let r = router_of(&cfg.listeners[0]);
+    let d = r.virtual_hosts[0].routes[0]
+        .direct_response
+        .as_ref()
+        .expect("503 for the missing cluster");
+    assert_eq!(d.status, 503);
+}
+
+#[test]
+fn a_tcp_proxy_listener_translates() {
+    let tcp = TcpProxy {
+        stat_prefix: "tcp".to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("db".to_owned())),
+        ..Default::default()
+    };
+    let res = set(
+        vec![listener(
+            "tcp",
+            18093,
+            vec![network_filter("envoy.filters.network.tcp_proxy", any(&tcp))],
+        )],
+        vec![],
+        vec![static_cluster("db", 5432)],
+    );
+    let t = ok(&res);
+    assert_eq!(
+        t.listeners[0]
+            .tcp_proxy
+            .as_ref()
+            .map(|t| t.cluster.as_str()),
+        Some("db")
+    );
+    assert!(t.listeners[0].filters.is_empty());
+    merged(&t);
+}
+
+#[test]
+fn several_filter_chains_and_query_matchers_are_not_supported_yet() {
+    let mut l = listener(
+        "l",
+        18094,
+        vec![hcm_filter(&hcm_rds("r", vec![router_filter()]))],
+    );
+    let second = FilterChain {
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: u32v(8080),
+            ..Default::default()
+        }),
+        ..l.filter_chains[0].clone()
+    };
+    l.filter_chains.push(second);
+    let mut r = route_to("/", "c1");
+    if let Some(m) = &mut r.r#match {
+        m.query_parameters = vec![QueryParameterMatcher {
+            name: "debug".to_owned(),
+            ..Default::default()
+        }];
+    }
+    let res = set(
+        vec![l],
+        vec![route_config("r", vec![r])],
+        vec![static_cluster("c1", 9001)],
+    );
+    let errs = errors_of(&res);
+    for want in [
+        "listener \"l\": filter_chains: 2 filter chains: not supported yet",
+        "route_config \"r\": virtual_hosts[0].routes[0].match.query_parameters: not supported yet",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:#?}");
+    }
+}
+
+#[test]
+fn original_dst_clusters_and_unsupported_fields_are_named() {
+    let mut c = static_cluster("passthrough", 1);
+    c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::OriginalDst as i32,
+    ));
+    c.load_assignment = None;
+    c.max_requests_per_connection = u32v(1);
+    let errs = errors_of(&set(vec![], vec![], vec![c]));
+    for want in [
+        "cluster \"passthrough\": type: ORIGINAL_DST not supported yet",
+        "cluster \"passthrough\": max_requests_per_connection: not supported yet",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:#?}");
+    }
+}
+
+#[test]
+fn components_are_mapped_and_validated() {
+    let mut res = XdsResources::default();
+    res.components.insert(
+        "statestore".to_owned(),
+        Component {
+            name: "statestore".to_owned(),
+            r#type: "state.memory".to_owned(),
+            metadata: [("keyPrefix".to_owned(), "none".to_owned())].into(),
+        },
+    );
+    let t = ok(&res);
+    assert_eq!(t.components[0].name, "statestore");
+    assert_eq!(t.components[0].kind, "state.memory");
+    assert_eq!(t.components[0].meta_str("keyPrefix"), Some("none"));
+    res.components.insert(
+        "bad".to_owned(),
+        Component {
+            name: "bad".to_owned(),
+            r#type: "state.foo".to_owned(),
+            metadata: Default::default(),
+        },
+    );
+    assert_error(&res, "component \"bad\": type: unknown type \"state.foo\"");
+}
+
+#[test]
+fn merge_refuses_names_taken_by_the_bootstrap() {
+    let mut boot = mecha_proxy_core::config::parse(
+        "clusters: [{ name: c1, endpoints: [{ address: \"127.0.0.1:1\" }] }]\n",
+    )
+    .expect("bootstrap");
+    boot.admin.address = None;
+    let t = ok(&set(vec![], vec![], vec![static_cluster("c1", 9001)]));
+    let errs = merge(&boot, &t).expect_err("clash");
+    assert!(
+        errs[0].contains("cluster \"c1\" from xDS") && errs[0].contains("static clusters[0]"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn every_error_of_a_push_is_returned() {
+    let mut bad_cluster = static_cluster("c", 1);
+    bad_cluster.lb_policy = cluster::LbPolicy::ClusterProvided as i32;
+    let res = set(
+        vec![listener(
+            "l",
+            18095,
+            vec![hcm_filter(&hcm_rds("r", vec![]))],
+        )],
+        vec![],
+        vec![bad_cluster],
+    );
+    let errs = errors_of(&res);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("cluster \"c\": lb_policy")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("listener \"l\":") && e.contains("needs the router")),
+        "{errs:#?}"
+    );
+}
