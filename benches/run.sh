@@ -24,6 +24,12 @@
 #   COLD_RUNS [20]     cold starts (median reported)
 #   WAIT_QUIET [600]   seconds to wait for a quiet machine (no rustc, ≥ 85 % idle) first
 #   REDIS_URL          redis://HOST:PORT of a Redis to use instead of a throw-away one
+#   SCENARIOS ["mem cold redis redis-rs"]  which parts run: mem = capability API in memory,
+#                      cold = cold start, redis = Redis vs redis-benchmark (h2load), redis-rs =
+#                      Redis vs the same Rust `redis` client (rt-load for both: saturation at
+#                      REDIS_CONC in flight, and GetState at RATE req/s over RATE_CONNS workers)
+#   BIN_DIR [${CARGO_TARGET_DIR:-target}/release]  where the built binaries are
+#   MECHA_BIN [BIN_DIR/mecha]  the Mecha binary (with --skip-build, nothing is built)
 #   OUT                output directory [target/bench-out/<UTC timestamp>]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +65,10 @@ if [ "$QUICK" = 1 ]; then
 fi
 OUT=${OUT:-$ROOT/target/bench-out/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT/raw"
-REL=$ROOT/target/release
+REL=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
+MECHA=${MECHA_BIN:-$REL/mecha}
+SCENARIOS=${SCENARIOS:-mem cold redis redis-rs}
+scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 RESULTS=$OUT/results.tsv
 : >"$RESULTS"
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -82,9 +91,10 @@ if [ "$SKIP_BUILD" = 0 ]; then
   log "cargo build --release -p mecha -p mecha-benches"
   cargo build --release -q -p mecha -p mecha-benches
 fi
-for b in mecha bare-tonic mkreq bench-check coldstart; do
+for b in bare-tonic mkreq bench-check coldstart rt-load; do
   [ -x "$REL/$b" ] || die "$REL/$b missing: run without --skip-build"
 done
+[ -x "$MECHA" ] || die "$MECHA missing: run without --skip-build (or set MECHA_BIN)"
 
 # --- processes we start (killed by PID on exit) ----------------------------------------------
 PIDS=()
@@ -226,18 +236,19 @@ h2run() { # group scenario target round port pid method file [h2load options...]
 }
 
 # ===== capability API, in-memory: bare tonic vs Mecha ========================================
+if scenario mem; then
 free_port BT_PORT 25051
 free_port M_PORT 25904
 free_port M_ADMIN 25999
 sed -e "s/^threads: .*/threads: $THREADS/" -e "s/127.0.0.1:25904/127.0.0.1:$M_PORT/" \
   -e "s/127.0.0.1:25999/127.0.0.1:$M_ADMIN/" "$ROOT/benches/mecha-bench.yaml" >"$OUT/mecha-bench.yaml"
-"$REL/mecha" validate "$OUT/mecha-bench.yaml" >/dev/null || die "invalid $OUT/mecha-bench.yaml"
+"$MECHA" validate "$OUT/mecha-bench.yaml" >/dev/null || die "invalid $OUT/mecha-bench.yaml"
 MECHA_ADMIN=$M_ADMIN
 
 log "starting bare-tonic on :$BT_PORT and mecha on :$M_PORT (threads $THREADS)"
 "$REL/bare-tonic" --addr "127.0.0.1:$BT_PORT" --threads "$THREADS" 2>"$OUT/raw/bare-tonic.err" &
 BT_PID=$!; PIDS+=("$BT_PID")
-MECHA_LOG=warn "$REL/mecha" run -c "$OUT/mecha-bench.yaml" >"$OUT/raw/mecha.out" 2>&1 &
+MECHA_LOG=warn "$MECHA" run -c "$OUT/mecha-bench.yaml" >"$OUT/raw/mecha.out" 2>&1 &
 M_PID=$!; PIDS+=("$M_PID")
 wait_tcp "$BT_PORT" 10 || die "bare-tonic did not listen on :$BT_PORT (see $OUT/raw/bare-tonic.err)"
 wait_ready "$M_ADMIN" 10 || die "mecha not ready on :$M_ADMIN (see $OUT/raw/mecha.out)"
@@ -268,19 +279,21 @@ wait "$BT_PID" "$M_PID" 2>/dev/null || true
 printf 'rss\tmem\tbare-tonic\tidle_kib=%s\tpeak_kib=%s\n' "$BT_IDLE" "$BT_PEAK" >>"$RESULTS"
 printf 'rss\tmem\tmecha\tidle_kib=%s\tpeak_kib=%s\t%s\n' "$M_IDLE" "$M_PEAK" "$M_ERRORS" >>"$RESULTS"
 log "RSS idle/peak KiB: bare-tonic $BT_IDLE/$BT_PEAK, mecha $M_IDLE/$M_PEAK; mecha gRPC $M_ERRORS"
+fi
 
 # ===== cold start and idle RSS ===============================================================
 COLD_NOTE=""
+if scenario cold; then
 if port_in_use 34904 || port_in_use 34999; then
   # Something (another sidecar) holds the default ports: same default config, other ports.
   free_port CP 26904; free_port CA 26999
-  "$REL/mecha" default-config | sed -e "s/127.0.0.1:34904/127.0.0.1:$CP/" \
+  "$MECHA" default-config | sed -e "s/127.0.0.1:34904/127.0.0.1:$CP/" \
     -e "s/127.0.0.1:34999/127.0.0.1:$CA/" >"$OUT/default-other-ports.yaml"
-  COLD_CMD=("$REL/mecha" run -c "$OUT/default-other-ports.yaml")
+  COLD_CMD=("$MECHA" run -c "$OUT/default-other-ports.yaml")
   COLD_NOTE="(default ports were taken: the embedded default with ports $CP/$CA, from a file)"
 else
   CA=34999
-  COLD_CMD=("$REL/mecha" run)
+  COLD_CMD=("$MECHA" run)
 fi
 log "cold start: $COLD_RUNS runs of ${COLD_CMD[*]} $COLD_NOTE"
 "$REL/coldstart" --runs "$COLD_RUNS" --ready "http://127.0.0.1:$CA/ready" -- "${COLD_CMD[@]}" \
@@ -293,9 +306,11 @@ for t in mecha bare-tonic; do
   printf 'cold\t%s\t%s\n' "$t" "$(grep '^summary' "$OUT/raw/coldstart-$t.txt")" >>"$RESULTS"
 done
 log "cold start: mecha $(grep '^summary' "$OUT/raw/coldstart-mecha.txt")"
+fi
 
 # ===== Redis: redis-benchmark (direct) vs bare tonic vs Mecha ================================
 REDIS_STATUS="not run (--no-redis)"
+scenario redis || scenario redis-rs || { NO_REDIS=1; REDIS_STATUS="not run (SCENARIOS=\"$SCENARIOS\")"; }
 if [ "$NO_REDIS" = 0 ]; then
   if [ -n "${REDIS_URL:-}" ]; then
     hp=${REDIS_URL#redis://}; hp=${hp%%/*}; hp=${hp##*@}
@@ -317,7 +332,7 @@ if [ "$NO_REDIS" = 0 ]; then
   "$REL/bare-tonic" --addr "127.0.0.1:$BR_PORT" --threads "$THREADS" --redis "$RA" \
     2>"$OUT/raw/bare-tonic-redis.err" &
   BR_PID=$!; PIDS+=("$BR_PID")
-  MECHA_LOG=warn "$REL/mecha" run -c "$OUT/mecha-bench-redis.yaml" >"$OUT/raw/mecha-redis.out" 2>&1 &
+  MECHA_LOG=warn "$MECHA" run -c "$OUT/mecha-bench-redis.yaml" >"$OUT/raw/mecha-redis.out" 2>&1 &
   MR_PID=$!; PIDS+=("$MR_PID")
   if ! wait_tcp "$BR_PORT" 10 || ! wait_ready "$MR_ADMIN" 10; then
     REDIS_STATUS="skipped: a server did not come up (see raw/bare-tonic-redis.err, raw/mecha-redis.out)"
@@ -325,6 +340,10 @@ if [ "$NO_REDIS" = 0 ]; then
        ! "$REL/bench-check" "127.0.0.1:$BR_PORT" prepare get save publish 2>>"$OUT/raw/check-redis.err"; then
     REDIS_STATUS="skipped: the Redis components failed the pre-check: $(head -c 300 "$OUT/raw/check-redis.err")"
   else
+    for o in get save publish; do # the direct client's answers are checked too
+      "$REL/rt-load" --check --op "redis-$o" --addr "$RA" >>"$OUT/raw/check-redis.err" 2>&1 ||
+        die "rt-load --check --op redis-$o against $RA failed (see $OUT/raw/check-redis.err)"
+    done
     REDIS_STATUS="ran against redis-server $(redis-server --version | awk '{print $3}' | tr -d v=) at $RA"
     RB=(redis-benchmark -h "$R_HOST" -p "$R_PORT" -c "$REDIS_CONC" -n "$REDIS_N" -P 1 --csv)
     SET_SHA=""
@@ -354,11 +373,55 @@ if [ "$NO_REDIS" = 0 ]; then
       log "redis $scen $ref r$round: $rps req/s, p50 $p50 ms, p99 $p99 ms (redis-server CPU $rcpu µs/req)"
     }
     RSAT=(-t 1 -c "$REDIS_CONC" -m 1 -D "$DURATION" --warm-up-time "$WARMUP")
+    # rt-load: the same Rust client code against Redis directly (the `redis` crate, the
+    # commands Mecha sends, one shared ConnectionManager) and against the Runtime API (tonic)
+    rtrun() { # group scenario target round addr pid op [rt-load options...]
+      local group=$1 scen=$2 target=$3 round=$4 addr=$5 pid=$6 op=$7
+      shift 7
+      local name="$group-$scen-$target-$round" txt c0 c1 t0 t1 e0=- o0=- e1 o1 errs=- oerrs=-
+      txt="$OUT/raw/$name.txt"
+      [ "$target" = mecha ] && read -r e0 o0 < <(mecha_err_pair "$MECHA_ADMIN")
+      (sleep "$WARMUP"; { [ -n "$pid" ] && cpu_ticks "$pid" || echo 0; } >"$OUT/raw/cpu0"
+       date +%s.%N >"$OUT/raw/t0"; machine_busy >"$OUT/raw/busy0"
+       { [ -n "${R_PID:-}" ] && cpu_ticks "$R_PID" || echo 0; } >"$OUT/raw/rcpu0") &
+      local sampler=$!
+      /usr/bin/time -f '%U %S %e' -o "$OUT/raw/rttime" "$REL/rt-load" --op "$op" --addr "$addr" \
+        --duration "$DURATION" --warmup "$WARMUP" "$@" >"$txt" 2>&1 || die "rt-load failed, see $txt"
+      c1=0; [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+      local rc1=0; [ -n "${R_PID:-}" ] && rc1=$(cpu_ticks "$R_PID")
+      t1=$(date +%s.%N); local b1 b0 rc0
+      b1=$(machine_busy)
+      wait "$sampler"
+      c0=$(cat "$OUT/raw/cpu0"); t0=$(cat "$OUT/raw/t0"); b0=$(cat "$OUT/raw/busy0"); rc0=$(cat "$OUT/raw/rcpu0")
+      if [ "$e0" != - ]; then
+        read -r e1 o1 < <(mecha_err_pair "$MECHA_ADMIN")
+        errs=$((e1 - e0)) oerrs=$((o1 - o0))
+      fi
+      local other
+      other=$(awk -v b=$((b1 - b0)) -v c=$((c1 - c0 + rc1 - rc0)) -v hz="$CLK_TCK" -v a="$t0" -v z="$t1" \
+        -v h="$(cat "$OUT/raw/rttime")" 'BEGIN {split(h, x, " "); w = z - a
+          hl = (x[3] > 0) ? (x[1] + x[2]) * w / x[3] : 0
+          o = (b - c) / hz - hl; if (o < 0) o = 0; printf "%.2f", o / w}')
+      # row: as h2run's, p99.9 in column 17 and redis-server's CPU per request in column 18;
+      # the server CPU (column 9) is the sidecar's (0 for direct)
+      awk -F'\t' -v g="$group" -v s="$scen" -v t="$target" -v r="$round" -v dc=$((c1 - c0)) \
+        -v drc=$((rc1 - rc0)) -v hz="$CLK_TCK" -v a="$t0" -v z="$t1" -v errs="$errs" -v oerrs="$oerrs" \
+        -v other="$other" '
+        $1 == "summary" {for (i = 2; i <= NF; i++) {split($i, kv, "="); f[kv[1]] = kv[2]}}
+        END {
+          n = f["ok"] + 0
+          printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%d\t%d\t%.3f\t%s\t%s\t%d\t%s\t%s\t%.1f\n", g, s, t, r,
+            f["rps"], f["p50_ms"], f["p99_ms"], f["mean_ms"], n ? dc / hz * 1e6 / n : 0, n, f["errors"] + 0,
+            dc / hz / (z - a), errs, other, f["concurrency"], oerrs, f["p999_ms"], n ? drc / hz * 1e6 / n : 0
+        }' "$txt" >>"$RESULTS"
+      log "$name: $(tail -1 "$RESULTS" | awk -F'\t' '{printf "%s req/s, p50 %s ms, p99 %s ms, p99.9 %s ms, sidecar CPU %s µs/req, redis-server %s µs/req, errors %s, other processes %s cores", $5, $6, $7, $17, $9, $18, $11, $14}')"
+    }
     # warm both paths up once (connections, script cache)
     "${RB[@]}" -n 10000 GET bench-get-raw >/dev/null 2>&1 || true
     ADMIN0=$(thread_ticks "$MR_PID" admin); MREQ0=$(curl -s "http://127.0.0.1:$MR_ADMIN/metrics" |
       awk '/^mecha_api_requests_total/ {s += $NF} END {printf "%d\n", s}')
     for ((r = 1; r <= ROUNDS; r++)); do
+      scenario redis || break
       rbrun GetState GET "$r" GET bench-get-raw
       rbrun GetState HMGET "$r" HMGET 'app||bench-key' data version
       h2run redis GetState bare-tonic "$r" "$BR_PORT" "$BR_PID" GetState "$REQ/getstate.bin" "${RSAT[@]}"
@@ -375,6 +438,24 @@ if [ "$NO_REDIS" = 0 ]; then
       h2run redis PublishEvent bare-tonic "$r" "$BR_PORT" "$BR_PID" PublishEvent "$REQ/publish.bin" "${RSAT[@]}"
       h2run redis PublishEvent mecha "$r" "$MR_PORT" "$MR_PID" PublishEvent "$REQ/publish.bin" "${RSAT[@]}"
     done
+    # the same Rust client: direct (the `redis` crate) vs Mecha (tonic) [vs bare tonic, GetState]
+    RRS=(--concurrency "$REDIS_CONC")
+    RRATE=(--concurrency "$RATE_CONNS" --rate "$RATE")
+    if scenario redis-rs; then
+      for ((r = 1; r <= ROUNDS; r++)); do
+        for spec in GetState:get SaveState:save PublishEvent:publish; do
+          s=${spec%%:*} o=${spec#*:}
+          rtrun redis-rs "$s" direct "$r" "$RA" "" "redis-$o" "${RRS[@]}"
+          rtrun redis-rs "$s" mecha "$r" "127.0.0.1:$MR_PORT" "$MR_PID" "grpc-$o" "${RRS[@]}"
+          if [ "$s" = GetState ]; then
+            rtrun redis-rs "$s" bare-tonic "$r" "127.0.0.1:$BR_PORT" "$BR_PID" grpc-get "${RRS[@]}"
+          fi
+        done
+        rtrun redis-rs-rate GetState direct "$r" "$RA" "" redis-get "${RRATE[@]}"
+        rtrun redis-rs-rate GetState mecha "$r" "127.0.0.1:$MR_PORT" "$MR_PID" grpc-get "${RRATE[@]}"
+        rtrun redis-rs-rate GetState bare-tonic "$r" "127.0.0.1:$BR_PORT" "$BR_PID" grpc-get "${RRATE[@]}"
+      done
+    fi
     ADMIN1=$(thread_ticks "$MR_PID" admin); MREQ1=$(curl -s "http://127.0.0.1:$MR_ADMIN/metrics" |
       awk '/^mecha_api_requests_total/ {s += $NF} END {printf "%d\n", s}')
     # Redis I/O runs on the runtime that created the connection; health pings have their own
@@ -401,10 +482,13 @@ CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
   echo "- machine: $(nproc) cores ($CPU_MODEL), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo);" \
     "shared: $QUIET_NOTE"
   echo "- versions: $(h2load --version | head -1), $(redis-benchmark --version | awk '{print "redis-benchmark " $2}'), $(rustc --version | awk '{print $1, $2}')"
-  echo "- command: \`THREADS=$THREADS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONNS=$CONNS STREAMS=$STREAMS RATE=$RATE REDIS_CONC=$REDIS_CONC REDIS_N=$REDIS_N COLD_RUNS=$COLD_RUNS benches/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`"
+  echo "- command: \`SCENARIOS=\"$SCENARIOS\" THREADS=$THREADS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONNS=$CONNS STREAMS=$STREAMS RATE=$RATE REDIS_CONC=$REDIS_CONC REDIS_N=$REDIS_N COLD_RUNS=$COLD_RUNS benches/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`"
   echo "- servers: \`bare-tonic --addr … --threads $THREADS\` and \`mecha run -c benches/mecha-bench.yaml\` (threads: $THREADS), both up for the whole run, loaded alternately (A B A B)"
   echo "- saturation runs: \`h2load -t 1 -c $CONNS -m $STREAMS -D $DURATION --warm-up-time $WARMUP -d REQ -H 'content-type: application/grpc' -H 'te: trailers' --log-file LOG URL\`"
   echo "- fixed-rate runs: \`h2load -t 1 -c $RATE_CONNS -m 1 --rps $PER_CONN -D $DURATION --warm-up-time $WARMUP …\` ($((PER_CONN * RATE_CONNS)) req/s in total)"
+  if scenario redis-rs && [ "$NO_REDIS" = 0 ]; then
+    echo "- Redis, same Rust client (redis-rs): \`rt-load --op redis-get|redis-save|redis-publish --addr REDIS\` (the \`redis\` crate, one shared ConnectionManager, RESP3, the commands Mecha sends: \`HMGET app||bench-key data version\` + \`PTTL\` pipelined; \`EVALSHA\` of state_set.lua; \`XADD bench-topic MAXLEN ~ 10000 * data … contentType text/plain\`) vs \`rt-load --op grpc-get|grpc-save|grpc-publish --addr MECHA\` (tonic, one connection per worker); saturation: \`--concurrency $REDIS_CONC\`; fixed rate: \`--concurrency $RATE_CONNS --rate $RATE\` (each worker on a fixed schedule, one call in flight); \`--duration $DURATION --warmup $WARMUP\`, current-thread runtime; percentiles over every call answered in the window"
+  fi
   echo "- p50/p99 from h2load's per-request log (2xx rows, warm-up excluded); rps from h2load's summary; figures are the mean of the $ROUNDS rounds, each round in brackets"
   echo
   awk -F'\t' -v rounds="$ROUNDS" -v redis_status="$REDIS_STATUS" -v cold_note="$COLD_NOTE" -f "$ROOT/benches/report.awk" "$RESULTS"

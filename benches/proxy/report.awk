@@ -3,6 +3,7 @@
 #       errors error_detail upstream_cpu_us_per_req mecha_non2xx_by_metrics upstream_conns_opened
 #       rate target round rate_req_s achieved_rps p50_ms p90_ms p99_ms p999_ms cpu_us_per_req
 #            requests non2xx errors error_detail upstream_cpu_us_per_req mecha_non2xx upstream_conns
+#       grpc|grpcbidi|grpcss: as h1 (grpcbidi/grpcss: + p99.9_ms in column 15; upstream = grpc-echo)
 #       bounded kind done=N 2xx=N non2xx=N failed=N metrics=…
 #       rss target idle=KiB h1=KiB all=KiB before=KiB held=KiB opened=N still=N failed=N procs=N
 #       log target key=N
@@ -15,7 +16,8 @@ BEGIN {
   NAME["direct"] = "upstream direct (floor)"; NAME["nginx"] = "nginx"; NAME["haproxy"] = "HAProxy"
   NAME["envoy"] = "Envoy"; NAME["bare"] = "bare Pingora"; NAME["mecha"] = "Mecha"
 }
-$1 == "h1" || $1 == "h1big" || $1 == "close" || $1 == "h2" {
+$1 == "h1" || $1 == "h1big" || $1 == "close" || $1 == "h2" || $1 == "grpc" || $1 == "grpcbidi" || $1 == "grpcss" {
+  if (NF >= 15) { p999[$1 SUBSEP $2] += $15; p999e[$1 SUBSEP $2] = p999e[$1 SUBSEP $2] (p999e[$1 SUBSEP $2] == "" ? "" : " / ") sprintf("%.2f", $15) }
   k = $1 SUBSEP $2
   n[k]++
   for (i = 4; i <= 7; i++) { sum[k, i] += $i; each[k, i] = each[k, i] (n[k] > 1 ? " / " : "") fmt(i, $i) }
@@ -109,6 +111,35 @@ function failures(kind, label, errnames,   t, k, s, sep, j, bk) {
   sep = ""
   for (j = 1; j <= NT; j++) { t = TS[j]; k = kind SUBSEP t; if (n[k]) { printf "%s%s %s", sep, t, upc[k]; sep = "; " } }
   printf ". Upstream nginx CPU per request: "
+  sep = ""
+  for (j = 1; j <= NT; j++) { t = TS[j]; k = kind SUBSEP t; if (n[k]) { printf "%s%s %.1f µs", sep, t, ucpu[k] / n[k]; sep = ", " } }
+  print "."
+}
+# gRPC tables: Mecha vs nginx grpc_pass and vs direct (the floor)
+function gblock(kind, label, what, tput_target, tput_check,   k, t, j, sep) {
+  row(label " throughput (" what ")", "nginx `grpc_pass`", kind, "nginx", 4, tput_target, tput_check)
+  row(label " p50 latency", "nginx `grpc_pass`", kind, "nginx", 5, "—", "")
+  row(label " p99 latency", "nginx `grpc_pass`", kind, "nginx", 6, "—", "")
+  row(label " proxy CPU per " (what ~ /message/ ? "message" : "call"), "nginx `grpc_pass`", kind, "nginx", 7, "—", "")
+  row(label " throughput (" what ")", NAME["direct"], kind, "direct", 4, "—", "")
+  row(label " p50 latency", NAME["direct"], kind, "direct", 5, "—", "")
+  row(label " p99 latency", NAME["direct"], kind, "direct", 6, "—", "")
+  print ""
+  printf "%s: errors — ", label
+  sep = ""
+  for (j = 1; j <= NT; j++) {
+    t = TS[j]; k = kind SUBSEP t
+    if (!n[k]) continue
+    printf "%s%s %d of %d", sep, t, non2xx[k] + err[k], req[k] + non2xx[k] + err[k]; sep = "; "
+  }
+  printf " (%s)", (kind == "grpc" ? "h2load: non-2xx + failed/errored/timeout; `rt-load --check` of every gRPC op through every target before and after the load answered OK" : "rt-load: calls that failed or got no answer within 1 s")
+  k = kind SUBSEP "mecha"
+  if (n[k]) printf ". Non-2xx in Mecha's `mecha_route_requests_total` (per round): %s", mnon[k]
+  sep = ""
+  printf ". p99.9: "
+  for (j = 1; j <= NT; j++) { t = TS[j]; k = kind SUBSEP t; if (n[k] && p999e[k] != "") { printf "%s%s %.2f ms (%s)", sep, t, p999[k] / n[k], p999e[k]; sep = "; " } }
+  if (sep == "") printf "n/a (h2load run)"
+  printf ". grpc-echo (upstream) CPU per %s: ", (what ~ /message/ ? "message" : "call")
   sep = ""
   for (j = 1; j <= NT; j++) { t = TS[j]; k = kind SUBSEP t; if (n[k]) { printf "%s%s %.1f µs", sep, t, ucpu[k] / n[k]; sep = ", " } }
   print "."
@@ -225,6 +256,27 @@ END {
     rate_block(rt)
     print ""
     failures("rate" rt, commas(rt) " req/s", "failed/errored/timeout")
+    print ""
+  }
+  if (n["grpc" SUBSEP "mecha"]) {
+    print "### gRPC unary (h2load, bench.Echo/Unary): nginx `grpc_pass` vs Mecha (router → h2c cluster)"
+    print ""
+    header()
+    gblock("grpc", "gRPC unary", "calls/s", "≥ 1.0× (≥ nginx)", "ge:1.0")
+    print ""
+  }
+  if (n["grpcbidi" SUBSEP "mecha"]) {
+    print "### gRPC bidi streaming (rt-load echo-bidi: ping-pong on long-lived streams)"
+    print ""
+    header()
+    gblock("grpcbidi", "gRPC bidi", "messages/s", "≥ 1.0× (≥ nginx)", "ge:1.0")
+    print ""
+  }
+  if (n["grpcss" SUBSEP "mecha"]) {
+    print "### gRPC server streaming (rt-load echo-server-stream: latency to the last message)"
+    print ""
+    header()
+    gblock("grpcss", "gRPC server streaming", "calls/s", "≥ 1.0× (≥ nginx)", "ge:1.0")
     print ""
   }
   print "### Memory"
