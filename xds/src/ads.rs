@@ -417,6 +417,21 @@ impl Backoff {
     }
 }
 
+/// The next response on an ADS stream (either variant), or how the stream ended.
+async fn next_response<M>(
+    inbound: &mut tonic::Streaming<M>,
+    delivered: bool,
+) -> Result<M, StreamEnd> {
+    match inbound.message().await {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(StreamEnd::Lost {
+            delivered,
+            reason: "the control plane closed the stream".to_owned(),
+        }),
+        Err(status) => Err(StreamEnd::from_status(&status, delivered)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

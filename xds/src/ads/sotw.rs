@@ -61,18 +61,12 @@ pub(super) async fn run_stream(client: &mut Client, mut grpc: AdsClient) -> Stre
     client.connected();
     let mut delivered = false;
     loop {
-        match inbound.message().await {
-            Ok(Some(response)) => {
+        match super::next_response(&mut inbound, delivered).await {
+            Ok(response) => {
                 delivered = true;
                 stream.handle(client, response).await;
             }
-            Ok(None) => {
-                return StreamEnd::Lost {
-                    delivered,
-                    reason: "the control plane closed the stream".to_owned(),
-                }
-            }
-            Err(status) => return StreamEnd::from_status(&status, delivered),
+            Err(end) => return end,
         }
     }
 }
