@@ -7,7 +7,8 @@
 //! `0.0.0.0:8001` (HTTP router) by port, `<pod ip>:8002` (tcp_proxy) exactly — or serves it
 //! itself (its router's `fallback` upstream) when none matches (8003, or a connection made to
 //! the capture port directly). Then the config file is rewritten: a virtual listener for 8003
-//! is added and the one for 8001 removed, without a restart.
+//! (with a filter chain for the pod's address, which is what serves) is added and the one for
+//! 8001 removed, without a restart.
 //!
 //! Needs root, `ip` (iproute2) and `iptables`; skips itself, saying why, without them. The
 //! upstreams run in this test process, in the root namespace, on the host side of the veth.
@@ -221,7 +222,7 @@ fn router(cluster: &str) -> String {
 
 /// The whole config: the capture listener, the virtual tcp_proxy listener at
 /// `<pod ip>:8002`, and (as asked) the virtual HTTP listeners for port 8001 (upstream `a`)
-/// and port 8003 (upstream `c`).
+/// and port 8003 (upstream `c`, through its filter chain for the pod's address).
 fn config(pod: &Pod, ups: &Upstreams, with_8001: bool, with_8003: bool) -> String {
     let mut out = format!(
         "threads: 2\nadmin:\n  address: {admin}\nlisteners:\n  - name: capture\n    address: \
@@ -240,9 +241,17 @@ fn config(pod: &Pod, ups: &Upstreams, with_8001: bool, with_8003: bool) -> Strin
         pod.addr(8002)
     ));
     if with_8003 {
+        // Port 8003 is the virtual listener's; the pod's own address at that port is one of
+        // its filter chains (as Istio's outbound listeners choose a service by address). Its
+        // own router would answer `fallback`: only the chain answers `c`.
         out.push_str(
             "  - name: virtual-8003\n    address: 0.0.0.0:8003\n    bind_to_port: false\n",
         );
+        out.push_str(&router("fallback"));
+        out.push_str(&format!(
+            "  - name: virtual-8003-pod\n    address: {}\n    bind_to_port: false\n    chain_of: virtual-8003\n",
+            pod.addr(8003)
+        ));
         out.push_str(&router("c"));
     }
     out.push_str("clusters:\n");
@@ -421,7 +430,8 @@ async fn redirected_connections_are_dispatched_by_original_destination_in_a_pod_
         "a"
     );
     assert_eq!((ups.c.hits(), ups.a.hits(), ups.fallback.hits()), (1, 3, 2));
-    assert_eq!(metric(&mecha, &accepted("virtual-8003")).await, 1.0);
+    assert_eq!(metric(&mecha, &accepted("virtual-8003-pod")).await, 1.0);
+    assert_eq!(metric(&mecha, &accepted("virtual-8003")).await, 0.0);
 
     // The virtual listener for 8001 is removed: 8001 falls back to the capture listener.
     rewrite(&mut mecha, config(&pod, &ups, false, true)).await;

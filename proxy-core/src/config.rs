@@ -308,7 +308,9 @@ pub struct ListenerConfig {
     /// connections whose original destination (or, when not redirected, the address they
     /// reached) is `address` — an exact `ip:port`, else `0.0.0.0:port` for a
     /// `destination_port` match. A connection no chain matches is served by the listener's
-    /// own filters (its default chain). Needs `bind_to_port: false`.
+    /// own filters (its default chain). Needs `bind_to_port: false`. The named listener may
+    /// itself be virtual (Istio's per-port outbound listeners choose a chain by the service's
+    /// address): its chains are matched on the same original destination.
     #[serde(default)]
     pub chain_of: Option<String>,
 }
@@ -685,9 +687,9 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                 None => errors.push(format!(
                     "listeners[{i}].chain_of: no listener is named {owner:?}"
                 )),
-                Some(o) if !o.bind_to_port || o.chain_of.is_some() => errors.push(format!(
-                    "listeners[{i}].chain_of: {owner:?} binds no port; filter chains belong to \
-                     a bound listener"
+                Some(o) if o.chain_of.is_some() => errors.push(format!(
+                    "listeners[{i}].chain_of: {owner:?} is itself a filter chain; chains belong \
+                     to a listener"
                 )),
                 Some(_) => {}
             }

@@ -27,7 +27,8 @@
 //! - **Filter chains.** A virtual listener with `chain_of: L` is reached only from `L`: for
 //!   each connection `L` accepts, its original destination (or the address it reached) picks
 //!   the chain by the same exact-then-port rule, before any global virtual listener; `L`'s own
-//!   filters are the default chain.
+//!   filters are the default chain. `L` may be virtual too: a connection dispatched to it
+//!   by original destination then picks one of `L`'s chains on that destination.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -589,8 +590,15 @@ async fn serve_connection(
         let target = chains
             .and_then(|c| virtual_for(c, dst.or_else(|| tcp.local_addr().ok())?))
             .or_else(|| {
-                dst.filter(|_| app.original_dst)
-                    .and_then(|d| virtual_for(&v.global, d))
+                let d = dst.filter(|_| app.original_dst)?;
+                let listener = virtual_for(&v.global, d)?;
+                // A virtual listener's own filter chains, on the same destination.
+                Some(
+                    v.chains
+                        .get(listener.name.as_str())
+                        .and_then(|c| virtual_for(c, d))
+                        .unwrap_or(listener),
+                )
             });
         if let Some(target) = target {
             tracing::trace!(from = %slot.name, to = %target.name, ?dst, "original destination");

@@ -9,10 +9,15 @@
 //! field added to envoy-types fails the build here until somebody decides where it goes.
 //!
 //! # Supported
-//! - **Listener**: `address` (socket address, TCP), `bind_to_port`, `use_original_dst`; one
-//!   filter chain (a single chain with an empty `filter_chain_match`, or only a
-//!   `default_filter_chain`); listener filters `original_dst`, `tls_inspector`,
-//!   `http_inspector` (ignored: with one chain they decide nothing); network filters
+//! - **Listener**: `address` (socket address, TCP), `bind_to_port`, `use_original_dst`;
+//!   filter chains: the chain matching everything (else `default_filter_chain`) is the
+//!   listener's own, and each chain whose `filter_chain_match` names destinations becomes a
+//!   virtual listener `chain_of` it (`<listener>/<chain name or filter_chains[i]>`) at
+//!   `0.0.0.0:<destination_port>` or `<ip>:<port>` for single addresses in `prefix_ranges`
+//!   (`0.0.0.0/0` is any; on a listener not redirecting, the port defaults to its own);
+//!   `transport_protocol: raw_buffer`, and HTTP `application_protocols` on an HTTP chain, match
+//!   what such a chain serves anyway; listener filters `original_dst`, `tls_inspector`,
+//!   `http_inspector` (ignored: they feed matches the model makes by address); network filters
 //!   `http_connection_manager` (RDS over ADS or an inline `route_config`) and `tcp_proxy`
 //!   (`cluster`), Istio's `istio.metadata_exchange` / `istio.stats` (ignored).
 //! - **HttpConnectionManager**: `http_filters` with the router last; Istio's `istio.alpn`,
@@ -48,8 +53,9 @@
 //!   inner type URL (an Envoy filter's config is chosen by type, not by name).
 //!
 //! # Not supported yet (error "not supported yet")
-//! Several filter chains, `filter_chain_match`, transport sockets (TLS) on listeners and
-//! clusters, `ORIGINAL_DST` and `LOGICAL_DNS` clusters, query parameter / cookie / runtime
+//! Filter chains chosen by TLS (`transport_protocol: tls`, `server_names`), by protocol (two
+//! chains for one destination), by source, or by address ranges other than one address or
+//! any; transport sockets (TLS) on listeners and clusters, `ORIGINAL_DST` and `LOGICAL_DNS` clusters, query parameter / cookie / runtime
 //! matchers, route hash policies other than the source IP, endpoint priorities as failover,
 //! `normalize_path`, `merge_slashes`, `use_remote_address`, gRPC timeout headers
 //! (`max_grpc_timeout`, `max_stream_duration`), per-filter configs, mirrors, rate limits,
@@ -161,7 +167,7 @@ pub fn translate(res: &XdsResources) -> Result<Translated, Vec<ResourceError>> {
     for (key, l) in &res.listeners {
         let mut e = Errs::new("listener", key, &mut errors);
         match listener::translate(key, l, &ctx, &mut e, &mut out.ignored) {
-            listener::Outcome::Ready(cfg) => out.listeners.push(*cfg),
+            listener::Outcome::Ready(cfgs) => out.listeners.extend(cfgs),
             listener::Outcome::Warming(why) => out.warming.push(format!("listener {key:?}: {why}")),
             listener::Outcome::Failed => {}
         }

@@ -1085,21 +1085,248 @@ fn a_tcp_proxy_listener_translates() {
     merged(&t);
 }
 
+fn cidr(ip: &str, len: u32) -> envoy_types::pb::envoy::config::core::v3::CidrRange {
+    envoy_types::pb::envoy::config::core::v3::CidrRange {
+        address_prefix: ip.to_owned(),
+        prefix_len: u32v(len),
+    }
+}
+
+fn chain(name: &str, m: Option<FilterChainMatch>, filters: Vec<Filter>) -> FilterChain {
+    FilterChain {
+        name: name.to_owned(),
+        filter_chain_match: m,
+        filters,
+        ..Default::default()
+    }
+}
+
+fn tcp_filter(cluster: &str) -> Filter {
+    network_filter(
+        "envoy.filters.network.tcp_proxy",
+        any(&TcpProxy {
+            stat_prefix: "tcp".to_owned(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+            ..Default::default()
+        }),
+    )
+}
+
+fn port_match(port: u32) -> Option<FilterChainMatch> {
+    Some(FilterChainMatch {
+        destination_port: u32v(port),
+        ..Default::default()
+    })
+}
+
 #[test]
-fn several_filter_chains_and_query_matchers_are_not_supported_yet() {
-    let mut l = listener(
+fn filter_chains_by_destination_become_chains_of_their_listener() {
+    // Istio's virtualInbound: a capture port, one chain per destination port (plain text,
+    // HTTP protocols from http_inspector), a passthrough chain matching everything.
+    let http = FilterChainMatch {
+        destination_port: u32v(8080),
+        transport_protocol: "raw_buffer".to_owned(),
+        application_protocols: vec!["http/1.1".to_owned(), "h2c".to_owned()],
+        prefix_ranges: vec![cidr("0.0.0.0", 0)],
+        ..Default::default()
+    };
+    let inbound = Listener {
+        name: "virtualInbound".to_owned(),
+        address: Some(sock("0.0.0.0", 15006)),
+        use_original_dst: Some(BoolValue { value: true }),
+        filter_chains: vec![
+            chain(
+                "inbound|8080||",
+                Some(http),
+                vec![hcm_filter(&hcm_rds(
+                    "inbound|8080||",
+                    vec![router_filter()],
+                ))],
+            ),
+            chain("inbound|9000||", port_match(9000), vec![tcp_filter("db")]),
+            chain(
+                "InboundPassthroughCluster",
+                Some(FilterChainMatch {
+                    prefix_ranges: vec![cidr("0.0.0.0", 0)],
+                    ..Default::default()
+                }),
+                vec![tcp_filter("passthrough")],
+            ),
+        ],
+        ..Default::default()
+    };
+    // Istio's per-port outbound listener (virtual), a chain per service address.
+    let outbound = Listener {
+        name: "0.0.0.0_8080".to_owned(),
+        address: Some(sock("0.0.0.0", 8080)),
+        bind_to_port: Some(BoolValue { value: false }),
+        filter_chains: vec![chain(
+            "",
+            Some(FilterChainMatch {
+                prefix_ranges: vec![cidr("10.96.0.5", 32), cidr("10.96.0.6", 32)],
+                ..Default::default()
+            }),
+            vec![tcp_filter("db")],
+        )],
+        default_filter_chain: Some(chain(
+            "PassthroughFilterChain",
+            None,
+            vec![tcp_filter("passthrough")],
+        )),
+        ..Default::default()
+    };
+    let res = set(
+        vec![inbound, outbound],
+        vec![route_config("inbound|8080||", vec![route_to("/", "app")])],
+        vec![
+            static_cluster("app", 9001),
+            static_cluster("db", 9002),
+            static_cluster("passthrough", 9003),
+        ],
+    );
+    let t = ok(&res);
+    let by_name: BTreeMap<&str, &ListenerConfig> =
+        t.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
+    let names: Vec<&str> = by_name.keys().copied().collect();
+    assert_eq!(
+        names,
+        [
+            "0.0.0.0_8080",
+            "0.0.0.0_8080/filter_chains[0]/10.96.0.5:8080",
+            "0.0.0.0_8080/filter_chains[0]/10.96.0.6:8080",
+            "virtualInbound",
+            "virtualInbound/inbound|8080||",
+            "virtualInbound/inbound|9000||",
+        ]
+    );
+    let inbound = by_name["virtualInbound"];
+    assert!(inbound.bind_to_port && inbound.use_original_dst);
+    assert_eq!(
+        inbound.tcp_proxy.as_ref().map(|t| t.cluster.as_str()),
+        Some("passthrough"),
+        "the chain matching everything is the listener's own"
+    );
+    let http = by_name["virtualInbound/inbound|8080||"];
+    assert_eq!(http.address, "0.0.0.0:8080");
+    assert_eq!(http.chain_of.as_deref(), Some("virtualInbound"));
+    assert!(!http.bind_to_port);
+    assert_eq!(
+        router_of(http).virtual_hosts[0].routes[0]
+            .cluster
+            .as_deref(),
+        Some("app")
+    );
+    let db = by_name["virtualInbound/inbound|9000||"];
+    assert_eq!(db.address, "0.0.0.0:9000");
+    assert_eq!(
+        db.tcp_proxy.as_ref().map(|t| t.cluster.as_str()),
+        Some("db")
+    );
+    let out = by_name["0.0.0.0_8080"];
+    assert!(!out.bind_to_port && out.chain_of.is_none());
+    assert_eq!(
+        out.tcp_proxy.as_ref().map(|t| t.cluster.as_str()),
+        Some("passthrough"),
+        "the default chain is the listener's own"
+    );
+    let svc = by_name["0.0.0.0_8080/filter_chains[0]/10.96.0.6:8080"];
+    assert_eq!(svc.address, "10.96.0.6:8080", "the port is the listener's");
+    assert_eq!(svc.chain_of.as_deref(), Some("0.0.0.0_8080"));
+    merged(&t);
+}
+
+#[test]
+fn filter_chain_matches_the_model_cannot_serve_are_named() {
+    let hcm = || vec![hcm_filter(&hcm_rds("r", vec![router_filter()]))];
+    let capture = |chains: Vec<FilterChain>| Listener {
+        name: "l".to_owned(),
+        address: Some(sock("0.0.0.0", 15001)),
+        use_original_dst: Some(BoolValue { value: true }),
+        filter_chains: chains,
+        ..Default::default()
+    };
+    let res = |l: Listener| {
+        set(
+            vec![l],
+            vec![route_config("r", vec![route_to("/", "c1")])],
+            vec![static_cluster("c1", 9001)],
+        )
+    };
+    let m = |f: fn(&mut FilterChainMatch)| {
+        let mut m = FilterChainMatch {
+            destination_port: u32v(8080),
+            ..Default::default()
+        };
+        f(&mut m);
+        Some(m)
+    };
+    for (case, want) in [
+        (
+            m(|m| m.transport_protocol = "tls".to_owned()),
+            "filter_chains[0].filter_chain_match.transport_protocol: tls: not supported yet",
+        ),
+        (
+            m(|m| m.server_names = vec!["a.example".to_owned()]),
+            "filter_chains[0].filter_chain_match.server_names: not supported yet",
+        ),
+        (
+            m(|m| m.source_ports = vec![1234]),
+            "filter_chains[0].filter_chain_match.source_ports: not supported yet",
+        ),
+        (
+            m(|m| m.prefix_ranges = vec![cidr("10.0.0.0", 8)]),
+            "filter_chains[0].filter_chain_match.prefix_ranges[0]: 10.0.0.0/8: not supported yet",
+        ),
+        (
+            m(|m| m.application_protocols = vec!["istio-peer-exchange".to_owned()]),
+            "filter_chains[0].filter_chain_match.application_protocols: [\"istio-peer-exchange\"]: not supported yet",
+        ),
+        (
+            Some(FilterChainMatch {
+                prefix_ranges: vec![cidr("10.0.0.1", 32)],
+                ..Default::default()
+            }),
+            "filter_chains[0].filter_chain_match.prefix_ranges: addresses without a destination_port on a use_original_dst listener",
+        ),
+    ] {
+        let l = capture(vec![chain("", case, hcm())]);
+        assert_error(&res(l), &format!("listener \"l\": {want}"));
+    }
+    // Two chains for one destination (Envoy would pick by protocol), two catch-alls.
+    let l = capture(vec![
+        chain("", port_match(8080), hcm()),
+        chain("", port_match(8080), vec![tcp_filter("c1")]),
+    ]);
+    assert_error(
+        &res(l),
+        "listener \"l\": filter_chains[1]: matches 0.0.0.0:8080 as filter_chains[0] does",
+    );
+    let l = capture(vec![chain("", None, hcm()), chain("", None, hcm())]);
+    assert_error(
+        &res(l),
+        "listener \"l\": filter_chains[1]: matches every connection, as filter_chains[0] does",
+    );
+    // Only specific chains: the listener itself answers what none matches (listed).
+    let t = ok(&res(capture(vec![chain("", port_match(8080), hcm())])));
+    assert_eq!(t.listeners.len(), 2);
+    assert!(t.listeners[0].filters.is_empty());
+    assert!(
+        t.ignored
+            .iter()
+            .any(|i| i.contains("no default filter chain")),
+        "{:?}",
+        t.ignored
+    );
+    merged(&t);
+}
+
+#[test]
+fn query_matchers_are_not_supported_yet() {
+    let l = listener(
         "l",
         18094,
         vec![hcm_filter(&hcm_rds("r", vec![router_filter()]))],
     );
-    let second = FilterChain {
-        filter_chain_match: Some(FilterChainMatch {
-            destination_port: u32v(8080),
-            ..Default::default()
-        }),
-        ..l.filter_chains[0].clone()
-    };
-    l.filter_chains.push(second);
     let mut r = route_to("/", "c1");
     if let Some(m) = &mut r.r#match {
         m.query_parameters = vec![QueryParameterMatcher {
@@ -1112,13 +1339,10 @@ fn several_filter_chains_and_query_matchers_are_not_supported_yet() {
         vec![route_config("r", vec![r])],
         vec![static_cluster("c1", 9001)],
     );
-    let errs = errors_of(&res);
-    for want in [
-        "listener \"l\": filter_chains: 2 filter chains: not supported yet",
+    assert_error(
+        &res,
         "route_config \"r\": virtual_hosts[0].routes[0].match.query_parameters: not supported yet",
-    ] {
-        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:#?}");
-    }
+    );
 }
 
 #[test]

@@ -159,8 +159,10 @@ fn classify(name: &str, type_name: &str, known: &[&str], ignored: &[&str]) -> Ki
     }
 }
 
-/// Listener filters: with one filter chain they decide nothing (TLS / HTTP inspection only
-/// feeds `filter_chain_match`; the original destination is read by `use_original_dst`).
+/// Listener filters that decide nothing here: TLS / HTTP inspection only feeds
+/// `filter_chain_match` on transport and application protocol, which the model does not
+/// choose by (TLS chains are refused, HTTP protocols only match HTTP chains); the original
+/// destination is read by `use_original_dst`.
 pub(crate) const IGNORED_LISTENER_FILTER_TYPES: &[&str] = &[
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",

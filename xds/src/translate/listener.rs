@@ -1,14 +1,17 @@
-//! Listener → [`ListenerConfig`]: address, bind/original-destination flags, the one filter
-//! chain and its terminal network filter (HCM or tcp_proxy).
+//! Listener → [`ListenerConfig`]s: address, bind/original-destination flags, and its filter
+//! chains: the one that matches everything (or the default chain) becomes the listener's own
+//! filters, each chain with a destination match a virtual listener `chain_of` it, at the
+//! address(es) it matches (`0.0.0.0:port` for a `destination_port`, `ip:port` for a single
+//! address in `prefix_ranges`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, Address, ConfigSource, SocketAddress,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    filter, listener_filter, FilterChain, Listener, ListenerFilter,
+    filter, listener_filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -21,7 +24,7 @@ use mecha_mesh::config::{Dur, RouterConfig};
 use mecha_proxy_core::config::{FilterConfig, ListenerConfig, TcpProxyConfig};
 
 use super::filters::{self, Kind};
-use super::{boolv, dur, join, refuse, route, Errs, IsSet};
+use super::{boolv, dur, join, refuse, route, Errs};
 use crate::resources::XdsResources;
 
 pub(super) struct Context<'a> {
@@ -33,13 +36,14 @@ pub(super) struct Context<'a> {
 }
 
 pub(super) enum Outcome {
-    Ready(Box<ListenerConfig>),
+    /// The listener first, then its filter chains (virtual listeners `chain_of` it).
+    Ready(Vec<ListenerConfig>),
     Warming(String),
     Failed,
 }
 
 /// What the filter chain gives the listener.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Chain {
     filters: Vec<FilterConfig>,
     tcp_proxy: Option<TcpProxyConfig>,
@@ -122,72 +126,309 @@ pub(super) fn translate(
         listener_filter(e, &format!("listener_filters[{i}]"), lf, key, ignored);
     }
 
-    // The model has one chain per listener: a lone chain that matches everything, or only a
-    // default chain, maps exactly; anything that selects between chains does not.
-    let chain = match (filter_chains.as_slice(), default_filter_chain) {
-        ([], Some(d)) => Some(("default_filter_chain".to_owned(), d)),
-        ([only], None) => {
-            if only.filter_chain_match.is_set() {
+    let bind = boolv(bind_to_port).unwrap_or(true);
+    let original_dst = boolv(use_original_dst).unwrap_or(false);
+    let own_port = addr
+        .as_deref()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(|a| a.port());
+
+    // Envoy picks a filter chain by its `filter_chain_match`, else the default chain. The
+    // model: the listener's own filters serve what no chain matches (a chain matching
+    // everything, else `default_filter_chain`), and each chain with a destination becomes a
+    // virtual listener with `chain_of: <this listener>` at the address(es) it matches.
+    let mut wildcard: Option<(String, &FilterChain)> = None;
+    let mut specific: Vec<(String, &FilterChain, Vec<SocketAddr>)> = Vec::new();
+    for (i, fc) in filter_chains.iter().enumerate() {
+        let path = format!("filter_chains[{i}]");
+        let Some(dests) = chain_match(e, &path, fc, own_port, bind && original_dst) else {
+            continue;
+        };
+        match dests {
+            Dests::All => match &wildcard {
+                Some((other, _)) => e.at(
+                    &path,
+                    format!(
+                        "matches every connection, as {other} does (Envoy refuses such duplicates)"
+                    ),
+                ),
+                None => wildcard = Some((path, fc)),
+            },
+            Dests::Some(addrs) => specific.push((path, fc, addrs)),
+        }
+    }
+    let mut seen: HashMap<SocketAddr, &str> = HashMap::new();
+    for (path, _, addrs) in &specific {
+        for a in addrs {
+            if let Some(other) = seen.insert(*a, path) {
                 e.at(
-                    "filter_chains[0].filter_chain_match",
-                    "not supported yet (the model has one filter chain per listener)",
+                    path,
+                    format!(
+                        "matches {a} as {other} does (choosing a chain by transport or \
+                         application protocol is not supported yet)"
+                    ),
                 );
             }
-            Some(("filter_chains[0]".to_owned(), only))
         }
-        ([], None) => {
+    }
+    let default = match (wildcard, default_filter_chain) {
+        (Some(w), Some(_)) => {
+            // A chain that matches everything wins over the default chain, as in Envoy.
+            ignored.push(format!(
+                "listener {key:?}: default_filter_chain (unreachable: {} matches every \
+                 connection)",
+                w.0
+            ));
+            Some(w)
+        }
+        (Some(w), None) => Some(w),
+        (None, Some(d)) => Some(("default_filter_chain".to_owned(), d)),
+        (None, None) if specific.is_empty() => {
             e.at("filter_chains", "a listener needs a filter chain");
             None
         }
-        _ => {
-            e.at(
-                "filter_chains",
-                format!(
-                    "{} filter chains{}: not supported yet (the model has one filter chain per \
-                     listener)",
-                    filter_chains.len(),
-                    if default_filter_chain.is_some() {
-                        " and a default_filter_chain"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+        (None, None) => {
+            ignored.push(format!(
+                "listener {key:?}: no default filter chain: a connection no chain matches is \
+                 answered 404 over HTTP (Envoy closes it)"
+            ));
             None
         }
     };
-    let chain = chain
+    let own = default
         .map(|(path, fc)| filter_chain(e, &path, fc, ctx, key, ignored))
         .unwrap_or_default();
+    let mut chains = Vec::new();
+    let mut names = HashSet::new();
+    for (path, fc, addrs) in &specific {
+        let chain = filter_chain(e, path, fc, ctx, key, ignored);
+        application_protocols(e, path, fc, &chain);
+        // Chain names are optional and need not be unique in Envoy; the index always is.
+        let label = if !fc.name.is_empty() && names.insert(fc.name.as_str()) {
+            fc.name.clone()
+        } else {
+            path.clone()
+        };
+        chains.push((label, chain, addrs));
+    }
 
-    let bind = boolv(bind_to_port).unwrap_or(true);
-    let original_dst = boolv(use_original_dst).unwrap_or(false);
     if e.count() != before {
         return Outcome::Failed;
     }
-    if let Some(why) = chain.waiting {
-        return Outcome::Warming(why);
+    if let Some(why) = own
+        .waiting
+        .iter()
+        .chain(chains.iter().filter_map(|(_, c, _)| c.waiting.as_ref()))
+        .next()
+    {
+        return Outcome::Warming(why.clone());
     }
     let Some(addr) = addr else {
         return Outcome::Failed;
     };
-    // The model's defaults (max_connections, timeouts) come from its own deserializer.
-    let base = serde_json::json!({ "name": key, "address": addr });
+    let Some(mut cfg) = listener_config(e, key, &addr, own) else {
+        return Outcome::Failed;
+    };
+    cfg.bind_to_port = bind;
+    cfg.use_original_dst = original_dst;
+    let mut out = vec![cfg];
+    for (label, chain, addrs) in chains {
+        for a in addrs {
+            let name = if addrs.len() == 1 {
+                format!("{key}/{label}")
+            } else {
+                format!("{key}/{label}/{a}")
+            };
+            let Some(mut c) = listener_config(e, &name, &a.to_string(), chain.clone()) else {
+                return Outcome::Failed;
+            };
+            c.bind_to_port = false;
+            c.chain_of = Some(key.to_owned());
+            out.push(c);
+        }
+    }
+    Outcome::Ready(out)
+}
+
+/// A listener of the model carrying `chain` (its defaults — max_connections, timeouts —
+/// come from the model's own deserializer).
+fn listener_config(
+    e: &mut Errs<'_>,
+    name: &str,
+    addr: &str,
+    chain: Chain,
+) -> Option<ListenerConfig> {
+    let base = serde_json::json!({ "name": name, "address": addr });
     let mut cfg = match serde_json::from_value::<ListenerConfig>(base) {
         Ok(c) => c,
         Err(err) => {
-            e.at("", format!("cannot build the listener: {err}"));
-            return Outcome::Failed;
+            e.at("", format!("cannot build the listener {name:?}: {err}"));
+            return None;
         }
     };
     cfg.filters = chain.filters;
     cfg.tcp_proxy = chain.tcp_proxy;
-    cfg.bind_to_port = bind;
-    cfg.use_original_dst = original_dst;
     if let Some(t) = chain.request_header_timeout {
         cfg.request_header_timeout = t;
     }
-    Outcome::Ready(Box::new(cfg))
+    Some(cfg)
+}
+
+/// What a filter chain's match selects.
+enum Dests {
+    /// Every connection (no criterion set).
+    All,
+    /// Connections to these addresses (`0.0.0.0:port` for any address at that port).
+    Some(Vec<SocketAddr>),
+}
+
+/// The destinations `fc` matches, or `None` (with errors) when its match cannot be served.
+/// Supported: `destination_port`, `prefix_ranges` of single addresses (or `0.0.0.0/0`,
+/// `::/0`: any), `transport_protocol: raw_buffer`, and HTTP `application_protocols` on an
+/// HTTP chain (checked by [`application_protocols`]).
+#[allow(deprecated)]
+fn chain_match(
+    e: &mut Errs<'_>,
+    path: &str,
+    fc: &FilterChain,
+    own_port: Option<u16>,
+    redirecting: bool,
+) -> Option<Dests> {
+    let Some(m) = &fc.filter_chain_match else {
+        return Some(Dests::All);
+    };
+    let path = join(path, "filter_chain_match");
+    let FilterChainMatch {
+        destination_port,
+        prefix_ranges,
+        address_suffix,
+        suffix_len,
+        direct_source_prefix_ranges,
+        source_type,
+        source_prefix_ranges,
+        source_ports,
+        server_names,
+        transport_protocol,
+        // Checked against the chain's terminal filter by `application_protocols`.
+        application_protocols: _,
+    } = m;
+    let before = e.count();
+    refuse!(e, path; address_suffix, suffix_len, direct_source_prefix_ranges,
+        source_prefix_ranges, source_ports);
+    if *source_type != 0 {
+        e.unsupported(&path, "source_type");
+    }
+    if !server_names.is_empty() {
+        e.at(
+            &join(&path, "server_names"),
+            "not supported yet (SNI: TLS on listeners)",
+        );
+    }
+    match transport_protocol.as_str() {
+        "" | "raw_buffer" => {}
+        "tls" => e.at(
+            &join(&path, "transport_protocol"),
+            "tls: not supported yet (TLS on listeners)",
+        ),
+        other => e.at(
+            &join(&path, "transport_protocol"),
+            format!("{other:?} is not a transport protocol (raw_buffer or tls)"),
+        ),
+    }
+    let port = match destination_port.as_ref().map(|p| p.value) {
+        Some(p) => match u16::try_from(p) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                e.at(
+                    &join(&path, "destination_port"),
+                    format!("{p} is not a port"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let mut ips = Vec::new();
+    let mut any_ip = prefix_ranges.is_empty();
+    for (j, r) in prefix_ranges.iter().enumerate() {
+        let rpath = format!("{path}.prefix_ranges[{j}]");
+        let Ok(ip) = r.address_prefix.parse::<IpAddr>() else {
+            e.at(
+                &join(&rpath, "address_prefix"),
+                format!("expected an IP address, got {:?}", r.address_prefix),
+            );
+            continue;
+        };
+        let len = r.prefix_len.as_ref().map_or(0, |l| l.value);
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        if len == 0 {
+            any_ip = true;
+        } else if len == full {
+            ips.push(ip);
+        } else {
+            e.at(
+                &rpath,
+                format!(
+                    "{ip}/{len}: not supported yet (only single addresses, /{full}, or any, /0)"
+                ),
+            );
+        }
+    }
+    if e.count() != before {
+        return None;
+    }
+    if any_ip {
+        // A range that matches every address makes the others irrelevant.
+        return Some(match port {
+            Some(p) => Dests::Some(vec![SocketAddr::new(IpAddr::from([0, 0, 0, 0]), p)]),
+            None => Dests::All,
+        });
+    }
+    // Addresses without a port: on a listener that accepts only its own port (or a virtual
+    // one, reached only for its port) that port is implied; a redirecting listener sees any.
+    let port = match port.or(own_port.filter(|_| !redirecting)) {
+        Some(p) => p,
+        None => {
+            e.at(
+                &join(&path, "prefix_ranges"),
+                "addresses without a destination_port on a use_original_dst listener: not \
+                 supported yet (a chain matches an address with its port)",
+            );
+            return None;
+        }
+    };
+    Some(Dests::Some(
+        ips.into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
+    ))
+}
+
+/// HTTP connections carry `application_protocols` `http/1.1`, `http/1.0`, `h2c`, `h2` (set by
+/// `http_inspector`): on an HTTP chain such a match selects what the chain serves anyway. Any
+/// other use would choose between chains by protocol, which the model cannot.
+fn application_protocols(e: &mut Errs<'_>, path: &str, fc: &FilterChain, chain: &Chain) {
+    let Some(m) = &fc.filter_chain_match else {
+        return;
+    };
+    if m.application_protocols.is_empty() {
+        return;
+    }
+    let http = ["http/1.1", "http/1.0", "h2c", "h2"];
+    let all_http = m
+        .application_protocols
+        .iter()
+        .all(|p| http.contains(&p.as_str()));
+    if !all_http || chain.tcp_proxy.is_some() {
+        e.at(
+            &format!("{path}.filter_chain_match.application_protocols"),
+            format!(
+                "{:?}: not supported yet (only HTTP protocols on an http_connection_manager \
+                 chain)",
+                m.application_protocols
+            ),
+        );
+    }
 }
 
 /// `ip:port` of a socket address (a host name too when `names_ok`, for STRICT_DNS).
