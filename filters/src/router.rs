@@ -171,6 +171,16 @@ async fn respond_error(
     Ok(())
 }
 
+/// Where the downstream connection was going before an iptables REDIRECT
+/// (`SO_ORIGINAL_DST`); `None` when it came to this address itself (sending it "back" there
+/// would loop into Mecha).
+fn original_destination(session: &Session) -> Option<std::net::SocketAddr> {
+    let sd = session.as_downstream().digest()?.socket_digest.as_ref()?;
+    let dst = *sd.original_dst()?.as_inet()?;
+    let local = sd.local_addr().and_then(|a| a.as_inet().copied());
+    (Some(dst) != local).then_some(dst)
+}
+
 /// Answers a breaker overflow or a pending timeout (gRPC: RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED).
 /// Returns the HTTP status recorded for the route.
 async fn respond_pick_error(
@@ -292,7 +302,21 @@ impl HttpFilter for RouterFilter {
             router.record(idx, 502, ctx.started);
             return Ok(Decision::Responded);
         }
-        let tries = Attempts::new(cluster.clone());
+        let mut tries = Attempts::new(cluster.clone());
+        // Read only for the clusters that use it: the original destination is a syscall.
+        let original_dst = if cluster.original_dst {
+            let dst = original_destination(session);
+            if dst.is_none() {
+                let e = PickError::NoOriginalDst(cluster.name.clone());
+                let status = respond_pick_error(session, grpc, &e).await?;
+                router.record(idx, status, ctx.started);
+                return Ok(Decision::Responded);
+            }
+            dst
+        } else {
+            None
+        };
+        tries.set_downstream(original_dst, session.is_http2());
         let slot = match cluster.admit() {
             Ok(s) => s,
             Err(e) => {

@@ -8,7 +8,9 @@
 //! itself (its router's `fallback` upstream) when none matches (8003, or a connection made to
 //! the capture port directly). Then the config file is rewritten: a virtual listener for 8003
 //! (with a filter chain for the pod's address, which is what serves) is added and the one for
-//! 8001 removed, without a restart.
+//! 8001 removed, without a restart. Last, an `original_dst` cluster: what was redirected
+//! for 8005 is routed on to where it was going (the pod's app listener at `<pod ip>:8005`),
+//! and a listener routing there without a redirect (8006) answers 503 naming the cluster.
 //!
 //! Needs root, `ip` (iproute2) and `iptables`; skips itself, saying why, without them. The
 //! upstreams run in this test process, in the root namespace, on the host side of the veth.
@@ -30,7 +32,10 @@ const CAPTURE_PORT: u16 = 15006;
 const ADMIN_PORT: u16 = 15000;
 /// The redirected ports: 8001 (virtual HTTP listener by port), 8002 (virtual tcp_proxy
 /// listener by exact address), 8003 (none at first: the capture listener serves it).
-const REDIRECTED: &str = "8001:8003";
+/// 8005: a virtual listener routing to an `original_dst` cluster, i.e. back to where the
+/// client was going — the pod's own app listener at `<pod ip>:8005` (Istio's inbound
+/// passthrough).
+const REDIRECTED: &str = "8001:8005";
 
 const APPLIED: &str = r#"mecha_config_updates_total{source="file",result="applied"}"#;
 const REJECTED: &str = r#"mecha_config_updates_total{source="file",result="rejected"}"#;
@@ -254,7 +259,23 @@ fn config(pod: &Pod, ups: &Upstreams, with_8001: bool, with_8003: bool) -> Strin
         ));
         out.push_str(&router("c"));
     }
-    out.push_str("clusters:\n");
+    // The pod's "app" on 8005 (a bound listener: reached by the passthrough, as an app in a
+    // pod is), what was redirected for 8005 (routed to the original destination), and a
+    // listener that routes there without having been redirected to (8006: nothing to send
+    // to).
+    out.push_str(&format!(
+        "  - name: app-8005\n    address: {}\n{}",
+        pod.addr(8005),
+        router("c")
+    ));
+    out.push_str("  - name: virtual-8005\n    address: 0.0.0.0:8005\n    bind_to_port: false\n");
+    out.push_str(&router("passthrough"));
+    out.push_str(&format!(
+        "  - name: direct-8006\n    address: {}\n{}",
+        pod.addr(8006),
+        router("passthrough")
+    ));
+    out.push_str("clusters:\n  - name: passthrough\n    original_dst: true\n");
     for (name, addr) in [
         ("fallback", ups.fallback.addr),
         ("a", ups.a.addr),
@@ -454,6 +475,34 @@ async fn redirected_connections_are_dispatched_by_original_destination_in_a_pod_
         metric_value(&text, &accepted("capture")),
         Some(capture_base + 3.0),
         "/metrics:\n{text}"
+    );
+
+    // An original_dst cluster: 8005 was redirected, so the route sends it on to where it was
+    // going, the pod's app listener (which answers from c).
+    let c_before = ups.c.hits();
+    assert_eq!(
+        answered_by(pod.addr(8005), Proto::H1, "/passthrough").await,
+        "c"
+    );
+    assert_eq!(ups.c.hits(), c_before + 1);
+    let text = mecha.metrics().await;
+    for listener in ["virtual-8005", "app-8005"] {
+        assert_eq!(
+            metric_value(&text, &accepted(listener)),
+            Some(1.0),
+            "{listener}; /metrics:\n{text}"
+        );
+    }
+    // Reached directly, a route to it has nowhere to go: 503 naming the cluster, never a
+    // connection back into Mecha.
+    let r = send(pod.addr(8006), Proto::H1, Req::get("/nowhere"))
+        .await
+        .expect("GET to 8006");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.text()
+            .contains("cluster \"passthrough\" sends to the original destination"),
+        "{r:?}"
     );
     assert!(mecha.is_running(), "mecha kept running");
     assert_eq!(mecha.pid(), pid, "no restart");

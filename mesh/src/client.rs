@@ -137,7 +137,7 @@ impl CallError {
             CallError::Pick(PickError::Overloaded(..) | PickError::PendingOverflow(..))
             | CallError::RetryBudget { .. }
             | CallError::TooLarge { .. } => tonic::Code::ResourceExhausted,
-            CallError::Pick(PickError::NoHealthy(_))
+            CallError::Pick(PickError::NoHealthy(_) | PickError::NoOriginalDst(_))
             | CallError::Connect { .. }
             | CallError::Upstream { .. } => tonic::Code::Unavailable,
         }
@@ -154,6 +154,11 @@ pub struct Attempts {
     reuse_retries: u32,
     retry_slot: Option<RetrySlot>,
     endpoint: Option<Endpoint>,
+    /// Where the downstream connection was going before a REDIRECT (`original_dst`
+    /// clusters send there).
+    original_dst: Option<std::net::SocketAddr>,
+    /// The request came in over HTTP/2 (`protocol: downstream` clusters follow it).
+    downstream_h2: bool,
 }
 
 /// One try: where it goes and how long it may take.
@@ -173,7 +178,17 @@ impl Attempts {
             reuse_retries: 0,
             retry_slot: None,
             endpoint: None,
+            original_dst: None,
+            downstream_h2: false,
         }
+    }
+
+    /// What the downstream side tells the upstream side: the connection's original
+    /// destination (for `original_dst` clusters) and whether the request is HTTP/2 (for
+    /// `protocol: downstream`).
+    pub fn set_downstream(&mut self, original_dst: Option<std::net::SocketAddr>, h2: bool) {
+        self.original_dst = original_dst;
+        self.downstream_h2 = h2;
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {
@@ -238,7 +253,14 @@ impl Attempts {
         self.tries += 1;
         let failed = self.endpoint.take().map(|e| e.addr);
         let avoid = if reuse_retry { None } else { failed };
-        let ep = cluster.pick(hash_key, avoid)?;
+        let ep = if cluster.original_dst {
+            let dst = self
+                .original_dst
+                .ok_or_else(|| PickError::NoOriginalDst(cluster.name.clone()))?;
+            cluster.pick_original(dst)
+        } else {
+            cluster.pick(hash_key, avoid)?
+        };
         let left = match (self.left(policy), policy.timeout) {
             (Some(l), Some(total)) if l.is_zero() => {
                 return Err(CallError::Timeout {
@@ -249,7 +271,7 @@ impl Attempts {
             }
             (l, _) => l,
         };
-        let mut peer = peer_for(&cluster, &ep);
+        let mut peer = peer_for(&cluster, &ep, self.downstream_h2);
         if reuse_retry {
             // A pool key no pooled connection has: this try opens a new connection instead of
             // meeting another one the upstream closed at the same time.
@@ -333,15 +355,21 @@ pub fn resendable(method: &http::Method, policy: &CallPolicy<'_>) -> bool {
 }
 
 /// The Pingora peer for one endpoint of `cluster`: TLS (SNI, trusted roots) for `h2`
-/// clusters, HTTP/2 for `h2` and `h2c`, the cluster's pool key.
-pub fn peer_for(cluster: &Cluster, ep: &Endpoint) -> HttpPeer {
+/// clusters, HTTP/2 for `h2` and `h2c` (and `downstream` when `downstream_h2`), the
+/// cluster's pool key.
+pub fn peer_for(cluster: &Cluster, ep: &Endpoint, downstream_h2: bool) -> HttpPeer {
     let tls = cluster.protocol == UpstreamProtocol::H2;
     let mut peer = HttpPeer::new(ep.addr, tls, cluster.sni.clone());
     peer.options.ca = cluster.ca.clone();
     // Pingora's pool key leaves out the CA: without this, a cluster trusting other roots
     // could reuse a connection another cluster verified to the same address and SNI.
     peer.group_key = cluster.pool_key;
-    if cluster.protocol != UpstreamProtocol::Http1 {
+    let h2 = match cluster.protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => true,
+        UpstreamProtocol::Downstream => downstream_h2,
+    };
+    if h2 {
         peer.options.set_http_version(2, 2);
         peer.options.max_h2_streams = cluster.max_h2_streams;
     }

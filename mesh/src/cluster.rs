@@ -107,6 +107,11 @@ pub enum PickError {
     PendingOverflow(String, usize),
     #[error("cluster {0:?}: no upstream connection free within {1:?} (max_connections {2})")]
     PendingTimeout(String, Duration, usize),
+    #[error(
+        "cluster {0:?} sends to the original destination, and this connection has none (it \
+         was not redirected to this listener)"
+    )]
+    NoOriginalDst(String),
 }
 
 impl PickError {
@@ -115,13 +120,18 @@ impl PickError {
         match self {
             PickError::Overloaded(..) => Some("max_requests"),
             PickError::PendingOverflow(..) => Some("max_pending_requests"),
-            PickError::NoHealthy(_) | PickError::PendingTimeout(..) => None,
+            PickError::NoHealthy(_)
+            | PickError::PendingTimeout(..)
+            | PickError::NoOriginalDst(_) => None,
         }
     }
 }
 
 pub struct Cluster {
     pub name: String,
+    /// Sends to the downstream connection's original destination ([`Cluster::pick_original`])
+    /// instead of picking among endpoints (it has none).
+    pub original_dst: bool,
     pub protocol: UpstreamProtocol,
     pub sni: String,
     /// Trusted roots for TLS upstreams (`ca_file`); the platform store when absent.
@@ -236,7 +246,7 @@ impl Cluster {
         prev: Option<&Cluster>,
     ) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let (backends, names) = match parse_endpoints(&cfg.endpoints) {
+        let (backends, names) = match check_endpoints_of(cfg) {
             Ok(parsed) => parsed,
             Err(es) => {
                 errors.extend(es);
@@ -300,6 +310,7 @@ impl Cluster {
             .unwrap_or_default();
         let mut cluster = Cluster {
             name: cfg.name.clone(),
+            original_dst: cfg.original_dst,
             protocol: cfg.protocol,
             sni: cfg.sni.clone().unwrap_or(first_host),
             pool_key: ca.as_deref().map_or(0, ca_key),
@@ -330,7 +341,9 @@ impl Cluster {
                 cb.max_connections
                     .saturating_mul(match cfg.protocol {
                         UpstreamProtocol::Http1 => 1,
-                        UpstreamProtocol::H2c | UpstreamProtocol::H2 => cfg.max_h2_streams,
+                        UpstreamProtocol::H2c
+                        | UpstreamProtocol::H2
+                        | UpstreamProtocol::Downstream => cfg.max_h2_streams,
                     })
                     .min(Semaphore::MAX_PERMITS),
             )),
@@ -377,7 +390,7 @@ impl Cluster {
                 c.consecutive_failure = hc.unhealthy_threshold.max(1);
                 c.peer_template.options.connection_timeout = Some(hc.timeout.0);
                 c.peer_template.options.read_timeout = Some(hc.timeout.0);
-                if self.protocol != UpstreamProtocol::Http1 {
+                if matches!(self.protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2) {
                     c.peer_template.options.set_http_version(2, 2);
                 }
                 c.peer_template.options.ca = self.ca.clone();
@@ -670,6 +683,15 @@ impl Cluster {
         Ok(Endpoint { addr: sa, state })
     }
 
+    /// The endpoint of an `original_dst` cluster for a connection redirected from `dst`. It
+    /// has no standing of its own: no health, no outlier state (as in Envoy, each original
+    /// destination is a host of its own).
+    pub fn pick_original(&self, dst: SocketAddr) -> Endpoint {
+        let state = Arc::new(EndpointState::default());
+        state.inflight.fetch_add(1, Ordering::AcqRel);
+        Endpoint { addr: dst, state }
+    }
+
     /// Feeds passive outlier detection with one attempt's result.
     pub fn report(&self, ep: &Endpoint, result: AttemptResult) {
         let Some(o) = &self.outlier else { return };
@@ -781,9 +803,38 @@ struct EndpointSource {
     last: HashMap<String, Vec<SocketAddr>>,
 }
 
-/// Checks an endpoint list as [`Cluster::build`] does (errors are `endpoints[i].…`).
-pub fn check_endpoints(list: &[crate::config::EndpointConfig]) -> Result<(), Vec<String>> {
-    parse_endpoints(list).map(|_| ())
+/// Checks a cluster's endpoints as [`Cluster::build`] does (errors are `endpoints[i].…`).
+pub fn check_endpoints(cfg: &ClusterConfig) -> Result<(), Vec<String>> {
+    check_endpoints_of(cfg).map(|_| ())
+}
+
+fn check_endpoints_of(cfg: &ClusterConfig) -> Result<ParsedEndpoints, Vec<String>> {
+    if !cfg.original_dst {
+        return parse_endpoints(&cfg.endpoints);
+    }
+    let mut errors = Vec::new();
+    if !cfg.endpoints.is_empty() {
+        errors.push(
+            "endpoints: an original_dst cluster has none (each connection goes to its \
+             original destination)"
+                .to_owned(),
+        );
+    }
+    if cfg.health_check.is_some() {
+        errors.push("health_check: an original_dst cluster has no endpoints to check".to_owned());
+    }
+    if cfg.protocol == UpstreamProtocol::H2 {
+        errors.push(
+            "protocol: h2 (TLS) needs a server name; an original_dst cluster sends to \
+             addresses"
+                .to_owned(),
+        );
+    }
+    if errors.is_empty() {
+        Ok(Default::default())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Fixed backends, and DNS names (`host:port`) with their weights.
@@ -869,6 +920,7 @@ pub(crate) mod tests {
                 address: "127.0.0.1:1".into(),
                 weight: 1,
             }],
+            original_dst: false,
             protocol: UpstreamProtocol::Http1,
             sni: None,
             ca_file: None,
@@ -889,6 +941,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_original_dst_cluster_sends_to_the_destination_and_has_no_endpoints() {
+        let metrics = MeshMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let mut cfg = config(CircuitBreakerConfig::default());
+        cfg.original_dst = true;
+        let errors = Cluster::build(&cfg, &metrics).expect_err("endpoints given");
+        assert_eq!(
+            errors,
+            [
+                "endpoints: an original_dst cluster has none (each connection goes to its \
+              original destination)"
+            ]
+        );
+        cfg.endpoints.clear();
+        let c = Cluster::build(&cfg, &metrics).expect("valid");
+        let dst: SocketAddr = "10.0.0.7:8080".parse().expect("addr");
+        let ep = c.pick_original(dst);
+        assert_eq!(ep.addr, dst);
+        assert_eq!(ep.state.inflight.load(Ordering::Acquire), 1);
+        assert!(matches!(c.pick(b"", None), Err(PickError::NoHealthy(_))));
+    }
+
+    #[test]
     fn maglev_keeps_a_key_on_one_endpoint_and_falls_back_elsewhere() {
         let cfg = ClusterConfig {
             name: "m".into(),
@@ -898,6 +972,7 @@ pub(crate) mod tests {
                     weight: 1,
                 })
                 .collect(),
+            original_dst: false,
             protocol: UpstreamProtocol::Http1,
             sni: None,
             ca_file: None,

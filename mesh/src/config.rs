@@ -38,7 +38,15 @@ pub use mecha_capabilities::spec::parse_duration;
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
+    /// Required, unless `original_dst`.
+    #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// Envoy's `ORIGINAL_DST` cluster (Istio's `PassthroughCluster`): no endpoints; each
+    /// connection or request goes to where its downstream connection was going before an
+    /// iptables REDIRECT (`SO_ORIGINAL_DST`). A connection that was not redirected has no
+    /// such destination and is refused (503 over HTTP), never sent back to Mecha itself.
+    #[serde(default)]
+    pub original_dst: bool,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// SNI for `protocol: h2` (TLS); defaults to the endpoint host. The upstream's
@@ -76,6 +84,7 @@ impl ClusterConfig {
         Self {
             name: name.to_owned(),
             endpoints,
+            original_dst: false,
             protocol: UpstreamProtocol::default(),
             sni: None,
             ca_file: None,
@@ -125,6 +134,9 @@ pub enum UpstreamProtocol {
     H2c,
     /// HTTP/2 over TLS (rustls), ALPN h2.
     H2,
+    /// The protocol the request came in: HTTP/2 requests go as h2c, the others as HTTP/1.1
+    /// (Envoy's `use_downstream_protocol_config`, which Istio's passthrough clusters use).
+    Downstream,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

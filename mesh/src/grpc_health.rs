@@ -64,7 +64,9 @@ impl Transport {
                 ca,
                 connector: OnceLock::new(),
             })),
-            UpstreamProtocol::H2c | UpstreamProtocol::Http1 => Transport::Cleartext,
+            UpstreamProtocol::H2c | UpstreamProtocol::Http1 | UpstreamProtocol::Downstream => {
+                Transport::Cleartext
+            }
         }
     }
 }

@@ -99,7 +99,7 @@ pub fn plan_clusters(
             Some(o) if o.differs_in_endpoints_only(c) => {
                 // Not rebuilt, so checked here as `Cluster::build` would.
                 let mut errs = bounds::cluster(c);
-                if let Err(e) = cluster::check_endpoints(&c.endpoints) {
+                if let Err(e) = cluster::check_endpoints(c) {
                     errs.extend(e);
                 }
                 let ok = if errs.is_empty() {

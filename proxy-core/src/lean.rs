@@ -41,8 +41,11 @@ impl HttpServerApp for LeanListener {
         }
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let _inflight = self.process.enter();
-        let snap = self.snapshot.load_full();
-        let lean = self.listener.index(&snap).and_then(|i| snap.lean.get(i));
+        let mut snap = self.snapshot.load_full();
+        let lean = self
+            .listener
+            .resolve(&mut snap)
+            .and_then(|i| snap.lean.get(i));
         let served = match lean.and_then(Option::as_ref) {
             Some(cap) => cap.serve(&mut session).await,
             None => Ok(Decision::Continue),

@@ -411,12 +411,12 @@ impl ListenerManager {
         options.h2_idle_timeout = Some(crate::sniff::IDLE_TIMEOUT);
         let serve = match shape.kind {
             Kind::Tcp => Serve::Tcp(Arc::new(TcpProxy {
-                listener: ListenerRef::new(&l.name),
+                listener: ListenerRef::with_snapshot(&l.name, self.snapshot.load_full()),
                 snapshot: self.snapshot.clone(),
             })),
             Kind::Lean => {
                 let app = LeanListener {
-                    listener: ListenerRef::new(&l.name),
+                    listener: ListenerRef::with_snapshot(&l.name, self.snapshot.load_full()),
                     snapshot: self.snapshot.clone(),
                     process: self.process.clone(),
                     options,
@@ -430,7 +430,7 @@ impl ListenerManager {
                 let mut proxy = pingora::proxy::http_proxy(
                     &self.server_conf,
                     ListenerProxy {
-                        listener: ListenerRef::new(&l.name),
+                        listener: ListenerRef::with_snapshot(&l.name, self.snapshot.load_full()),
                         snapshot: self.snapshot.clone(),
                         process: self.process.clone(),
                     },

@@ -94,7 +94,7 @@ impl ProxyHttp for ListenerProxy {
         ctx._inflight = Some(self.process.enter());
         let chain = self
             .listener
-            .index(&ctx.snapshot)
+            .resolve(&mut ctx.snapshot)
             .and_then(|i| ctx.snapshot.chains.get(i));
         let Some(chain) = chain else {
             session.respond_error(503).await?;

@@ -560,10 +560,16 @@ impl Snapshot {
 /// How a listener's serving code finds its own entries in whichever Snapshot a request loads:
 /// by name (indexes shift when an update adds or removes listeners), with the last index it
 /// was found at tried first, so the usual lookup is one string compare.
+///
+/// It also remembers the last Snapshot that had the listener: a connection of a removed
+/// listener, draining, finishes on the config it was accepted under (as Envoy's draining
+/// listeners do) instead of finding nothing. That Snapshot stays alive until the listener's
+/// app is dropped (its connections closed) or traffic meets a newer one.
 #[derive(Debug)]
 pub struct ListenerRef {
     pub name: String,
     hint: std::sync::atomic::AtomicUsize,
+    last: arc_swap::ArcSwapOption<Snapshot>,
 }
 
 impl ListenerRef {
@@ -571,7 +577,33 @@ impl ListenerRef {
         Self {
             name: name.to_owned(),
             hint: std::sync::atomic::AtomicUsize::new(0),
+            last: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// A reference that starts out knowing `snap` (the Snapshot its listener was built for).
+    pub fn with_snapshot(name: &str, snap: Arc<Snapshot>) -> Self {
+        let r = Self::new(name);
+        r.last.store(Some(snap));
+        r
+    }
+
+    /// This listener's index in `snap` — or, when `snap` no longer has it (removed while
+    /// this connection drains), in the last Snapshot that had it, which then replaces
+    /// `snap`. `None` only when no Snapshot seen had it.
+    pub fn resolve(&self, snap: &mut Arc<Snapshot>) -> Option<usize> {
+        if let Some(i) = self.index(snap) {
+            // One pointer compare per request; a store only after an update.
+            let last = self.last.load();
+            if !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, snap)) {
+                self.last.store(Some(snap.clone()));
+            }
+            return Some(i);
+        }
+        let last = self.last.load_full()?;
+        let i = self.index(&last)?;
+        *snap = last;
+        Some(i)
     }
 
     /// This listener's index in `snap`, or `None` when `snap` no longer has it (a request

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use mecha_mesh::cluster::PickError;
 use mecha_mesh::AttemptResult;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
@@ -26,8 +27,11 @@ impl ServerApp for TcpProxy {
         mut downstream: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let snap = self.snapshot.load_full();
-        let cluster = self.listener.index(&snap).and_then(|i| snap.tcp.get(i));
+        let mut snap = self.snapshot.load_full();
+        let cluster = self
+            .listener
+            .resolve(&mut snap)
+            .and_then(|i| snap.tcp.get(i));
         let Some(cluster) = cluster.cloned().flatten() else {
             tracing::error!(listener = %self.listener.name, "tcp proxy: listener has no cluster");
             return None;
@@ -43,10 +47,32 @@ impl ServerApp for TcpProxy {
                     .and_then(|a| a.as_inet().map(|i| i.ip().to_string()))
             })
             .unwrap_or_default();
-        // One retry on another endpoint when the first refuses.
+        // An original_dst cluster sends where the connection was going before the REDIRECT;
+        // one that came here directly has no such place (sending it to our own address would
+        // loop).
+        let original = if cluster.original_dst {
+            let dst = downstream.get_socket_digest().and_then(|d| {
+                let dst = *d.original_dst()?.as_inet()?;
+                let local = d.local_addr().and_then(|a| a.as_inet().copied());
+                (Some(dst) != local).then_some(dst)
+            });
+            if dst.is_none() {
+                tracing::warn!(listener = %self.listener.name, error = %PickError::NoOriginalDst(cluster.name.clone()), "tcp proxy: closing");
+                return None;
+            }
+            dst
+        } else {
+            None
+        };
+        // One retry on another endpoint when the first refuses (none for an original
+        // destination: there is only one).
         let mut avoid = None;
-        for _ in 0..2 {
-            let ep = match cluster.pick(key.as_bytes(), avoid) {
+        for _ in 0..if original.is_some() { 1 } else { 2 } {
+            let picked = match original {
+                Some(dst) => Ok(cluster.pick_original(dst)),
+                None => cluster.pick(key.as_bytes(), avoid),
+            };
+            let ep = match picked {
                 Ok(ep) => ep,
                 Err(e) => {
                     tracing::warn!(error = %e, "tcp proxy: no endpoint");

@@ -1345,18 +1345,64 @@ fn query_matchers_are_not_supported_yet() {
     );
 }
 
+/// Istio's PassthroughCluster, as istiod builds it.
+fn passthrough() -> Cluster {
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UseDownstreamHttpConfig {
+                http_protocol_options: Some(Default::default()),
+                http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                http3_protocol_options: None,
+            },
+        )),
+        ..Default::default()
+    };
+    Cluster {
+        name: "PassthroughCluster".to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        connect_timeout: secs(10),
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            any(&options),
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
 #[test]
-fn original_dst_clusters_and_unsupported_fields_are_named() {
-    let mut c = static_cluster("passthrough", 1);
-    c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
-        cluster::DiscoveryType::OriginalDst as i32,
+fn original_dst_clusters_send_where_the_connection_was_going() {
+    let outbound = Listener {
+        name: "virtualOutbound".to_owned(),
+        address: Some(sock("0.0.0.0", 15001)),
+        use_original_dst: Some(BoolValue { value: true }),
+        filter_chains: vec![chain("", None, vec![tcp_filter("PassthroughCluster")])],
+        ..Default::default()
+    };
+    let t = ok(&set(vec![outbound], vec![], vec![passthrough()]));
+    let c = &t.clusters[0];
+    assert!(c.original_dst && c.endpoints.is_empty());
+    assert_eq!(c.protocol, UpstreamProtocol::Downstream);
+    assert_eq!(c.connect_timeout.0, std::time::Duration::from_secs(10));
+    merged(&t);
+
+    let mut bad = passthrough();
+    bad.lb_policy = cluster::LbPolicy::RoundRobin as i32;
+    bad.lb_config = Some(cluster::LbConfig::OriginalDstLbConfig(
+        cluster::OriginalDstLbConfig {
+            use_http_header: true,
+            ..Default::default()
+        },
     ));
-    c.load_assignment = None;
-    c.max_requests_per_connection = u32v(1);
-    let errs = errors_of(&set(vec![], vec![], vec![c]));
+    bad.max_requests_per_connection = u32v(1);
+    let errs = errors_of(&set(vec![], vec![], vec![bad]));
     for want in [
-        "cluster \"passthrough\": type: ORIGINAL_DST not supported yet",
-        "cluster \"passthrough\": max_requests_per_connection: not supported yet",
+        "cluster \"PassthroughCluster\": lb_policy: an ORIGINAL_DST cluster needs CLUSTER_PROVIDED",
+        "cluster \"PassthroughCluster\": original_dst_lb_config.use_http_header: not supported yet",
+        "cluster \"PassthroughCluster\": max_requests_per_connection: not supported yet",
     ] {
         assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:#?}");
     }

@@ -125,7 +125,10 @@ pub(super) fn translate(
     if let Some(t) = dur(e, "connect_timeout", connect_timeout) {
         cfg.connect_timeout = t;
     }
-    lb(e, *lb_policy, lb_config, &mut cfg);
+    let original_dst = matches!(cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(t))
+            if *t == cluster::DiscoveryType::OriginalDst as i32);
+    lb(e, *lb_policy, lb_config, original_dst, &mut cfg);
     match health_checks.as_slice() {
         [] => {}
         [hc] => cfg.health_check = health(e, "health_checks[0]", hc),
@@ -243,11 +246,12 @@ pub(super) fn translate(
             }
         }
         Some(cluster::DiscoveryType::OriginalDst) => {
-            e.at(
-                "type",
-                "ORIGINAL_DST not supported yet (the model has no original-destination cluster)",
-            );
-            None
+            refuse!(e, ""; load_assignment, eds_cluster_config);
+            if e.count() != before {
+                return Outcome::Failed;
+            }
+            cfg.original_dst = true;
+            return Outcome::Ready(Box::new(cfg));
         }
         Some(cluster::DiscoveryType::LogicalDns) => {
             e.at("type", "LOGICAL_DNS not supported yet (use STRICT_DNS)");
@@ -275,9 +279,40 @@ fn lb(
     e: &mut Errs<'_>,
     policy: i32,
     lb_config: &Option<cluster::LbConfig>,
+    original_dst: bool,
     cfg: &mut ClusterConfig,
 ) {
     use cluster::LbPolicy as P;
+    // An ORIGINAL_DST cluster's "policy" is the destination itself: Envoy requires
+    // CLUSTER_PROVIDED there, and allows it nowhere else in the types translated here.
+    match (P::try_from(policy), original_dst) {
+        (Ok(P::ClusterProvided), true) => {}
+        (_, true) => e.at(
+            "lb_policy",
+            "an ORIGINAL_DST cluster needs CLUSTER_PROVIDED (the destination picks the host)",
+        ),
+        _ => {}
+    }
+    if original_dst {
+        match lb_config {
+            None => {}
+            Some(cluster::LbConfig::OriginalDstLbConfig(c)) => {
+                let cluster::OriginalDstLbConfig {
+                    use_http_header,
+                    http_header_name,
+                    upstream_port_override,
+                    metadata_key,
+                } = c;
+                refuse!(e, "original_dst_lb_config"; use_http_header, http_header_name,
+                    upstream_port_override, metadata_key);
+            }
+            Some(_) => e.at(
+                "lb_config",
+                "an ORIGINAL_DST cluster takes only original_dst_lb_config",
+            ),
+        }
+        return;
+    }
     cfg.lb_policy = match P::try_from(policy) {
         Ok(P::RoundRobin) => LbPolicy::RoundRobin,
         Ok(P::LeastRequest) => LbPolicy::LeastRequest,
@@ -391,8 +426,22 @@ fn protocol_options(
                 None => {}
             }
         }
-        Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
-            e.unsupported(path, "use_downstream_protocol_config")
+        Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => {
+            let p = join(path, "use_downstream_protocol_config");
+            let http_protocol_options::UseDownstreamHttpConfig {
+                http_protocol_options,
+                http2_protocol_options,
+                http3_protocol_options,
+            } = d;
+            refuse!(e, p; http_protocol_options, http3_protocol_options);
+            // Without HTTP/2 options every request goes as HTTP/1.1, as in Envoy.
+            match http2_protocol_options {
+                Some(h2) => {
+                    cfg.protocol = UpstreamProtocol::Downstream;
+                    h2_options(e, &join(&p, "http2_protocol_options"), h2, cfg);
+                }
+                None => cfg.protocol = UpstreamProtocol::Http1,
+            }
         }
         Some(http_protocol_options::UpstreamProtocolOptions::AutoConfig(_)) => {
             e.unsupported(path, "auto_config")
