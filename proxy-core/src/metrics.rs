@@ -24,7 +24,7 @@ pub struct UpdateLabels {
 pub struct XdsLabels {
     /// The resource type URL.
     pub type_url: String,
-    /// `ack` or `nack`.
+    /// `accepted` (ACKed) or `rejected` (NACKed).
     pub result: &'static str,
 }
 
@@ -104,7 +104,7 @@ impl Metrics {
         };
         registry.register(
             "mecha_xds_responses",
-            "xDS responses by type URL and result (ack: applied, nack: refused)",
+            "xDS responses by type URL and result (accepted: applied and ACKed, rejected: NACKed)",
             xds.responses.clone(),
         );
         registry.register(

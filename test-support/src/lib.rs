@@ -8,6 +8,9 @@
 //!   `Mesh` and `BareSidecar` are thin layers over it.
 //! - [`redis`]: a throw-away redis-server (free port, AOF) or `REDIS_URL`; stop, restart,
 //!   freeze.
+//! - [`control_plane`]: a scripted xDS control plane (`xds/tests/control_plane/ads_server.py`,
+//!   Python grpcio + `xds-protos`) driven over JSON lines: SotW and delta responses, stream
+//!   closes, and every request it saw; [`control_plane::unavailable`] says when it cannot run.
 //! - [`http`]: one HTTP client: [`http::send`] (HTTP/1.1 or h2c through hyper, headers and
 //!   body), [`http::http_get`], and [`http::http_raw`] (raw request bytes).
 //! - Here: [`free_port`], [`free_addr`], [`TempDir`], [`unique`], [`within`], [`eventually`],
@@ -16,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
+pub mod control_plane;
 pub mod http;
 pub mod process;
 pub mod redis;

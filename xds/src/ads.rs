@@ -234,6 +234,10 @@ pub async fn run(
                     .max_decoding_message_size(MAX_MESSAGE_SIZE)
                     .max_encoding_message_size(MAX_MESSAGE_SIZE);
                 client.status.update(|s| s.streams += 1);
+                // Connected once the HTTP/2 connection is up: gRPC servers (grpc-go, grpcio)
+                // send a stream's response headers with its first response, so waiting for
+                // them would report an open but idle stream as connecting.
+                client.connected();
                 match api {
                     Api::Sotw => sotw::run_stream(&mut client, grpc).await,
                     Api::Delta => delta::run_stream(&mut client, grpc).await,

@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use mecha_proxy_core::config::{Config, XdsApi};
@@ -54,13 +54,25 @@ impl mecha_proxy_core::Feed for XdsFeed {
                 },
             );
             let status = Arc::new(AdsStatus::default());
-            let dump = status.clone();
-            manager.add_dump_section("xds", Box::new(move || status_json(&dump.snapshot())));
+            let notes = Arc::new(Mutex::new(Notes::default()));
+            let (dump, dump_notes) = (status.clone(), notes.clone());
+            manager.add_dump_section(
+                "xds",
+                Box::new(move || {
+                    let mut section = status_json(&dump.snapshot());
+                    if let Ok(n) = dump_notes.lock() {
+                        section["warming"] = json!(n.warming);
+                        section["ignored"] = json!(n.ignored);
+                    }
+                    section
+                }),
+            );
             let sink = Arc::new(Apply {
                 origin: format!("xds:{}", x.server),
                 bootstrap: self.bootstrap,
                 manager: manager.clone(),
                 seq: AtomicU64::new(0),
+                notes,
             });
             tokio::spawn(export_metrics(status.clone(), manager.metrics().clone()));
             let Err(e) = ads::run(config, sink, status).await;
@@ -69,12 +81,23 @@ impl mecha_proxy_core::Feed for XdsFeed {
     }
 }
 
+/// What the running xDS config left out until it can be served (`warming`) and accepted
+/// without effect (`ignored`), as translation listed them; shown in `/config_dump` (section
+/// `xds`). The resource manager's own dump has no place for them: it shows resources.
+#[derive(Default)]
+struct Notes {
+    warming: Vec<String>,
+    ignored: Vec<String>,
+}
+
 /// Translates, merges and applies one candidate set.
 struct Apply {
     origin: String,
     bootstrap: Config,
     manager: Arc<ResourceManager>,
     seq: AtomicU64,
+    /// The notes of the last accepted candidate.
+    notes: Arc<Mutex<Notes>>,
 }
 
 impl Apply {
@@ -99,6 +122,12 @@ impl Apply {
         match self.manager.apply_config("xds", update, config).await {
             Ok(outcome) => {
                 tracing::debug!(?outcome, "xds: update applied");
+                if let Ok(mut n) = self.notes.lock() {
+                    *n = Notes {
+                        warming: translated.warming,
+                        ignored: translated.ignored,
+                    };
+                }
                 Ok(())
             }
             Err(errors) => Err(update_errors(errors)),
@@ -130,7 +159,8 @@ impl Sink for Apply {
 }
 
 /// The client's state as `/config_dump` shows it (section `xds`): connection, and per type the
-/// last accepted version, the last nonce, ACK/NACK counts and the last NACK's error.
+/// last accepted version, the last nonce, ACK/NACK counts and the last NACK's error (the
+/// feed adds the [`Notes`] of the running config: `warming`, `ignored`).
 fn status_json(s: &StatusSnapshot) -> serde_json::Value {
     let state = match s.state {
         ConnectionState::Connecting => json!({"state": "connecting"}),
@@ -190,7 +220,11 @@ async fn export_metrics(status: Arc<AdsStatus>, metrics: Arc<mecha_proxy_core::m
         }
         for (url, t) in &now.types {
             let (acks, nacks) = counted.entry(url).or_default();
-            for (result, total, done) in [("ack", t.accepted, acks), ("nack", t.rejected, nacks)] {
+            // As the README documents them: `accepted` (ACKed) and `rejected` (NACKed).
+            for (result, total, done) in [
+                ("accepted", t.accepted, acks),
+                ("rejected", t.rejected, nacks),
+            ] {
                 if total > *done {
                     metrics
                         .xds

@@ -58,7 +58,6 @@ pub(super) async fn run_stream(client: &mut Client, mut grpc: AdsClient) -> Stre
         Ok(response) => response.into_inner(),
         Err(status) => return StreamEnd::from_status(&status, false),
     };
-    client.connected();
     let mut delivered = false;
     loop {
         match super::next_response(&mut inbound, delivered).await {

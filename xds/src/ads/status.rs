@@ -10,9 +10,10 @@ use super::Api;
 /// The state of the connection to the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionState {
-    /// Connecting, or waiting for the stream to open.
+    /// Connecting to the control plane.
     Connecting,
-    /// A stream is open.
+    /// Connected (HTTP/2 up) and the stream opened or opening; its response headers may only
+    /// come with the first response.
     Connected,
     /// The last stream failed or ended; the next attempt starts after `delay`.
     Backoff { delay: Duration },
