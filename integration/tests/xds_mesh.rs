@@ -507,6 +507,17 @@ async fn sotw_cascade_lds_rds_cds_eds_serves_traffic() {
     assert_eq!(dumped(&dump, "listeners"), ["edge"], "{dump:#}");
     let svc = dumped_cluster(&dump, "svc");
     assert_eq!(svc["endpoint_count"], 1, "{svc:#}");
+    // Each resource shows what its xDS resource became in the config model.
+    assert_eq!(
+        svc["cluster"]["endpoints"][0]["address"],
+        x.a.addr.to_string(),
+        "{svc:#}"
+    );
+    assert_eq!(
+        svc["version_info"].as_str().map(|v| v.starts_with("xds-")),
+        Some(true),
+        "{svc:#}"
+    );
     assert!(
         dump["source"]
             .as_str()

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A duration written as `250ms`, `2s`, `1m` or a bare number of milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +29,28 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// Written back as the file would have it (`/config_dump`): whole seconds as `2s`, else
+/// milliseconds, else microseconds.
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = self.0;
+        let text = if d.subsec_nanos() == 0 {
+            format!("{}s", d.as_secs())
+        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+            format!("{}ms", d.as_millis())
+        } else {
+            format!("{}us", d.as_micros())
+        };
+        s.serialize_str(&text)
+    }
+}
+
 /// Durations read the same everywhere in the config (`250ms`, `2s`, `1m`, bare ms).
 pub use mecha_capabilities::spec::parse_duration;
 
 // === clusters ===
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
@@ -112,7 +128,7 @@ fn default_h2_streams() -> usize {
     100
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `ip:port`, or `host:port` (resolved at start and every `dns_refresh`).
@@ -125,7 +141,7 @@ fn one() -> usize {
     1
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     #[default]
@@ -139,7 +155,7 @@ pub enum UpstreamProtocol {
     Downstream,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
     /// Weighted round robin.
@@ -156,7 +172,7 @@ pub enum LbPolicy {
     Maglev,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(rename = "type", default)]
@@ -193,7 +209,7 @@ fn default_unhealthy() -> usize {
     2
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCheckKind {
     #[default]
@@ -203,7 +219,7 @@ pub enum HealthCheckKind {
     Grpc,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
     /// Consecutive 5xx responses (or resets) that eject an endpoint.
@@ -239,7 +255,7 @@ fn default_max_percent() -> u32 {
     10
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     /// Upstream connections in use. An HTTP/1.1 request holds one while it is upstream; on
@@ -293,7 +309,7 @@ impl Default for CircuitBreakerConfig {
 
 // === routes ===
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
     pub virtual_hosts: Vec<VirtualHostConfig>,
@@ -302,7 +318,7 @@ pub struct RouterConfig {
     pub access_log: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualHostConfig {
     pub name: String,
@@ -311,7 +327,7 @@ pub struct VirtualHostConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     #[serde(default)]
@@ -356,7 +372,7 @@ pub struct RouteConfig {
     pub response_headers_to_remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     #[serde(default)]
@@ -371,7 +387,7 @@ pub struct MatchConfig {
     pub headers: Vec<HeaderMatchConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatchConfig {
     pub name: String,
@@ -386,14 +402,14 @@ pub struct HeaderMatchConfig {
     pub invert: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedClusterConfig {
     pub name: String,
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponseConfig {
     pub status: u16,
@@ -401,7 +417,7 @@ pub struct DirectResponseConfig {
     pub body: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectConfig {
     #[serde(default)]
@@ -419,14 +435,14 @@ fn default_redirect_code() -> u16 {
     301
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderValueConfig {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicyConfig {
     /// Any of `connect-failure`, `reset`, `5xx`, `retriable-status-codes`, and the gRPC

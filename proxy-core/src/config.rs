@@ -32,13 +32,13 @@ use std::time::Duration;
 
 use mecha_capabilities::{BuildContext, ComponentSpec};
 use mecha_mesh::config::{ClusterConfig, Dur, RouterConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The embedded default config: runtime API on 127.0.0.1:34904, admin on 127.0.0.1:34999,
 /// every building block on an embedded component. `configs/default.yaml` is the same file.
 pub const DEFAULT_YAML: &str = include_str!("../../configs/default.yaml");
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Worker threads: each runs its own current-thread runtime and accepts on its own
@@ -72,7 +72,7 @@ pub struct Config {
 }
 
 /// The control plane: one ADS stream (`mecha-xds`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct XdsConfig {
     /// `host:port` of the ADS server (plaintext gRPC).
@@ -85,7 +85,7 @@ pub struct XdsConfig {
     pub node: XdsNode,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum XdsApi {
     #[default]
@@ -94,7 +94,7 @@ pub enum XdsApi {
 }
 
 /// Who this sidecar is, as the control plane sees it (Envoy's bootstrap `node`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct XdsNode {
     /// Istio: `sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`.
@@ -109,7 +109,7 @@ pub struct XdsNode {
 /// Where one invocable app is reached: `address` / `addresses` (its sidecar's inbound
 /// listener; a cluster named `app/<id>` is made for it) or `cluster` (a cluster of
 /// `clusters`, with all its policies). `timeout` and `retry` override `invocation`'s.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppTargetConfig {
     #[serde(default)]
@@ -125,7 +125,7 @@ pub struct AppTargetConfig {
 }
 
 /// Service invocation settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvocationConfig {
     /// Bound on one invocation, every try included (default 15 s); a shorter `grpc-timeout`
@@ -182,7 +182,7 @@ fn default_threads() -> usize {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// The app this sidecar serves (default key prefix, default consumer group).
@@ -226,7 +226,7 @@ impl Default for AppConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `host:port` of the admin listener; `null` disables it.
@@ -246,7 +246,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// After SIGTERM: how long in-flight requests get to finish before the process exits.
@@ -266,7 +266,7 @@ impl Default for ShutdownConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -338,14 +338,14 @@ fn default_request_body_timeout() -> Dur {
     Dur(Duration::from_secs(60))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpProxyConfig {
     pub cluster: String,
 }
 
 /// One filter of a listener's chain.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FilterConfig {
     /// Terminates runtime APIs in-process.
@@ -384,6 +384,13 @@ pub enum FilterConfig {
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct ApiToken(pub String);
+
+/// Never written out (`/config_dump` shows that one is set, not what it is).
+impl Serialize for ApiToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
 
 impl std::fmt::Debug for ApiToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

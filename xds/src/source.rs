@@ -114,9 +114,12 @@ impl Apply {
         let update = UpdateSource {
             source: self.origin.clone(),
             version: format!("xds-{seq}"),
+            // What /config_dump shows as each resource's content: the config model each
+            // xDS resource became (index-aligned with `config`, as a file's document is).
             document: json!({
-                "warming": translated.warming,
-                "ignored": translated.ignored,
+                "listeners": config.listeners,
+                "clusters": config.clusters,
+                "components": config.components,
             }),
         };
         match self.manager.apply_config("xds", update, config).await {
