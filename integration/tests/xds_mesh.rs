@@ -768,13 +768,13 @@ async fn nacked_updates_name_what_is_wrong_and_traffic_goes_on() {
 
     // A route configuration with a matcher Mecha does not have: the listener keeps its routes.
     let mut rc = cp::route_config("rc1", &["*"], vec![cp::route_prefix("/", "svc")]);
-    rc["virtual_hosts"][0]["routes"][0]["match"]["query_parameters"] =
-        json!([{ "name": "debug", "present_match": true }]);
+    rc["virtual_hosts"][0]["routes"][0]["match"]["runtime_fraction"] =
+        json!({ "default_value": { "numerator": 50 } });
     let n = push(&mut x.cp, ROUTE, "r2", vec![rc]).await;
     let (r, message) = nack(&mut x.cp, ROUTE, &n).await;
     assert!(
         message.contains("route_config \"rc1\"")
-            && message.contains("query_parameters: not supported yet"),
+            && message.contains("runtime_fraction: not supported yet"),
         "{message}"
     );
     assert_eq!(r.version_info, "r1");

@@ -26,6 +26,10 @@ pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// in its table, so a huge weight is a huge allocation on every endpoint update.
 pub const MAX_ENDPOINT_WEIGHT: usize = 1000;
 
+/// Largest endpoint priority (Envoy's practical limit): levels are tried in order on every
+/// pick that fails over, so their number is bounded.
+pub const MAX_ENDPOINT_PRIORITY: u32 = 127;
+
 /// Largest `max_h2_streams`: HTTP/2 stream identifiers are 31 bits (RFC 9113 §5.1.1).
 pub const MAX_H2_STREAMS: usize = (1 << 31) - 1;
 
@@ -65,6 +69,12 @@ pub fn cluster(c: &ClusterConfig) -> Vec<String> {
             1,
             MAX_ENDPOINT_WEIGHT,
         );
+        if e.priority > MAX_ENDPOINT_PRIORITY {
+            errors.push(format!(
+                "endpoints[{i}].priority: at most {MAX_ENDPOINT_PRIORITY}, got {}",
+                e.priority
+            ));
+        }
     }
     if let Some(hc) = &c.health_check {
         for (field, v) in [
@@ -452,6 +462,24 @@ mod tests {
             vec!["endpoints[1].weight: must be between 1 and 1000, got 1001".to_owned()]
         );
         assert!(weight(1000).is_empty());
+    }
+
+    #[test]
+    fn endpoint_priorities_are_bounded() {
+        let priority = |p: u64| {
+            let yaml = format!(
+                "{{name: c, endpoints: [{{address: \"127.0.0.1:1\"}}, \
+                 {{address: \"127.0.0.1:2\", priority: {p}}}]}}"
+            );
+            let cfg: ClusterConfig = serde_yaml_ng::from_str(&yaml).expect("yaml");
+            cluster(&cfg)
+        };
+        assert_eq!(
+            priority(128),
+            vec!["endpoints[1].priority: at most 127, got 128".to_owned()]
+        );
+        assert!(priority(127).is_empty());
+        assert!(priority(0).is_empty());
     }
 
     #[test]

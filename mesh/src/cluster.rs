@@ -7,6 +7,68 @@
 use std::collections::{BTreeSet, HashMap};
 
 type EndpointMap = HashMap<SocketAddr, Arc<EndpointState>, foldhash::fast::RandomState>;
+
+/// The endpoints the balancer knows, with their priority levels.
+#[derive(Default)]
+struct Endpoints {
+    map: EndpointMap,
+    /// With endpoints at more than one priority: each level, best (lowest number) first.
+    /// Empty with one level (the common case): picks then use the balancer alone and never
+    /// look at priorities.
+    levels: Vec<Level>,
+}
+
+/// Bounded search of a selection; 256 covers any cluster we expect (Ketama walks its ring).
+const MAX_ITER: usize = 256;
+
+/// One priority level of a cluster that has several: its endpoints, and a selector built by
+/// the cluster's policy from them alone, so weights, round robin and consistent hashing work
+/// within the level as for a cluster of these endpoints only. Health is still the balancer's
+/// (one health check per endpoint, whatever its level).
+struct Level {
+    priority: u32,
+    backends: Vec<Backend>,
+    selector: LevelSelector,
+}
+
+enum LevelSelector {
+    RoundRobin(Arc<RoundRobin>),
+    Random(Arc<Random>),
+    RingHash(Arc<Consistent>),
+    Maglev(Arc<Maglev>),
+}
+
+impl LevelSelector {
+    fn build(policy: LbPolicy, backends: &BTreeSet<Backend>) -> Self {
+        match policy {
+            LbPolicy::RoundRobin => Self::RoundRobin(Arc::new(RoundRobin::build(backends))),
+            LbPolicy::Random | LbPolicy::LeastRequest => {
+                Self::Random(Arc::new(Random::build(backends)))
+            }
+            LbPolicy::RingHash => Self::RingHash(Arc::new(Consistent::build(backends))),
+            LbPolicy::Maglev => Self::Maglev(Arc::new(Maglev::build(backends))),
+        }
+    }
+
+    /// The first backend `accept`s, in the selection's order for `key`.
+    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend) -> bool) -> Option<Backend> {
+        fn first<I: BackendIter>(iter: I, accept: impl Fn(&Backend) -> bool) -> Option<Backend> {
+            let mut it = UniqueIterator::new(iter, MAX_ITER);
+            while let Some(b) = it.get_next() {
+                if accept(&b) {
+                    return Some(b);
+                }
+            }
+            None
+        }
+        match self {
+            Self::RoundRobin(s) => first(s.iter(key), accept),
+            Self::Random(s) => first(s.iter(key), accept),
+            Self::RingHash(s) => first(s.iter(key), accept),
+            Self::Maglev(s) => first(s.iter(key), accept),
+        }
+    }
+}
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,7 +76,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
-use pingora::lb::selection::{Consistent, Random, RoundRobin};
+use pingora::lb::selection::{
+    BackendIter, BackendSelection, Consistent, Random, RoundRobin, UniqueIterator,
+};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::protocols::tls::CaType;
@@ -82,8 +146,6 @@ impl Balancer {
     }
 
     fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
-        // Bounded search; 256 covers any cluster we expect (Ketama walks its ring).
-        const MAX_ITER: usize = 256;
         match self {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_ITER, accept),
             Balancer::Random(lb) => lb.select_with(key, MAX_ITER, accept),
@@ -146,7 +208,7 @@ pub struct Cluster {
     balancer: Balancer,
     /// Looked up on every pick: foldhash, not SipHash (the keys are our own endpoints' addresses,
     /// so hash flooding is not a concern).
-    endpoints: RwLock<EndpointMap>,
+    endpoints: RwLock<Endpoints>,
     /// What config lists as endpoints (addresses and DNS names with their last resolution);
     /// the balancer's discovery reads it, so adopting a change is synchronous.
     source: Arc<Mutex<EndpointSource>>,
@@ -178,9 +240,25 @@ impl std::fmt::Debug for Cluster {
             .field("name", &self.name)
             .field(
                 "endpoints",
-                &self.endpoints.read().keys().copied().collect::<Vec<_>>(),
+                &self
+                    .endpoints
+                    .read()
+                    .map
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>(),
             )
             .field("policy", &self.policy)
+            .field(
+                "priorities",
+                &self
+                    .endpoints
+                    .read()
+                    .levels
+                    .iter()
+                    .map(|l| l.priority)
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -246,7 +324,7 @@ impl Cluster {
         prev: Option<&Cluster>,
     ) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let (backends, names) = match check_endpoints_of(cfg) {
+        let parsed = match check_endpoints_of(cfg) {
             Ok(parsed) => parsed,
             Err(es) => {
                 errors.extend(es);
@@ -254,9 +332,10 @@ impl Cluster {
             }
         };
         // Endpoints that stay keep their state; `sync_endpoints` drops the ones that went.
-        let mut endpoints: EndpointMap =
-            prev.map(|p| p.endpoints.read().clone()).unwrap_or_default();
-        for b in &backends {
+        let mut endpoints: EndpointMap = prev
+            .map(|p| p.endpoints.read().map.clone())
+            .unwrap_or_default();
+        for b in &parsed.fixed {
             if let Some(sa) = b.addr.as_inet() {
                 endpoints.entry(*sa).or_default();
             }
@@ -282,16 +361,18 @@ impl Cluster {
         let last = match prev {
             Some(p) => {
                 let old = p.source.lock();
-                names
+                parsed
+                    .names
                     .iter()
-                    .filter_map(|(n, _)| old.last.get(n).map(|a| (n.clone(), a.clone())))
+                    .filter_map(|(n, ..)| old.last.get(n).map(|a| (n.clone(), a.clone())))
                     .collect()
             }
             None => HashMap::new(),
         };
         let source = Arc::new(Mutex::new(EndpointSource {
-            fixed: backends,
-            names,
+            fixed: parsed.fixed,
+            fixed_priority: parsed.fixed_priority,
+            names: parsed.names,
             last,
         }));
         let discovery = DnsDiscovery {
@@ -320,7 +401,10 @@ impl Cluster {
             hash_header: cfg.hash_header.clone(),
             policy: cfg.lb_policy,
             balancer,
-            endpoints: RwLock::new(endpoints),
+            endpoints: RwLock::new(Endpoints {
+                map: endpoints,
+                ..Endpoints::default()
+            }),
             source,
             update_lock: Mutex::new(()),
             spec: RwLock::new(cfg.clone()),
@@ -413,7 +497,7 @@ impl Cluster {
     }
 
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.read().len()
+        self.endpoints.read().map.len()
     }
 
     /// Whether some endpoint is a DNS name (re-resolved every `dns_refresh`).
@@ -451,7 +535,7 @@ impl Cluster {
     /// and pool state of the cluster and of the endpoints that stay are kept. New DNS names
     /// are resolved before this returns. The list must have passed [`Cluster::build`].
     pub async fn set_endpoints(&self, list: &[crate::config::EndpointConfig]) {
-        let (fixed, names) = match parse_endpoints(list) {
+        let parsed = match parse_endpoints(list) {
             Ok(parsed) => parsed,
             Err(errs) => {
                 return tracing::error!(cluster = %self.name, errors = ?errs,
@@ -460,10 +544,12 @@ impl Cluster {
         };
         let unresolved = {
             let mut src = self.source.lock();
-            src.last.retain(|n, _| names.iter().any(|(m, _)| m == n));
-            src.fixed = fixed;
-            src.names = names;
-            src.names.iter().any(|(n, _)| !src.last.contains_key(n))
+            src.last
+                .retain(|n, _| parsed.names.iter().any(|(m, ..)| m == n));
+            src.fixed = parsed.fixed;
+            src.fixed_priority = parsed.fixed_priority;
+            src.names = parsed.names;
+            src.names.iter().any(|(n, ..)| !src.last.contains_key(n))
         };
         self.spec.write().endpoints = list.to_vec();
         if unresolved {
@@ -487,7 +573,7 @@ impl Cluster {
             .lock()
             .names
             .iter()
-            .map(|(n, _)| n.clone())
+            .map(|(n, ..)| n.clone())
             .collect();
         for name in names {
             let n = name.clone();
@@ -535,18 +621,44 @@ impl Cluster {
     }
 
     /// Gives every discovered backend an endpoint state (kept across refreshes, so outlier
-    /// history survives re-resolution) and forgets vanished ones.
+    /// history survives re-resolution) with its priority as config lists it, forgets vanished
+    /// ones, and notes the priority levels present.
     fn sync_endpoints(&self) {
         let current = self.balancer.backends().get_backend();
-        let mut map = self.endpoints.write();
+        let priorities = self.source.lock().priorities();
+        let mut by_level: std::collections::BTreeMap<u32, BTreeSet<Backend>> = Default::default();
+        for b in current.iter() {
+            let p = b
+                .addr
+                .as_inet()
+                .and_then(|sa| priorities.get(sa))
+                .copied()
+                .unwrap_or(0);
+            by_level.entry(p).or_default().insert(b.clone());
+        }
+        // Built before the lock: a Maglev table or a Ketama ring takes a while.
+        let levels: Vec<Level> = if by_level.len() > 1 {
+            by_level
+                .into_iter()
+                .map(|(priority, set)| Level {
+                    priority,
+                    selector: LevelSelector::build(self.policy, &set),
+                    backends: set.into_iter().collect(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut eps = self.endpoints.write();
         let live: Vec<SocketAddr> = current
             .iter()
             .filter_map(|b| b.addr.as_inet().copied())
             .collect();
-        map.retain(|a, _| live.contains(a));
+        eps.map.retain(|a, _| live.contains(a));
         for a in live {
-            map.entry(a).or_default();
+            eps.map.entry(a).or_default();
         }
+        eps.levels = levels;
     }
 
     /// Takes a `max_requests` slot, or says the breaker is open.
@@ -621,50 +733,72 @@ impl Cluster {
         Some(slot)
     }
 
-    /// Picks an endpoint by the cluster's policy among healthy, non-ejected ones. `hash_key`
-    /// is used by ring hash only. `avoid` skips an endpoint (the one that just failed).
+    /// Picks an endpoint by the cluster's policy among healthy, non-ejected ones of the
+    /// highest priority level (lowest number) that has one. `hash_key` is used by ring hash
+    /// and Maglev only. `avoid` skips an endpoint (the one that just failed): a level whose
+    /// only usable endpoint is avoided fails over to the next one.
     pub fn pick(&self, hash_key: &[u8], avoid: Option<SocketAddr>) -> Result<Endpoint, PickError> {
         // Without outlier detection nothing is ever ejected: skip the clock and the locks.
         let now = self.outlier.is_some().then(Instant::now);
         let endpoints = self.endpoints.read();
-        let usable = |b: &Backend, healthy: bool| {
+        let usable = |b: &Backend, healthy: bool, avoid: Option<SocketAddr>| {
             let Some(sa) = b.addr.as_inet() else {
                 return false;
             };
             healthy
                 && Some(*sa) != avoid
                 && endpoints
+                    .map
                     .get(sa)
                     .is_some_and(|s| now.is_none_or(|n| !s.is_ejected(n)))
         };
-        let first = self
-            .balancer
-            .select_with(hash_key, usable)
-            // The avoided endpoint is still better than none.
+        let backends = self.balancer.backends();
+        // The level picked from (None: the balancer, over every endpoint).
+        let found = if endpoints.levels.is_empty() {
+            self.balancer
+                .select_with(hash_key, |b, h| usable(b, h, avoid))
+                .map(|b| (b, None))
+        } else {
+            endpoints.levels.iter().find_map(|level| {
+                let ok = |b: &Backend| usable(b, backends.ready(b), avoid);
+                // A level with nothing usable is passed over without walking its selection;
+                // one with a usable endpoint serves, even if the bounded walk misses it.
+                let any = level.backends.iter().find(|b| ok(b))?;
+                let b = level
+                    .selector
+                    .select_with(hash_key, ok)
+                    .unwrap_or_else(|| any.clone());
+                Some((b, Some(level)))
+            })
+        };
+        let (first, level) = found
+            // The avoided endpoint is still better than none (no other is usable at any level).
             .or_else(|| {
                 avoid.and_then(|_| {
-                    self.balancer.select_with(hash_key, |b, healthy| {
-                        healthy
-                            && b.addr
-                                .as_inet()
-                                .and_then(|sa| endpoints.get(sa))
-                                .is_some_and(|s| now.is_none_or(|n| !s.is_ejected(n)))
-                    })
+                    self.balancer
+                        .select_with(hash_key, |b, h| usable(b, h, None))
+                        .map(|b| (b, None))
                 })
             })
             .ok_or_else(|| PickError::NoHealthy(self.name.clone()))?;
         let mut chosen = first;
         if self.policy == LbPolicy::LeastRequest {
-            // Power of two choices: a second random pick; fewer in-flight requests wins.
+            // Power of two choices: a second random pick of the same level; fewer in-flight
+            // requests wins.
             let first_addr = chosen.addr.clone();
-            if let Some(second) = self
-                .balancer
-                .select_with(b"", |b, h| usable(b, h) && b.addr != first_addr)
-            {
+            let second = match level {
+                Some(l) => l.selector.select_with(b"", |b| {
+                    usable(b, backends.ready(b), avoid) && b.addr != first_addr
+                }),
+                None => self
+                    .balancer
+                    .select_with(b"", |b, h| usable(b, h, avoid) && b.addr != first_addr),
+            };
+            if let Some(second) = second {
                 let load = |b: &Backend| {
                     b.addr
                         .as_inet()
-                        .and_then(|sa| endpoints.get(sa))
+                        .and_then(|sa| endpoints.map.get(sa))
                         .map_or(usize::MAX, |s| s.inflight.load(Ordering::Acquire))
                 };
                 if load(&second) < load(&chosen) {
@@ -676,6 +810,7 @@ impl Cluster {
             return Err(PickError::NoHealthy(self.name.clone()));
         };
         let state = endpoints
+            .map
             .get(&sa)
             .cloned()
             .ok_or_else(|| PickError::NoHealthy(self.name.clone()))?;
@@ -715,10 +850,10 @@ impl Cluster {
         }
         let now = Instant::now();
         let (ejected_now, total) = {
-            let map = self.endpoints.read();
+            let eps = self.endpoints.read();
             (
-                map.values().filter(|e| e.is_ejected(now)).count(),
-                map.len(),
+                eps.map.values().filter(|e| e.is_ejected(now)).count(),
+                eps.map.len(),
             )
         };
         // Like Envoy, at least one endpoint may be ejected whatever the percentage.
@@ -798,9 +933,27 @@ fn backend(sa: SocketAddr, weight: usize) -> Backend {
 #[derive(Default)]
 struct EndpointSource {
     fixed: BTreeSet<Backend>,
-    /// `host:port` with weight.
-    names: Vec<(String, usize)>,
+    /// The priority of each fixed address.
+    fixed_priority: HashMap<SocketAddr, u32>,
+    /// `host:port` with weight and priority.
+    names: Vec<(String, usize, u32)>,
     last: HashMap<String, Vec<SocketAddr>>,
+}
+
+impl EndpointSource {
+    /// The priority of every address, fixed or resolved; an address listed more than once
+    /// (or also resolved from a name) takes its highest level (lowest number).
+    fn priorities(&self) -> HashMap<SocketAddr, u32> {
+        let mut out = self.fixed_priority.clone();
+        for (name, _, p) in &self.names {
+            for a in self.last.get(name).into_iter().flatten() {
+                out.entry(*a)
+                    .and_modify(|q| *q = (*q).min(*p))
+                    .or_insert(*p);
+            }
+        }
+        out
+    }
 }
 
 /// Checks a cluster's endpoints as [`Cluster::build`] does (errors are `endpoints[i].…`).
@@ -837,26 +990,36 @@ fn check_endpoints_of(cfg: &ClusterConfig) -> Result<ParsedEndpoints, Vec<String
     }
 }
 
-/// Fixed backends, and DNS names (`host:port`) with their weights.
-type ParsedEndpoints = (BTreeSet<Backend>, Vec<(String, usize)>);
+/// Fixed backends with their priorities, and DNS names (`host:port`) with their weights and
+/// priorities.
+#[derive(Default)]
+struct ParsedEndpoints {
+    fixed: BTreeSet<Backend>,
+    fixed_priority: HashMap<SocketAddr, u32>,
+    names: Vec<(String, usize, u32)>,
+}
 
 /// Parses endpoint addresses: `ip:port` is fixed, `host:port` a DNS name.
 fn parse_endpoints(list: &[crate::config::EndpointConfig]) -> Result<ParsedEndpoints, Vec<String>> {
     let mut errors = Vec::new();
-    let mut fixed = BTreeSet::new();
-    let mut names = Vec::new();
+    let mut parsed = ParsedEndpoints::default();
     if list.is_empty() {
         errors.push("endpoints: at least one endpoint is required".to_owned());
     }
     for (i, e) in list.iter().enumerate() {
-        // Weights are bounded by `bounds::cluster`.
+        // Weights and priorities are bounded by `bounds::cluster`.
         match e.address.parse::<SocketAddr>() {
             Ok(sa) => {
-                fixed.insert(backend(sa, e.weight));
+                parsed.fixed.insert(backend(sa, e.weight));
+                parsed
+                    .fixed_priority
+                    .entry(sa)
+                    .and_modify(|p| *p = (*p).min(e.priority))
+                    .or_insert(e.priority);
             }
             Err(_) => match e.address.rsplit_once(':') {
                 Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                    names.push((e.address.clone(), e.weight));
+                    parsed.names.push((e.address.clone(), e.weight, e.priority));
                 }
                 _ => errors.push(format!(
                     "endpoints[{i}].address: expected ip:port or host:port, got {:?}",
@@ -866,7 +1029,7 @@ fn parse_endpoints(list: &[crate::config::EndpointConfig]) -> Result<ParsedEndpo
         }
     }
     if errors.is_empty() {
-        Ok((fixed, names))
+        Ok(parsed)
     } else {
         Err(errors)
     }
@@ -891,7 +1054,7 @@ impl pingora::lb::discovery::ServiceDiscovery for DnsDiscovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         let src = self.source.lock();
         let mut out = src.fixed.clone();
-        for (name, weight) in &src.names {
+        for (name, weight, _) in &src.names {
             for a in src.last.get(name).into_iter().flatten() {
                 out.insert(backend(*a, *weight));
             }
@@ -919,6 +1082,7 @@ pub(crate) mod tests {
             endpoints: vec![EndpointConfig {
                 address: "127.0.0.1:1".into(),
                 weight: 1,
+                priority: 0,
             }],
             original_dst: false,
             protocol: UpstreamProtocol::Http1,
@@ -970,6 +1134,7 @@ pub(crate) mod tests {
                 .map(|p| EndpointConfig {
                     address: format!("127.0.0.1:{p}"),
                     weight: 1,
+                    priority: 0,
                 })
                 .collect(),
             original_dst: false,
@@ -1080,6 +1245,245 @@ pub(crate) mod tests {
         .expect("write");
         let err = load_ca(bad.to_str().expect("utf8")).expect_err("garbage DER");
         assert!(err.contains("certificate 1"), "{err}");
+    }
+
+    fn yaml_cluster(yaml: &str) -> Cluster {
+        let metrics = MeshMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let cfg: ClusterConfig = serde_yaml_ng::from_str(yaml).expect("yaml");
+        Cluster::build(&cfg, &metrics).expect("valid")
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Ejects `a` as outlier detection would after a connect failure.
+    fn eject(c: &Cluster, a: SocketAddr) {
+        let state = c.endpoints.read().map.get(&a).cloned().expect("endpoint");
+        state.inflight.fetch_add(1, Ordering::AcqRel);
+        c.report(&Endpoint { addr: a, state }, AttemptResult::ConnectFailure);
+        assert!(
+            c.endpoints.read().map[&a].is_ejected(Instant::now()),
+            "{a} ejected"
+        );
+    }
+
+    /// Ends `a`'s ejection (as its ejection time running out would).
+    fn readmit(c: &Cluster, a: SocketAddr) {
+        *c.endpoints.read().map[&a].ejected_until.lock() = None;
+    }
+
+    /// The priorities of a cluster's levels (none with one level).
+    fn levels(c: &Cluster) -> Vec<u32> {
+        c.endpoints
+            .read()
+            .levels
+            .iter()
+            .map(|l| l.priority)
+            .collect()
+    }
+
+    /// The endpoints 100 picks (keys varying) went to.
+    fn picked(c: &Cluster, avoid: Option<SocketAddr>) -> BTreeSet<SocketAddr> {
+        (0..100)
+            .map(|i| {
+                c.pick(format!("key-{i}").as_bytes(), avoid)
+                    .expect("pick")
+                    .addr
+            })
+            .collect()
+    }
+
+    #[test]
+    fn picks_stay_on_the_highest_priority_with_a_usable_endpoint() {
+        for policy in [
+            "round_robin",
+            "random",
+            "least_request",
+            "ring_hash",
+            "maglev",
+        ] {
+            let c = yaml_cluster(&format!(
+                "{{name: c, lb_policy: {policy}, endpoints: [\
+                 {{address: \"127.0.0.1:1\"}}, {{address: \"127.0.0.1:2\", weight: 3}}, \
+                 {{address: \"127.0.0.1:3\", priority: 1, weight: 5}}, \
+                 {{address: \"127.0.0.1:4\", priority: 1}}], \
+                 outlier_detection: {{consecutive_connect_failures: 1, max_ejection_percent: 100}}}}"
+            ));
+            let (a, b, c3, d) = (addr(1), addr(2), addr(3), addr(4));
+            assert_eq!(levels(&c), [0, 1], "{policy}");
+            assert_eq!(
+                picked(&c, None),
+                BTreeSet::from([a, b]),
+                "{policy}: P0 only"
+            );
+            eject(&c, a);
+            assert_eq!(
+                picked(&c, None),
+                BTreeSet::from([b]),
+                "{policy}: P0 while one is left"
+            );
+            // A level whose only usable endpoint is avoided fails over.
+            assert_eq!(
+                picked(&c, Some(b)),
+                BTreeSet::from([c3, d]),
+                "{policy}: avoid"
+            );
+            eject(&c, b);
+            assert_eq!(picked(&c, None), BTreeSet::from([c3, d]), "{policy}: P1");
+            assert_eq!(
+                picked(&c, Some(d)),
+                BTreeSet::from([c3]),
+                "{policy}: avoid in P1"
+            );
+            readmit(&c, a);
+            assert_eq!(
+                picked(&c, None),
+                BTreeSet::from([a]),
+                "{policy}: back to P0"
+            );
+            readmit(&c, b);
+            assert_eq!(
+                picked(&c, None),
+                BTreeSet::from([a, b]),
+                "{policy}: all of P0"
+            );
+            assert_eq!(
+                picked(&c, Some(a)),
+                BTreeSet::from([b]),
+                "{policy}: avoid in P0"
+            );
+            // The avoided endpoint is the last resort when nothing else is usable.
+            for e in [b, c3, d] {
+                eject(&c, e);
+            }
+            assert_eq!(
+                picked(&c, Some(a)),
+                BTreeSet::from([a]),
+                "{policy}: last resort"
+            );
+            eject(&c, a);
+            assert!(matches!(c.pick(b"", None), Err(PickError::NoHealthy(_))));
+        }
+    }
+
+    #[test]
+    fn weights_hold_within_a_level() {
+        let c = yaml_cluster(
+            "{name: c, endpoints: [{address: \"127.0.0.1:1\", weight: 3}, \
+             {address: \"127.0.0.1:2\"}, {address: \"127.0.0.1:3\", weight: 50, priority: 1}, \
+             {address: \"127.0.0.1:4\", weight: 2, priority: 1}]}",
+        );
+        let count = |c: &Cluster| {
+            let mut n: HashMap<SocketAddr, usize> = HashMap::new();
+            for _ in 0..400 {
+                *n.entry(c.pick(b"", None).expect("pick").addr).or_default() += 1;
+            }
+            n
+        };
+        assert_eq!(
+            count(&c),
+            HashMap::from([(addr(1), 300), (addr(2), 100)]),
+            "round robin over P0's weights"
+        );
+        // P0 gone: P1's weights, whatever P0's were.
+        let c = yaml_cluster(
+            "{name: c, endpoints: [{address: \"127.0.0.1:1\", weight: 1000}, \
+             {address: \"127.0.0.1:3\", weight: 3, priority: 1}, \
+             {address: \"127.0.0.1:4\", priority: 1}], \
+             outlier_detection: {consecutive_connect_failures: 1, max_ejection_percent: 100}}",
+        );
+        eject(&c, addr(1));
+        assert_eq!(
+            count(&c),
+            HashMap::from([(addr(3), 300), (addr(4), 100)]),
+            "round robin over P1's weights"
+        );
+    }
+
+    #[test]
+    fn one_level_needs_no_priority_filter() {
+        let c = yaml_cluster(
+            "{name: c, endpoints: [{address: \"127.0.0.1:1\", priority: 3}, \
+             {address: \"127.0.0.1:2\", priority: 3}]}",
+        );
+        assert!(levels(&c).is_empty(), "one level: the balancer alone");
+        assert_eq!(picked(&c, None), BTreeSet::from([addr(1), addr(2)]));
+        assert_eq!(picked(&c, Some(addr(1))), BTreeSet::from([addr(2)]));
+        let c = yaml_cluster(
+            "{name: c, endpoints: [{address: \"127.0.0.1:1\"}, \
+             {address: \"127.0.0.1:1\", weight: 2, priority: 1}]}",
+        );
+        assert!(
+            levels(&c).is_empty(),
+            "an address listed twice takes its best level"
+        );
+    }
+
+    #[tokio::test]
+    async fn endpoint_updates_carry_priorities() {
+        let yaml = |pa: u32, pb: u32| {
+            format!(
+                "{{name: c, endpoints: [{{address: \"127.0.0.1:1\", priority: {pa}}}, \
+                 {{address: \"127.0.0.1:2\", priority: {pb}}}]}}"
+            )
+        };
+        let c = yaml_cluster(&yaml(0, 1));
+        assert_eq!(picked(&c, None), BTreeSet::from([addr(1)]));
+        let swapped: ClusterConfig = serde_yaml_ng::from_str(&yaml(1, 0)).expect("yaml");
+        assert!(c.differs_in_endpoints_only(&swapped));
+        c.set_endpoints(&swapped.endpoints).await;
+        assert_eq!(picked(&c, None), BTreeSet::from([addr(2)]));
+        assert_eq!(c.spec().endpoints, swapped.endpoints);
+        let flat: ClusterConfig = serde_yaml_ng::from_str(&yaml(0, 0)).expect("yaml");
+        c.set_endpoints(&flat.endpoints).await;
+        assert!(levels(&c).is_empty());
+        assert_eq!(picked(&c, None), BTreeSet::from([addr(1), addr(2)]));
+    }
+
+    #[test]
+    fn resolved_names_take_their_priority() {
+        let mut fixed_priority = HashMap::new();
+        fixed_priority.insert(addr(1), 2);
+        let src = EndpointSource {
+            fixed: BTreeSet::from([backend(addr(1), 1)]),
+            fixed_priority,
+            names: vec![("a.test:1".into(), 1, 1), ("b.test:5".into(), 1, 4)],
+            last: HashMap::from([
+                ("a.test:1".to_owned(), vec![addr(1), addr(6)]),
+                ("b.test:5".to_owned(), vec![addr(5), addr(6)]),
+            ]),
+        };
+        let p = src.priorities();
+        assert_eq!(p.get(&addr(1)), Some(&1), "the best of fixed and resolved");
+        assert_eq!(p.get(&addr(5)), Some(&4));
+        assert_eq!(p.get(&addr(6)), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn unhealthy_priority_zero_fails_over_and_back() {
+        // A closed port for P0 (bound, then released) and a listening one for P1.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p0 = closed.local_addr().expect("addr");
+        drop(closed);
+        let p1_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p1 = p1_listener.local_addr().expect("addr");
+        let c = yaml_cluster(&format!(
+            "{{name: c, endpoints: [{{address: \"{p0}\"}}, {{address: \"{p1}\", priority: 1}}], \
+             health_check: {{type: tcp, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 1}}}}"
+        ));
+        assert_eq!(
+            picked(&c, None),
+            BTreeSet::from([p0]),
+            "healthy until checked"
+        );
+        c.run_health_check().await;
+        assert_eq!(picked(&c, None), BTreeSet::from([p1]), "P0 down: P1");
+        let Ok(_back) = std::net::TcpListener::bind(p0) else {
+            return; // the port was taken meanwhile; the failover itself was checked
+        };
+        c.run_health_check().await;
+        assert_eq!(picked(&c, None), BTreeSet::from([p0]), "P0 up again");
     }
 
     #[test]

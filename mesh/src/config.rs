@@ -135,6 +135,13 @@ pub struct EndpointConfig {
     pub address: String,
     #[serde(default = "one")]
     pub weight: usize,
+    /// Failover level, 0 (the default) the highest, at most
+    /// [`MAX_ENDPOINT_PRIORITY`](crate::bounds::MAX_ENDPOINT_PRIORITY). Picks go to the
+    /// lowest-numbered level with a usable endpoint (healthy, not ejected, not the one a retry
+    /// avoids). A whole level fails over only when the level above has no usable endpoint
+    /// left; Envoy's gradual spill by overprovisioning factor is not implemented.
+    #[serde(default)]
+    pub priority: u32,
 }
 
 fn one() -> usize {
@@ -385,6 +392,24 @@ pub struct MatchConfig {
     pub methods: Vec<String>,
     #[serde(default)]
     pub headers: Vec<HeaderMatchConfig>,
+    /// Query parameters that must match (all of them), by the raw value of their first
+    /// occurrence in the URL, as Envoy's `query_parameters` compare.
+    #[serde(default)]
+    pub query: Vec<QueryMatchConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatchConfig {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Matches when the parameter is present (`true`, also `?flag` without a value) or
+    /// absent (`false`). Neither `exact` nor `regex` nor `present`: present.
+    #[serde(default)]
+    pub present: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -146,6 +146,7 @@ impl MeshInvoker {
                     vec![crate::config::EndpointConfig {
                         address: address.clone(),
                         weight: 1,
+                        priority: 0,
                     }],
                 );
                 let c = Cluster::build(&cfg, &self.metrics).map_err(|e| {

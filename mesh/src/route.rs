@@ -9,7 +9,8 @@ use regex::Regex;
 
 use crate::cluster::Cluster;
 use crate::config::{
-    HeaderMatchConfig, HeaderValueConfig, MatchConfig, RouteConfig, RouterConfig, VirtualHostConfig,
+    HeaderMatchConfig, HeaderValueConfig, MatchConfig, QueryMatchConfig, RouteConfig, RouterConfig,
+    VirtualHostConfig,
 };
 use crate::retry::RetryPolicy;
 
@@ -43,6 +44,7 @@ pub struct Route {
     path: PathMatch,
     methods: Vec<Method>,
     headers: Vec<HeaderMatch>,
+    query: Vec<QueryMatch>,
     pub action: Action,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<HeaderValue>,
@@ -69,6 +71,12 @@ struct HeaderMatch {
     name: HeaderName,
     cond: HeaderCond,
     invert: bool,
+}
+
+#[derive(Debug)]
+struct QueryMatch {
+    name: String,
+    cond: HeaderCond,
 }
 
 #[derive(Debug)]
@@ -150,11 +158,9 @@ fn regex(path: &str, re: &str, errors: &mut Vec<String>) -> Option<Regex> {
     }
 }
 
-fn build_match(
-    path: &str,
-    m: &MatchConfig,
-    errors: &mut Vec<String>,
-) -> (PathMatch, Vec<Method>, Vec<HeaderMatch>) {
+type BuiltMatch = (PathMatch, Vec<Method>, Vec<HeaderMatch>, Vec<QueryMatch>);
+
+fn build_match(path: &str, m: &MatchConfig, errors: &mut Vec<String>) -> BuiltMatch {
     let set = [m.prefix.is_some(), m.path.is_some(), m.regex.is_some()]
         .iter()
         .filter(|x| **x)
@@ -185,7 +191,38 @@ fn build_match(
             headers.push(hm);
         }
     }
-    (pm, methods, headers)
+    let mut query = Vec::new();
+    for (i, q) in m.query.iter().enumerate() {
+        if let Some(qm) = build_query_match(&format!("{path}.query[{i}]"), q, errors) {
+            query.push(qm);
+        }
+    }
+    (pm, methods, headers, query)
+}
+
+fn build_query_match(
+    path: &str,
+    q: &QueryMatchConfig,
+    errors: &mut Vec<String>,
+) -> Option<QueryMatch> {
+    if q.name.is_empty() {
+        errors.push(format!("{path}.name: required"));
+        return None;
+    }
+    let cond = match (&q.exact, &q.regex, q.present) {
+        (Some(e), None, None) => HeaderCond::Exact(e.clone()),
+        (None, Some(r), None) => HeaderCond::Regex(regex(&format!("{path}.regex"), r, errors)?),
+        (None, None, Some(p)) => HeaderCond::Present(p),
+        (None, None, None) => HeaderCond::Present(true),
+        _ => {
+            errors.push(format!("{path}: set only one of exact, regex, present"));
+            return None;
+        }
+    };
+    Some(QueryMatch {
+        name: q.name.clone(),
+        cond,
+    })
 }
 
 fn build_header_match(
@@ -357,7 +394,8 @@ fn build_route(
     resolve: ResolveCluster<'_>,
     errors: &mut Vec<String>,
 ) -> Route {
-    let (path, methods, headers) = build_match(&format!("{rpath}.match"), &r.matcher, errors);
+    let (path, methods, headers, query) =
+        build_match(&format!("{rpath}.match"), &r.matcher, errors);
     errors.extend(crate::bounds::route(rpath, r));
     let actions = [
         r.cluster.is_some(),
@@ -462,6 +500,7 @@ fn build_route(
         path,
         methods,
         headers,
+        query,
         action,
         prefix_rewrite: r.prefix_rewrite.clone(),
         host_rewrite,
@@ -492,11 +531,20 @@ fn build_route(
     }
 }
 
+/// The raw value of the first `name` parameter of a query string (`""` for `?name` or
+/// `?name=`), not percent-decoded: Envoy compares query matchers with the URL's bytes.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
 // === impl Route ===
 
 impl Route {
     fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
-        let path_only = path.split('?').next().unwrap_or(path);
+        let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => path_only.starts_with(p.as_str()),
             PathMatch::Exact(p) => path_only == p,
@@ -518,6 +566,13 @@ impl Route {
                     .is_some_and(|s| r.is_match(s)),
             };
             hit != h.invert
+        }) && self.query.iter().all(|q| {
+            let v = query_value(query, &q.name);
+            match &q.cond {
+                HeaderCond::Present(p) => v.is_some() == *p,
+                HeaderCond::Exact(e) => v == Some(e.as_str()),
+                HeaderCond::Regex(r) => v.is_some_and(|v| r.is_match(v)),
+            }
         })
     }
 
@@ -609,7 +664,75 @@ mod tests {
             regex: regex.map(String::from),
             methods: vec![],
             headers: vec![],
+            query: vec![],
         }
+    }
+
+    #[test]
+    fn query_parameters_match_by_their_raw_first_value() {
+        let q = |name: &str, exact: Option<&str>, regex: Option<&str>, present: Option<bool>| {
+            QueryMatchConfig {
+                name: name.into(),
+                exact: exact.map(String::from),
+                regex: regex.map(String::from),
+                present,
+            }
+        };
+        let mut debug = m(Some("/"), None, None);
+        debug.query = vec![q("debug", Some("1"), None, None)];
+        let mut v2 = m(Some("/"), None, None);
+        v2.query = vec![
+            q("v", None, Some("2(\\.[0-9]+)?"), None),
+            q("flag", None, None, None),
+        ];
+        let mut no_token = m(Some("/"), None, None);
+        no_token.query = vec![q("token", None, None, Some(false))];
+        let t = table(
+            vec![
+                route(debug, "debug"),
+                route(v2, "v2"),
+                route(no_token, "public"),
+                route(m(Some("/"), None, None), "rest"),
+            ],
+            vec!["*"],
+        );
+        let h = HeaderMap::new();
+        let c = |p: &str| {
+            t.find("x", p, &Method::GET, &h)
+                .and_then(|r| r.cluster_for(0).map(|c| c.name.as_str()))
+                .map(String::from)
+        };
+        assert_eq!(c("/a?debug=1").as_deref(), Some("debug"));
+        assert_eq!(c("/a?x=y&debug=1&debug=0").as_deref(), Some("debug"));
+        assert_eq!(
+            c("/a?debug=0&debug=1").as_deref(),
+            Some("public"),
+            "first value counts"
+        );
+        assert_eq!(c("/a?v=2.1&flag").as_deref(), Some("v2"));
+        assert_eq!(c("/a?v=2.1").as_deref(), Some("public"), "flag is required");
+        assert_eq!(c("/a?v%3D2").as_deref(), Some("public"), "no decoding");
+        assert_eq!(c("/a?token=t").as_deref(), Some("rest"));
+        assert_eq!(c("/a").as_deref(), Some("public"));
+
+        let mut bad = m(Some("/"), None, None);
+        bad.query = vec![q("", None, None, None), q("x", Some("1"), Some("1"), None)];
+        let cfg = RouterConfig {
+            virtual_hosts: vec![VirtualHostConfig {
+                name: "vh".into(),
+                domains: vec!["*".into()],
+                routes: vec![route(bad, "c")],
+            }],
+            access_log: false,
+        };
+        let errors = RouteTable::build("r", &cfg, &any_cluster).expect_err("invalid");
+        assert_eq!(
+            errors,
+            [
+                "r.virtual_hosts[0].routes[0].match.query[0].name: required",
+                "r.virtual_hosts[0].routes[0].match.query[1]: set only one of exact, regex, present",
+            ]
+        );
     }
 
     #[test]

@@ -28,7 +28,8 @@
 //!   `websocket` upgrades (forwarded as Pingora forwards upgrades).
 //! - **RouteConfiguration**: virtual hosts (`domains` exact, `*.suffix`, `*`); route match
 //!   `prefix`, `path`, `safe_regex`, `headers` (exact, safe_regex, present, string_match
-//!   exact/prefix/suffix/contains/regex with ignore_case, `invert_match`), `grpc`; actions
+//!   exact/prefix/suffix/contains/regex with ignore_case, `invert_match`), `query_parameters`
+//!   (the same string matching, `present_match`; the raw first value), `grpc`; actions
 //!   `cluster`, `weighted_clusters`, `redirect`, `direct_response` (inline body),
 //!   `prefix_rewrite`, `host_rewrite_literal`, `timeout`, `idle_timeout`, `retry_policy`
 //!   (`retry_on`, `num_retries`, `retriable_status_codes`, `per_try_timeout`,
@@ -37,16 +38,22 @@
 //!   configuration level (folded into each route).
 //! - **Cluster**: `EDS` (endpoints from the ClusterLoadAssignment named by
 //!   `eds_cluster_config.service_name`, else the cluster name; absent → *warming*), `STATIC`,
-//!   `STRICT_DNS` (`dns_refresh_rate`); `lb_policy` ROUND_ROBIN, LEAST_REQUEST (2 choices),
+//!   `STRICT_DNS` (`dns_refresh_rate`), `ORIGINAL_DST` with `CLUSTER_PROVIDED` (each
+//!   connection or request to its original destination; `original_dst_lb_config` options
+//!   refused); `lb_policy` ROUND_ROBIN, LEAST_REQUEST (2 choices),
 //!   RANDOM, RING_HASH, MAGLEV (table 65537); `connect_timeout`; one health check (HTTP path,
 //!   gRPC service, TCP connect); `outlier_detection` (consecutive 5xx / local-origin failures,
 //!   ejection times and percent; success-rate ejection must be off); `circuit_breakers`
 //!   (default priority; `retry_budget`); HTTP/2 via `typed_extension_protocol_options`
 //!   (`HttpProtocolOptions.explicit_http_config.http2_protocol_options` → `h2c`, Envoy speaks
-//!   h2 prior knowledge without a transport socket; `max_concurrent_streams`).
+//!   h2 prior knowledge without a transport socket; `max_concurrent_streams`), and
+//!   `use_downstream_protocol_config` (→ `downstream`: h2c for HTTP/2 requests, HTTP/1.1
+//!   otherwise; Istio's passthrough clusters).
 //! - **ClusterLoadAssignment**: endpoints with `load_balancing_weight`; `UNHEALTHY`,
-//!   `DRAINING`, `TIMEOUT` are left out (`DEGRADED` counts as healthy); priority 0 only:
-//!   endpoints at higher priorities (failover) are dropped and listed in `ignored`.
+//!   `DRAINING`, `TIMEOUT` are left out (`DEGRADED` counts as healthy); `priority` (≤ 127)
+//!   becomes the endpoints' priority: picks go to the highest priority with a usable endpoint,
+//!   failing over a whole priority at a time (no gradual spill by
+//!   `overprovisioning_factor`).
 //! - **Component**: name, type, metadata → [`ComponentSpec`], validated by building it as a
 //!   file component is.
 //! - `udpa.type.v1.TypedStruct` / `xds.type.v3.TypedStruct` configs are recognised by their
@@ -55,8 +62,9 @@
 //! # Not supported yet (error "not supported yet")
 //! Filter chains chosen by TLS (`transport_protocol: tls`, `server_names`), by protocol (two
 //! chains for one destination), by source, or by address ranges other than one address or
-//! any; transport sockets (TLS) on listeners and clusters, `ORIGINAL_DST` and `LOGICAL_DNS` clusters, query parameter / cookie / runtime
-//! matchers, route hash policies other than the source IP, endpoint priorities as failover,
+//! any; transport sockets (TLS) on listeners and clusters, `LOGICAL_DNS` clusters,
+//! `upstream_bind_config`, cookie / runtime matchers, route hash policies other than the
+//! source IP,
 //! `normalize_path`, `merge_slashes`, `use_remote_address`, gRPC timeout headers
 //! (`max_grpc_timeout`, `max_stream_duration`), per-filter configs, mirrors, rate limits,
 //! hedging, CORS policies, HTTP/1-only or HTTP/2-only codecs, subsets, locality weighting.
@@ -95,7 +103,7 @@ pub struct Translated {
     /// route_config "r"`).
     pub warming: Vec<String>,
     /// What was accepted and does nothing here (Istio's telemetry filters, optional unknown
-    /// filters, dropped failover endpoints), for `/config_dump`.
+    /// filters), for `/config_dump`.
     pub ignored: Vec<String>,
 }
 
@@ -117,7 +125,7 @@ pub fn translate(res: &XdsResources) -> Result<Translated, Vec<ResourceError>> {
     for (key, cla) in &res.endpoints {
         let mut e = Errs::new("endpoints", key, &mut errors);
         let before = e.count();
-        let eps = cluster::assignment(cla, "", &mut e, &mut out.ignored, key);
+        let eps = cluster::assignment(cla, "", &mut e, key);
         if e.count() == before {
             assignments.insert(key.as_str(), eps);
         }
@@ -127,7 +135,7 @@ pub fn translate(res: &XdsResources) -> Result<Translated, Vec<ResourceError>> {
     let mut absent_clusters = HashSet::new();
     for (key, c) in &res.clusters {
         let mut e = Errs::new("cluster", key, &mut errors);
-        match cluster::translate(key, c, res, &assignments, &mut e, &mut out.ignored) {
+        match cluster::translate(key, c, res, &assignments, &mut e) {
             cluster::Outcome::Ready(cfg) => out.clusters.push(*cfg),
             cluster::Outcome::Warming(why) => {
                 absent_clusters.insert(key.clone());

@@ -494,25 +494,93 @@ fn eds_cluster_takes_weights_and_leaves_out_unhealthy_endpoints() {
             ],
         ),
     );
-    // A failover priority: dropped and listed.
+    // A failover priority: kept, with its priority, and health status applies there too.
     if let Some(a) = res.endpoints.get_mut("svc") {
         a.endpoints.push(LocalityLbEndpoints {
             priority: 1,
-            lb_endpoints: vec![lb_endpoint("10.0.1.1", 80, None, HealthStatus::Healthy)],
+            lb_endpoints: vec![
+                lb_endpoint("10.0.1.1", 80, Some(2), HealthStatus::Healthy),
+                lb_endpoint("10.0.1.2", 80, None, HealthStatus::Unhealthy),
+            ],
             ..Default::default()
         });
     }
     let t = ok(&res);
-    let eps: Vec<(&str, usize)> = t.clusters[0]
+    let eps: Vec<(&str, usize, u32)> = t.clusters[0]
         .endpoints
         .iter()
-        .map(|e| (e.address.as_str(), e.weight))
+        .map(|e| (e.address.as_str(), e.weight, e.priority))
         .collect();
-    assert_eq!(eps, [("10.0.0.1:80", 3), ("10.0.0.5:80", 1)]);
+    assert_eq!(
+        eps,
+        [
+            ("10.0.0.1:80", 3, 0),
+            ("10.0.0.5:80", 1, 0),
+            ("10.0.1.1:80", 2, 1)
+        ]
+    );
     assert!(
-        t.ignored.iter().any(|i| i.contains("priority > 0")),
+        !t.ignored.iter().any(|i| i.contains("priority")),
         "{:?}",
         t.ignored
+    );
+}
+
+#[test]
+fn eds_priorities_become_endpoint_priorities() {
+    let mut res = set(vec![], vec![], vec![eds_cluster("svc")]);
+    let level = |priority: u32, ip: &str| LocalityLbEndpoints {
+        priority,
+        lb_endpoints: vec![lb_endpoint(ip, 80, None, HealthStatus::Healthy)],
+        ..Default::default()
+    };
+    res.endpoints.insert(
+        "svc".to_owned(),
+        ClusterLoadAssignment {
+            cluster_name: "svc".to_owned(),
+            endpoints: vec![
+                level(2, "10.0.2.1"),
+                level(0, "10.0.0.1"),
+                level(1, "10.0.1.1"),
+            ],
+            ..Default::default()
+        },
+    );
+    let t = ok(&res);
+    let eps: Vec<(&str, u32)> = t.clusters[0]
+        .endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.priority))
+        .collect();
+    assert_eq!(
+        eps,
+        [("10.0.2.1:80", 2), ("10.0.0.1:80", 0), ("10.0.1.1:80", 1)]
+    );
+    // Only failover endpoints (priority 0 empty) are fine too: they are the best level.
+    res.endpoints.insert(
+        "svc".to_owned(),
+        ClusterLoadAssignment {
+            cluster_name: "svc".to_owned(),
+            endpoints: vec![level(1, "10.0.1.1")],
+            ..Default::default()
+        },
+    );
+    assert_eq!(ok(&res).clusters[0].endpoints[0].priority, 1);
+    // Beyond 127 the assignment is NACKed naming the field.
+    res.endpoints.insert(
+        "svc".to_owned(),
+        ClusterLoadAssignment {
+            cluster_name: "svc".to_owned(),
+            endpoints: vec![level(0, "10.0.0.1"), level(128, "10.0.9.1")],
+            ..Default::default()
+        },
+    );
+    let errors = errors_of(&res);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("endpoints[1].priority: at most 127, got 128")),
+        "{errors:?}"
     );
 }
 
@@ -1321,28 +1389,70 @@ fn filter_chain_matches_the_model_cannot_serve_are_named() {
 }
 
 #[test]
-fn query_matchers_are_not_supported_yet() {
+fn query_matchers_map() {
+    use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher};
     let l = listener(
         "l",
         18094,
         vec![hcm_filter(&hcm_rds("r", vec![router_filter()]))],
     );
     let mut r = route_to("/", "c1");
+    let q = |name: &str, spec: Option<Q>| QueryParameterMatcher {
+        name: name.to_owned(),
+        query_parameter_match_specifier: spec,
+    };
+    let sm = |p: string_matcher::MatchPattern, ignore_case: bool| {
+        Some(Q::StringMatch(StringMatcher {
+            ignore_case,
+            match_pattern: Some(p),
+        }))
+    };
     if let Some(m) = &mut r.r#match {
-        m.query_parameters = vec![QueryParameterMatcher {
-            name: "debug".to_owned(),
-            ..Default::default()
-        }];
+        m.query_parameters = vec![
+            q("debug", None),
+            q(
+                "v",
+                sm(string_matcher::MatchPattern::Exact("2".into()), false),
+            ),
+            q(
+                "lang",
+                sm(string_matcher::MatchPattern::Prefix("en".into()), true),
+            ),
+            q("off", Some(Q::PresentMatch(false))),
+        ];
     }
     let res = set(
         vec![l],
         vec![route_config("r", vec![r])],
         vec![static_cluster("c1", 9001)],
     );
-    assert_error(
-        &res,
-        "route_config \"r\": virtual_hosts[0].routes[0].match.query_parameters: not supported yet",
+    let t = ok(&res);
+    let query = &router_of(&t.listeners[0]).virtual_hosts[0].routes[0]
+        .matcher
+        .query;
+    type Row<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<bool>);
+    let got: Vec<Row<'_>> = query
+        .iter()
+        .map(|q| {
+            (
+                q.name.as_str(),
+                q.exact.as_deref(),
+                q.regex.as_deref(),
+                q.present,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("debug", None, None, Some(true)),
+            ("v", Some("2"), None, None),
+            ("lang", None, Some("(?i)en.*"), None),
+            ("off", None, None, Some(false)),
+        ]
     );
+    merged(&t);
 }
 
 /// Istio's PassthroughCluster, as istiod builds it.

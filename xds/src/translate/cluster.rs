@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{self, explicit_http_config},
     HttpProtocolOptions,
 };
+use mecha_mesh::bounds::MAX_ENDPOINT_PRIORITY;
 use mecha_mesh::config::{
     CircuitBreakerConfig, ClusterConfig, Dur, EndpointConfig, HealthCheckConfig, HealthCheckKind,
     LbPolicy, OutlierConfig, UpstreamProtocol,
@@ -43,7 +44,6 @@ pub(super) fn translate(
     res: &XdsResources,
     assignments: &BTreeMap<&str, Vec<EndpointConfig>>,
     e: &mut Errs<'_>,
-    ignored: &mut Vec<String>,
 ) -> Outcome {
     let before = e.count();
     let Cluster {
@@ -228,14 +228,7 @@ pub(super) fn translate(
                 }
             }
             match load_assignment {
-                Some(cla) => Some(assignment_inner(
-                    cla,
-                    "load_assignment",
-                    e,
-                    ignored,
-                    key,
-                    strict_dns,
-                )),
+                Some(cla) => Some(assignment_inner(cla, "load_assignment", e, strict_dns)),
                 None => {
                     e.at(
                         "load_assignment",
@@ -767,7 +760,6 @@ pub(super) fn assignment(
     cla: &ClusterLoadAssignment,
     path: &str,
     e: &mut Errs<'_>,
-    ignored: &mut Vec<String>,
     owner: &str,
 ) -> Vec<EndpointConfig> {
     if !cla.cluster_name.is_empty() && cla.cluster_name != owner {
@@ -779,16 +771,16 @@ pub(super) fn assignment(
             ),
         );
     }
-    assignment_inner(cla, path, e, ignored, owner, false)
+    assignment_inner(cla, path, e, false)
 }
 
+/// Endpoints with their weights and priorities (each `LocalityLbEndpoints.priority` becomes
+/// its endpoints' `priority`); health status leaves some out.
 #[allow(deprecated)]
 fn assignment_inner(
     cla: &ClusterLoadAssignment,
     path: &str,
     e: &mut Errs<'_>,
-    ignored: &mut Vec<String>,
-    owner: &str,
     names_ok: bool,
 ) -> Vec<EndpointConfig> {
     let ClusterLoadAssignment {
@@ -804,7 +796,9 @@ fn assignment_inner(
             &p.overprovisioning_factor,
             &p.endpoint_stale_after,
         );
-        // The overprovisioning factor only matters between priorities and localities.
+        // The overprovisioning factor sets how Envoy spills traffic gradually between
+        // priorities (and localities); Mecha fails over a whole priority when the one above
+        // has no usable endpoint left, so it is not used.
         let _ = overprovisioning_factor;
         let pp = join(path, "policy");
         refuse!(e, pp; drop_overloads, endpoint_stale_after);
@@ -813,8 +807,6 @@ fn assignment_inner(
         }
     }
     let mut out = Vec::new();
-    let mut failover = 0usize;
-    let mut have_priority0 = false;
     for (i, loc) in endpoints.iter().enumerate() {
         let lp = join(path, format!("endpoints[{i}]"));
         let LocalityLbEndpoints {
@@ -831,29 +823,20 @@ fn assignment_inner(
         if lb_config.is_some() {
             e.unsupported(&lp, "lb_config");
         }
-        if *priority > 0 {
-            // The model has one priority: failover endpoints are dropped (listed).
-            failover += lb_endpoints.len();
+        if *priority > MAX_ENDPOINT_PRIORITY {
+            e.at(
+                &join(&lp, "priority"),
+                format!("at most {MAX_ENDPOINT_PRIORITY}, got {priority}"),
+            );
             continue;
         }
         for (j, lbe) in lb_endpoints.iter().enumerate() {
-            have_priority0 = true;
             if let Some(ep) = endpoint(e, &format!("{lp}.lb_endpoints[{j}]"), lbe, names_ok) {
-                out.extend(ep);
+                out.extend(ep.map(|ep| EndpointConfig {
+                    priority: *priority,
+                    ..ep
+                }));
             }
-        }
-    }
-    if failover > 0 {
-        if have_priority0 {
-            ignored.push(format!(
-                "endpoints {owner:?}: {failover} endpoints at priority > 0 (failover) dropped: \
-                 priorities not supported yet"
-            ));
-        } else {
-            e.at(
-                &join(path, "endpoints"),
-                "only endpoints at priority > 0: priorities not supported yet",
-            );
         }
     }
     out
@@ -916,6 +899,7 @@ fn endpoint(
             Some(Some(EndpointConfig {
                 address: addr,
                 weight,
+                priority: 0,
             }))
         }
         Err(_) => {

@@ -8,16 +8,18 @@ use envoy_types::pb::envoy::config::core::v3::{
     HeaderValueOption, RoutingPriority,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier, redirect_action, route, route_action,
-    route_action::hash_policy, route_match, weighted_cluster::ClusterWeight, DirectResponseAction,
-    HeaderMatcher, RedirectAction, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-    WeightedCluster,
+    header_matcher::HeaderMatchSpecifier,
+    query_parameter_matcher::QueryParameterMatchSpecifier as QuerySpecifier, redirect_action,
+    route, route_action, route_action::hash_policy, route_match, weighted_cluster::ClusterWeight,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
 use envoy_types::pb::google::protobuf::Any;
 use mecha_mesh::config::{
-    DirectResponseConfig, Dur, HeaderMatchConfig, HeaderValueConfig, MatchConfig, RedirectConfig,
-    RetryPolicyConfig, RouteConfig, RouterConfig, VirtualHostConfig, WeightedClusterConfig,
+    DirectResponseConfig, Dur, HeaderMatchConfig, HeaderValueConfig, MatchConfig, QueryMatchConfig,
+    RedirectConfig, RetryPolicyConfig, RouteConfig, RouterConfig, VirtualHostConfig,
+    WeightedClusterConfig,
 };
 
 use super::filters::ignorable_per_filter_key;
@@ -356,6 +358,7 @@ fn one_route(
             regex: None,
             methods: Vec::new(),
             headers: Vec::new(),
+            query: Vec::new(),
         }),
         cluster: None,
         weighted_clusters: None,
@@ -412,8 +415,7 @@ fn route_match(e: &mut Errs<'_>, path: &str, m: &RouteMatch) -> Option<MatchConf
         path_specifier,
     } = m;
     let before = e.count();
-    refuse!(e, path; runtime_fraction, query_parameters, cookies, tls_context, dynamic_metadata,
-        filter_state);
+    refuse!(e, path; runtime_fraction, cookies, tls_context, dynamic_metadata, filter_state);
     if boolv(case_sensitive) == Some(false) {
         e.unsupported(path, "case_sensitive: false");
     }
@@ -423,6 +425,7 @@ fn route_match(e: &mut Errs<'_>, path: &str, m: &RouteMatch) -> Option<MatchConf
         regex: None,
         methods: Vec::new(),
         headers: Vec::new(),
+        query: Vec::new(),
     };
     match path_specifier {
         Some(route_match::PathSpecifier::Prefix(p)) => out.prefix = Some(p.clone()),
@@ -444,6 +447,11 @@ fn route_match(e: &mut Errs<'_>, path: &str, m: &RouteMatch) -> Option<MatchConf
     for (i, h) in headers.iter().enumerate() {
         if let Some(hm) = header_matcher(e, &format!("{path}.headers[{i}]"), h) {
             out.headers.push(hm);
+        }
+    }
+    for (i, q) in query_parameters.iter().enumerate() {
+        if let Some(qm) = query_matcher(e, &format!("{path}.query_parameters[{i}]"), q) {
+            out.query.push(qm);
         }
     }
     // Envoy's gRPC match: a content-type of application/grpc (any suffix).
@@ -525,6 +533,43 @@ fn header_matcher(e: &mut Errs<'_>, path: &str, h: &HeaderMatcher) -> Option<Hea
         }
     }
     Some(out)
+}
+
+fn query_matcher(
+    e: &mut Errs<'_>,
+    path: &str,
+    q: &QueryParameterMatcher,
+) -> Option<QueryMatchConfig> {
+    let QueryParameterMatcher {
+        name,
+        query_parameter_match_specifier,
+    } = q;
+    if name.is_empty() {
+        e.at(&join(path, "name"), "required");
+        return None;
+    }
+    // The same string matching as headers, onto the model's exact / regex / present.
+    let mut m = HeaderMatchConfig {
+        name: name.clone(),
+        exact: None,
+        regex: None,
+        present: None,
+        invert: false,
+    };
+    match query_parameter_match_specifier {
+        // Envoy: no specifier means "present".
+        None => m.present = Some(true),
+        Some(QuerySpecifier::PresentMatch(p)) => m.present = Some(*p),
+        Some(QuerySpecifier::StringMatch(sm)) => {
+            string_match(e, &join(path, "string_match"), sm, &mut m)?
+        }
+    }
+    Some(QueryMatchConfig {
+        name: m.name,
+        exact: m.exact,
+        regex: m.regex,
+        present: m.present,
+    })
 }
 
 fn string_match(
