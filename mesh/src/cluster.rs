@@ -604,6 +604,17 @@ impl Cluster {
     /// the update completes in this call.
     fn adopt_endpoints(&self) {
         let _serial = self.update_lock.lock();
+        // A pick needs the endpoint's state: give new endpoints theirs before the balancer
+        // can choose them (otherwise a request landing in between finds "no healthy
+        // endpoint"). Vanished ones lose theirs in `sync_endpoints`, after the balancer
+        // stopped choosing them.
+        let next = self.source.lock().priorities();
+        {
+            let mut eps = self.endpoints.write();
+            for a in next.keys() {
+                eps.map.entry(*a).or_default();
+            }
+        }
         let done = match &self.balancer {
             Balancer::RoundRobin(lb) => futures::FutureExt::now_or_never(lb.update()),
             Balancer::Random(lb) => futures::FutureExt::now_or_never(lb.update()),
@@ -1102,6 +1113,50 @@ pub(crate) mod tests {
     fn cluster(breakers: CircuitBreakerConfig) -> Arc<Cluster> {
         let metrics = MeshMetrics::register(&mut prometheus_client::registry::Registry::default());
         Arc::new(Cluster::build(&config(breakers), &metrics).expect("valid"))
+    }
+
+    /// Endpoint updates swap the balancer while requests pick: no pick may fall in a gap
+    /// where the new endpoint is chosen but has no state yet (it used to answer 503 "no
+    /// healthy endpoint" during xDS endpoint churn).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn picks_never_fail_while_endpoints_are_swapped() {
+        let metrics = MeshMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let c = Arc::new(
+            Cluster::build(&config(CircuitBreakerConfig::default()), &metrics).expect("valid"),
+        );
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let picker = {
+            let (c, stop) = (c.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut picks, mut failures) = (0u64, Vec::new());
+                while !stop.load(Ordering::Acquire) {
+                    match c.pick(b"", None) {
+                        Ok(_) => {}
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                    picks += 1;
+                }
+                (picks, failures)
+            })
+        };
+        for i in 0..2000u32 {
+            let port = 2 + (i % 2);
+            let list = [EndpointConfig {
+                address: format!("127.0.0.1:{port}"),
+                weight: 1,
+                priority: 0,
+            }];
+            c.set_endpoints(&list).await;
+        }
+        stop.store(true, Ordering::Release);
+        let (picks, failures) = picker.join().expect("picker");
+        assert!(picks > 0);
+        assert!(
+            failures.is_empty(),
+            "{} of {picks} picks failed: {:?}",
+            failures.len(),
+            failures.first()
+        );
     }
 
     #[test]
