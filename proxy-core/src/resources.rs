@@ -267,7 +267,7 @@ impl ResourceManager {
                             "version_info": r.version,
                             "last_updated": rfc3339(r.last_updated),
                         });
-                        item[*field] = r.content.clone();
+                        item[*field] = (*r.content).clone();
                         if *kind == ResourceKind::Cluster {
                             if let Some(c) = snap.clusters.get(&r.name) {
                                 item["endpoint_count"] = json!(c.endpoint_count());

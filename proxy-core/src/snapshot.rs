@@ -62,8 +62,10 @@ pub struct ResourceStatus {
     /// The config version in which this resource last changed.
     pub version: String,
     pub last_updated: SystemTime,
-    /// What config said of it (secrets redacted).
-    pub content: serde_json::Value,
+    /// What config said of it (secrets redacted). Shared with the next Snapshot while the
+    /// resource is unchanged: cutting it out of the document again is most of an xDS
+    /// update's cost at thousands of resources.
+    pub content: Arc<serde_json::Value>,
 }
 
 /// Where an update comes from and what it says, as `/config_dump` reports it.
@@ -417,11 +419,21 @@ impl Snapshot {
             .iter()
             .map(|(n, c)| (n.as_str(), c))
             .collect();
-        let mut status = |kind: ResourceKind, name: &str, changed: bool, content| {
+        // `fresh`: whether its content must be cut from this document again (a resource
+        // unchanged in what it shows keeps the previous Snapshot's).
+        let mut status = |kind: ResourceKind,
+                          name: &str,
+                          changed: bool,
+                          fresh: bool,
+                          content: &dyn Fn() -> serde_json::Value| {
             let old = prev_index.get(&(kind, name)).copied();
             let (version, last_updated) = match old {
                 Some(o) if !changed => (o.version.clone(), o.last_updated),
                 _ => (source.version.clone(), now),
+            };
+            let content = match old {
+                Some(o) if !fresh => o.content.clone(),
+                _ => Arc::new(content()),
             };
             plan.counts[match (old, changed) {
                 (None, _) => 0,
@@ -437,38 +449,36 @@ impl Snapshot {
             });
         };
         for (i, l) in config.listeners.iter().enumerate() {
-            // Its route table is a resource of its own: a route edit changes that one.
+            // Its route table is a resource of its own: a route edit changes that one (but the
+            // listener's content, which shows its routes, is cut again).
             let changed = prev
                 .is_none_or(|p| p.listener(&l.name).map(without_routes) != Some(without_routes(l)));
-            status(
-                ResourceKind::Listener,
-                &l.name,
-                changed,
-                section(&source.document, "listeners", i),
-            );
+            let same = prev.and_then(|p| p.listener(&l.name)) == Some(l);
+            status(ResourceKind::Listener, &l.name, changed, !same, &|| {
+                section(&source.document, "listeners", i)
+            });
         }
         for (i, (l, route)) in config.listeners.iter().zip(&routes).enumerate() {
             if let Some(r) = route {
                 let changed = prev
                     .and_then(|p| p.route_for(&l.name))
                     .is_none_or(|old| !Arc::ptr_eq(&old.router, &r.router));
-                let content = section(&source.document, "listeners", i)
-                    .get("filters")
-                    .and_then(|f| f.as_array())
-                    .and_then(|f| f.last().cloned())
-                    .unwrap_or_default();
-                status(ResourceKind::RouteConfig, &l.name, changed, content);
+                let same = prev.and_then(|p| p.listener(&l.name)) == Some(l);
+                status(ResourceKind::RouteConfig, &l.name, changed, !same, &|| {
+                    section(&source.document, "listeners", i)
+                        .get("filters")
+                        .and_then(|f| f.as_array())
+                        .and_then(|f| f.last().cloned())
+                        .unwrap_or_default()
+                });
             }
         }
         for (i, c) in config.clusters.iter().enumerate() {
             let change = changes.get(c.name.as_str()).map(|ch| (*ch).clone());
             let changed = change != Some(ClusterChange::Kept);
-            status(
-                ResourceKind::Cluster,
-                &c.name,
-                changed,
-                section(&source.document, "clusters", i),
-            );
+            status(ResourceKind::Cluster, &c.name, changed, changed, &|| {
+                section(&source.document, "clusters", i)
+            });
             let Some(cluster) = cluster_plan.clusters.get(&c.name) else {
                 continue;
             };
@@ -486,12 +496,9 @@ impl Snapshot {
             let block = mecha_capabilities::registry::block_of(&c.kind);
             let carried = block.is_some_and(|b| carried_over(prev, &registry, b, &c.name));
             let name = component_name(c.kind.as_str(), &c.name);
-            status(
-                ResourceKind::Component,
-                &name,
-                !carried,
-                section(&source.document, "components", i),
-            );
+            status(ResourceKind::Component, &name, !carried, !carried, &|| {
+                section(&source.document, "components", i)
+            });
         }
         if let Some(p) = prev {
             // Every resource that existed before and still does was counted changed or kept.

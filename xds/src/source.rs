@@ -122,13 +122,7 @@ impl Apply {
         let update = UpdateSource {
             source: self.origin.clone(),
             version: format!("xds-{seq}"),
-            // What /config_dump shows as each resource's content: the config model each
-            // xDS resource became (index-aligned with `config`, as a file's document is).
-            document: json!({
-                "listeners": config.listeners,
-                "clusters": config.clusters,
-                "components": config.components,
-            }),
+            document: document(&self.manager.current().config, &config),
         };
         match self.manager.apply_config("xds", update, config).await {
             Ok(outcome) => {
@@ -144,6 +138,32 @@ impl Apply {
             Err(errors) => Err(update_errors(errors)),
         }
     }
+}
+
+/// What /config_dump shows as each resource's content: the config model each xDS resource
+/// became, index-aligned with `next` as a file's document is. A resource equal to the running
+/// one is left `null`: the dump keeps the content it has for it, and serializing thousands of
+/// unchanged clusters on every response was a large part of an update's cost.
+fn document(running: &Config, next: &Config) -> serde_json::Value {
+    fn items<T: PartialEq + serde::Serialize>(
+        running: &[T],
+        next: &[T],
+        name: impl Fn(&T) -> &str,
+    ) -> serde_json::Value {
+        let by_name: std::collections::HashMap<&str, &T> =
+            running.iter().map(|r| (name(r), r)).collect();
+        next.iter()
+            .map(|n| match by_name.get(name(n)) {
+                Some(r) if *r == n => serde_json::Value::Null,
+                _ => serde_json::to_value(n).unwrap_or_default(),
+            })
+            .collect()
+    }
+    json!({
+        "listeners": items(&running.listeners, &next.listeners, |l| &l.name),
+        "clusters": items(&running.clusters, &next.clusters, |c| &c.name),
+        "components": items(&running.components, &next.components, |c| &c.name),
+    })
 }
 
 /// Errors of the merged config (they name their config path, e.g. `clusters[3].endpoints`).
