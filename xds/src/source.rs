@@ -102,7 +102,9 @@ struct Apply {
 
 impl Apply {
     async fn apply(&self, resources: &XdsResources) -> Result<(), Vec<ResourceError>> {
+        let started = std::time::Instant::now();
         let translated = translate::translate(resources)?;
+        let translated_at = started.elapsed();
         for line in &translated.ignored {
             tracing::debug!("xds: ignored: {line}");
         }
@@ -118,15 +120,18 @@ impl Apply {
             );
         }
         let config = translate::merge(&self.bootstrap, &translated).map_err(update_errors)?;
+        let merged_at = started.elapsed();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let update = UpdateSource {
             source: self.origin.clone(),
             version: format!("xds-{seq}"),
             document: document(&self.manager.current().config, &config),
         };
+        let documented_at = started.elapsed();
         match self.manager.apply_config("xds", update, config).await {
             Ok(outcome) => {
-                tracing::debug!(?outcome, "xds: update applied");
+                tracing::debug!(?outcome, ?translated_at, ?merged_at, ?documented_at,
+                    applied_at = ?started.elapsed(), "xds: update applied");
                 if let Ok(mut n) = self.notes.lock() {
                     *n = Notes {
                         warming: translated.warming,
@@ -159,11 +164,21 @@ fn document(running: &Config, next: &Config) -> serde_json::Value {
             })
             .collect()
     }
-    json!({
-        "listeners": items(&running.listeners, &next.listeners, |l| &l.name),
-        "clusters": items(&running.clusters, &next.clusters, |c| &c.name),
-        "components": items(&running.components, &next.components, |c| &c.name),
-    })
+    // Built by hand: `json!` would serialize these values once more (a deep copy).
+    let mut doc = serde_json::Map::new();
+    doc.insert(
+        "listeners".into(),
+        items(&running.listeners, &next.listeners, |l| &l.name),
+    );
+    doc.insert(
+        "clusters".into(),
+        items(&running.clusters, &next.clusters, |c| &c.name),
+    );
+    doc.insert(
+        "components".into(),
+        items(&running.components, &next.components, |c| &c.name),
+    );
+    serde_json::Value::Object(doc)
 }
 
 /// Errors of the merged config (they name their config path, e.g. `clusters[3].endpoints`).
