@@ -510,6 +510,12 @@ impl Cluster {
         self.spec.read().clone()
     }
 
+    /// Whether this cluster serves exactly `cfg` (without cloning the spec: updates compare
+    /// thousands of clusters).
+    pub fn serves(&self, cfg: &ClusterConfig) -> bool {
+        *self.spec.read() == *cfg
+    }
+
     /// Whether `cfg` differs from what this cluster serves in its endpoints only (so
     /// [`Cluster::set_endpoints`] can adopt it in place, keeping every other state).
     pub fn differs_in_endpoints_only(&self, cfg: &ClusterConfig) -> bool {
@@ -749,6 +755,8 @@ impl Cluster {
     /// and Maglev only. `avoid` skips an endpoint (the one that just failed): a level whose
     /// only usable endpoint is avoided fails over to the next one.
     pub fn pick(&self, hash_key: &[u8], avoid: Option<SocketAddr>) -> Result<Endpoint, PickError> {
+        /// Selections tried before a pick says no endpoint is usable (see below).
+        const PICK_TRIES: usize = 3;
         // Without outlier detection nothing is ever ejected: skip the clock and the locks.
         let now = self.outlier.is_some().then(Instant::now);
         let endpoints = self.endpoints.read();
@@ -765,23 +773,30 @@ impl Cluster {
         };
         let backends = self.balancer.backends();
         // The level picked from (None: the balancer, over every endpoint).
-        let found = if endpoints.levels.is_empty() {
-            self.balancer
-                .select_with(hash_key, |b, h| usable(b, h, avoid))
-                .map(|b| (b, None))
-        } else {
-            endpoints.levels.iter().find_map(|level| {
-                let ok = |b: &Backend| usable(b, backends.ready(b), avoid);
-                // A level with nothing usable is passed over without walking its selection;
-                // one with a usable endpoint serves, even if the bounded walk misses it.
-                let any = level.backends.iter().find(|b| ok(b))?;
-                let b = level
-                    .selector
-                    .select_with(hash_key, ok)
-                    .unwrap_or_else(|| any.clone());
-                Some((b, Some(level)))
-            })
+        let select = || {
+            if endpoints.levels.is_empty() {
+                self.balancer
+                    .select_with(hash_key, |b, h| usable(b, h, avoid))
+                    .map(|b| (b, None))
+            } else {
+                endpoints.levels.iter().find_map(|level| {
+                    let ok = |b: &Backend| usable(b, backends.ready(b), avoid);
+                    // A level with nothing usable is passed over without walking its selection;
+                    // one with a usable endpoint serves, even if the bounded walk misses it.
+                    let any = level.backends.iter().find(|b| ok(b))?;
+                    let b = level
+                        .selector
+                        .select_with(hash_key, ok)
+                        .unwrap_or_else(|| any.clone());
+                    Some((b, Some(level)))
+                })
+            }
         };
+        // Pingora publishes a new selector and then the new membership's readiness: a pick
+        // that loaded the old selector just before an endpoint update and checks readiness
+        // just after finds its backend no longer ready. A fresh selection sees the new
+        // selector; only a cluster with nothing usable pays for the retries.
+        let found = (0..PICK_TRIES).find_map(|_| select());
         let (first, level) = found
             // The avoided endpoint is still better than none (no other is usable at any level).
             .or_else(|| {

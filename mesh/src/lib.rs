@@ -95,7 +95,7 @@ pub fn plan_clusters(
         }
         let old = prev.and_then(|p| p.get(&c.name));
         let (cluster, change) = match old {
-            Some(o) if o.spec() == *c => (Ok(o.clone()), ClusterChange::Kept),
+            Some(o) if o.serves(c) => (Ok(o.clone()), ClusterChange::Kept),
             Some(o) if o.differs_in_endpoints_only(c) => {
                 // Not rebuilt, so checked here as `Cluster::build` would.
                 let mut errs = bounds::cluster(c);

@@ -62,10 +62,20 @@ pub struct ResourceStatus {
     /// The config version in which this resource last changed.
     pub version: String,
     pub last_updated: SystemTime,
-    /// What config said of it (secrets redacted). Shared with the next Snapshot while the
-    /// resource is unchanged: cutting it out of the document again is most of an xDS
-    /// update's cost at thousands of resources.
-    pub content: Arc<serde_json::Value>,
+    /// What `/config_dump` shows as its content.
+    pub content: Content,
+}
+
+/// What `/config_dump` shows of a resource.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// Cut from the source's document: what the file said (secrets redacted). Shared with
+    /// the next Snapshot while the resource is unchanged.
+    Said(Arc<serde_json::Value>),
+    /// The resource as the running config has it, serialized when a dump asks
+    /// ([`Snapshot::content`]): a source without a text of its own (xDS) would otherwise
+    /// serialize thousands of resources on every push, most of an update's cost.
+    Typed,
 }
 
 /// Where an update comes from and what it says, as `/config_dump` reports it.
@@ -75,8 +85,9 @@ pub struct UpdateSource {
     pub source: String,
     /// The config version: a hash of the file's text.
     pub version: String,
-    /// The whole document as JSON (resource contents are cut from it).
-    pub document: serde_json::Value,
+    /// The whole document as JSON (resource contents are cut from it); `None` for a source
+    /// that has no text (xDS): contents are then the config model's ([`Content::Typed`]).
+    pub document: Option<serde_json::Value>,
 }
 
 impl UpdateSource {
@@ -85,7 +96,7 @@ impl UpdateSource {
         let document = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
             .ok()
             .and_then(|v| serde_json::to_value(v).ok())
-            .unwrap_or(serde_json::Value::Null);
+            .or(Some(serde_json::Value::Null));
         Self {
             source: source.to_owned(),
             version: content_version(text),
@@ -431,9 +442,10 @@ impl Snapshot {
                 Some(o) if !changed => (o.version.clone(), o.last_updated),
                 _ => (source.version.clone(), now),
             };
-            let content = match old {
-                Some(o) if !fresh => o.content.clone(),
-                _ => Arc::new(content()),
+            let content = match (old, &source.document) {
+                (_, None) => Content::Typed,
+                (Some(o), Some(_)) if !fresh => o.content.clone(),
+                (_, Some(_)) => Content::Said(Arc::new(content())),
             };
             plan.counts[match (old, changed) {
                 (None, _) => 0,
@@ -557,6 +569,39 @@ impl Snapshot {
         self.routes.get(i)?.as_ref()
     }
 
+    /// What `/config_dump` shows as `r`'s content (secrets redacted).
+    pub fn content(&self, r: &ResourceStatus) -> serde_json::Value {
+        let said = match &r.content {
+            Content::Said(v) => return (**v).clone(),
+            Content::Typed => match r.kind {
+                ResourceKind::Listener => self.listener(&r.name).map(serde_json::to_value),
+                ResourceKind::RouteConfig => self
+                    .listener(&r.name)
+                    .and_then(|l| {
+                        l.filters
+                            .iter()
+                            .rfind(|f| matches!(f, FilterConfig::Router(_)))
+                    })
+                    .map(serde_json::to_value),
+                ResourceKind::Cluster => self
+                    .config
+                    .clusters
+                    .iter()
+                    .find(|c| c.name == r.name)
+                    .map(serde_json::to_value),
+                ResourceKind::Component => self
+                    .config
+                    .components
+                    .iter()
+                    .find(|c| component_name(c.kind.as_str(), &c.name) == r.name)
+                    .map(serde_json::to_value),
+            },
+        };
+        let mut v = said.and_then(Result::ok).unwrap_or_default();
+        redact(&mut v);
+        v
+    }
+
     pub fn resource(&self, kind: ResourceKind, name: &str) -> Option<&ResourceStatus> {
         self.resources
             .iter()
@@ -676,9 +721,10 @@ fn stand_in_cluster(metrics: &Metrics) -> Option<Arc<Cluster>> {
 }
 
 /// `document[key][i]`, secrets redacted.
-fn section(document: &serde_json::Value, key: &str, i: usize) -> serde_json::Value {
+fn section(document: &Option<serde_json::Value>, key: &str, i: usize) -> serde_json::Value {
     let mut v = document
-        .get(key)
+        .as_ref()
+        .and_then(|d| d.get(key))
         .and_then(|l| l.get(i))
         .cloned()
         .unwrap_or_default();

@@ -125,12 +125,12 @@ impl Apply {
         let update = UpdateSource {
             source: self.origin.clone(),
             version: format!("xds-{seq}"),
-            document: document(&self.manager.current().config, &config),
+            // Contents are the config model's, serialized when /config_dump asks.
+            document: None,
         };
-        let documented_at = started.elapsed();
         match self.manager.apply_config("xds", update, config).await {
             Ok(outcome) => {
-                tracing::debug!(?outcome, ?translated_at, ?merged_at, ?documented_at,
+                tracing::debug!(?outcome, ?translated_at, ?merged_at,
                     applied_at = ?started.elapsed(), "xds: update applied");
                 if let Ok(mut n) = self.notes.lock() {
                     *n = Notes {
@@ -143,42 +143,6 @@ impl Apply {
             Err(errors) => Err(update_errors(errors)),
         }
     }
-}
-
-/// What /config_dump shows as each resource's content: the config model each xDS resource
-/// became, index-aligned with `next` as a file's document is. A resource equal to the running
-/// one is left `null`: the dump keeps the content it has for it, and serializing thousands of
-/// unchanged clusters on every response was a large part of an update's cost.
-fn document(running: &Config, next: &Config) -> serde_json::Value {
-    fn items<T: PartialEq + serde::Serialize>(
-        running: &[T],
-        next: &[T],
-        name: impl Fn(&T) -> &str,
-    ) -> serde_json::Value {
-        let by_name: std::collections::HashMap<&str, &T> =
-            running.iter().map(|r| (name(r), r)).collect();
-        next.iter()
-            .map(|n| match by_name.get(name(n)) {
-                Some(r) if *r == n => serde_json::Value::Null,
-                _ => serde_json::to_value(n).unwrap_or_default(),
-            })
-            .collect()
-    }
-    // Built by hand: `json!` would serialize these values once more (a deep copy).
-    let mut doc = serde_json::Map::new();
-    doc.insert(
-        "listeners".into(),
-        items(&running.listeners, &next.listeners, |l| &l.name),
-    );
-    doc.insert(
-        "clusters".into(),
-        items(&running.clusters, &next.clusters, |c| &c.name),
-    );
-    doc.insert(
-        "components".into(),
-        items(&running.components, &next.components, |c| &c.name),
-    );
-    serde_json::Value::Object(doc)
 }
 
 /// Errors of the merged config (they name their config path, e.g. `clusters[3].endpoints`).

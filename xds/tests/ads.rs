@@ -173,7 +173,7 @@ impl Harness {
     async fn accepted(&mut self, type_url: &str) -> anyhow::Result<XdsResources> {
         let a = self.applied().await?;
         ensure!(
-            a.changed == type_url && a.accepted,
+            a.changed.split(' ').any(|t| t == type_url) && a.accepted,
             "expected an accepted {type_url} candidate, got {:?} (accepted: {})",
             a.changed,
             a.accepted

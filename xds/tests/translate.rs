@@ -275,7 +275,7 @@ fn merged(t: &Translated) -> Config {
     let source = mecha_proxy_core::snapshot::UpdateSource {
         source: "xds:test".to_owned(),
         version: "1".to_owned(),
-        document: serde_json::Value::Null,
+        document: None,
     };
     if let Err(e) =
         mecha_proxy_core::snapshot::Snapshot::build(cfg.clone(), &metrics, None, &source)

@@ -58,12 +58,12 @@ pub(super) async fn run_stream(client: &mut Client, mut grpc: AdsClient) -> Stre
         Ok(response) => response.into_inner(),
         Err(status) => return StreamEnd::from_status(&status, false),
     };
-    let mut delivered = false;
+    let (mut delivered, mut ended) = (false, None);
     loop {
-        match super::next_response(&mut inbound, delivered).await {
-            Ok(response) => {
+        match super::next_responses(&mut inbound, delivered, &mut ended).await {
+            Ok(responses) => {
                 delivered = true;
-                stream.handle(client, response).await;
+                stream.handle(client, responses).await;
             }
             Err(end) => return end,
         }
@@ -71,38 +71,45 @@ pub(super) async fn run_stream(client: &mut Client, mut grpc: AdsClient) -> Stre
 }
 
 impl Stream {
-    async fn handle(&mut self, client: &mut Client, response: DeltaDiscoveryResponse) {
-        let Some(kind) = Kind::from_type_url(&response.type_url) else {
-            // As Envoy: a type nobody subscribed to is ignored, not NACKed.
-            tracing::warn!(type_url = %response.type_url, "ignoring an ADS response of a type not subscribed");
-            return;
-        };
-        client.received(kind, &response.nonce);
-        let mut update = UpdateBuilder::new(false);
-        for (position, r) in response.resources.iter().enumerate() {
-            update.add(
-                kind,
-                position,
-                Some(&r.name),
-                Some(&r.version),
-                r.resource.as_ref(),
-            );
+    /// Checks the responses that arrived together and ACKs or NACKs each, in order.
+    async fn handle(&mut self, client: &mut Client, responses: Vec<DeltaDiscoveryResponse>) {
+        let mut checked = Vec::with_capacity(responses.len());
+        let mut batch = Vec::with_capacity(responses.len());
+        for response in responses {
+            let Some(kind) = Kind::from_type_url(&response.type_url) else {
+                // As Envoy: a type nobody subscribed to is ignored, not NACKed.
+                tracing::warn!(type_url = %response.type_url, "ignoring an ADS response of a type not subscribed");
+                continue;
+            };
+            client.received(kind, &response.nonce);
+            let mut update = UpdateBuilder::new(false);
+            for (position, r) in response.resources.iter().enumerate() {
+                update.add(
+                    kind,
+                    position,
+                    Some(&r.name),
+                    Some(&r.version),
+                    r.resource.as_ref(),
+                );
+            }
+            for name in &response.removed_resources {
+                update.remove(name);
+            }
+            for name in &response.removed_resource_names {
+                update.remove(&name.name);
+            }
+            batch.push((kind, response.system_version_info, update.finish()));
+            checked.push((kind, response.nonce));
         }
-        for name in &response.removed_resources {
-            update.remove(name);
+        let results = client.apply_all(batch).await;
+        for ((kind, nonce), result) in checked.into_iter().zip(results) {
+            let request = DeltaDiscoveryRequest {
+                response_nonce: nonce,
+                error_detail: result.err().map(nack_detail),
+                ..self.request(kind)
+            };
+            self.send(request);
         }
-        for name in &response.removed_resource_names {
-            update.remove(&name.name);
-        }
-        let result = client
-            .apply(kind, &response.system_version_info, update.finish())
-            .await;
-        let request = DeltaDiscoveryRequest {
-            response_nonce: response.nonce,
-            error_detail: result.err().map(nack_detail),
-            ..self.request(kind)
-        };
-        self.send(request);
         for named in Kind::NAMED {
             self.resubscribe(client, named);
         }

@@ -58,12 +58,12 @@ pub(super) async fn run_stream(client: &mut Client, mut grpc: AdsClient) -> Stre
         Ok(response) => response.into_inner(),
         Err(status) => return StreamEnd::from_status(&status, false),
     };
-    let mut delivered = false;
+    let (mut delivered, mut ended) = (false, None);
     loop {
-        match super::next_response(&mut inbound, delivered).await {
-            Ok(response) => {
+        match super::next_responses(&mut inbound, delivered, &mut ended).await {
+            Ok(responses) => {
                 delivered = true;
-                stream.handle(client, response).await;
+                stream.handle(client, responses).await;
             }
             Err(end) => return end,
         }
@@ -71,29 +71,37 @@ pub(super) async fn run_stream(client: &mut Client, mut grpc: AdsClient) -> Stre
 }
 
 impl Stream {
-    async fn handle(&mut self, client: &mut Client, response: DiscoveryResponse) {
-        let Some(kind) = Kind::from_type_url(&response.type_url) else {
-            // As Envoy: a type nobody subscribed to is ignored, not NACKed.
-            tracing::warn!(type_url = %response.type_url, "ignoring an ADS response of a type not subscribed");
-            return;
-        };
-        client.received(kind, &response.nonce);
-        self.types.entry(kind).or_default().nonce = response.nonce.clone();
-        let mut update = UpdateBuilder::new(kind.is_wildcard());
-        for (position, any) in response.resources.iter().enumerate() {
-            update.add(kind, position, None, None, Some(any));
-        }
-        match client
-            .apply(kind, &response.version_info, update.finish())
-            .await
-        {
-            Ok(()) => {
-                client
-                    .sotw_versions
-                    .insert(kind, response.version_info.clone());
-                self.send(client, kind, None);
+    /// Checks the responses that arrived together and ACKs or NACKs each, in order.
+    async fn handle(&mut self, client: &mut Client, responses: Vec<DiscoveryResponse>) {
+        tracing::trace!(responses = responses.len(), "xds: responses received");
+        let mut checked = Vec::with_capacity(responses.len());
+        let mut batch = Vec::with_capacity(responses.len());
+        for response in responses {
+            let Some(kind) = Kind::from_type_url(&response.type_url) else {
+                // As Envoy: a type nobody subscribed to is ignored, not NACKed.
+                tracing::warn!(type_url = %response.type_url, "ignoring an ADS response of a type not subscribed");
+                continue;
+            };
+            client.received(kind, &response.nonce);
+            let mut update = UpdateBuilder::new(kind.is_wildcard());
+            for (position, any) in response.resources.iter().enumerate() {
+                update.add(kind, position, None, None, Some(any));
             }
-            Err(message) => self.send(client, kind, Some(message)),
+            batch.push((kind, response.version_info.clone(), update.finish()));
+            checked.push((kind, response.version_info, response.nonce));
+        }
+        tracing::debug!(responses = batch.len(), types = ?checked.iter().map(|c| c.0.label()).collect::<Vec<_>>(),
+            "xds: responses received and decoded");
+        let results = client.apply_all(batch).await;
+        for ((kind, version, nonce), result) in checked.into_iter().zip(results) {
+            self.types.entry(kind).or_default().nonce = nonce;
+            match result {
+                Ok(()) => {
+                    client.sotw_versions.insert(kind, version);
+                    self.send(client, kind, None);
+                }
+                Err(message) => self.send(client, kind, Some(message)),
+            }
         }
         // An accepted root may have changed what its children are subscribed by.
         for named in Kind::NAMED {

@@ -129,7 +129,7 @@ pub(crate) fn decode(kind: Kind, any: &Any) -> Result<Decoded, String> {
 }
 
 /// What one response asks for, before it is checked by the sink.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Update {
     /// SotW responses of wildcard types carry the full set: everything held and absent is removed.
     pub(crate) replace_all: bool,
@@ -242,6 +242,62 @@ pub(crate) struct Candidate {
     pub(crate) versions: BTreeMap<Kind, BTreeMap<String, String>>,
 }
 
+impl Candidate {
+    /// This candidate with `update` applied on top (several queued responses checked as one).
+    /// For named types, resources not subscribed are ignored (the protocol says the client
+    /// silently ignores them); when roots change, the children no longer referred to are
+    /// dropped in the same candidate, so the sink sees one consistent set and a NACK rolls
+    /// both back.
+    pub(crate) fn then(mut self, kind: Kind, update: Update) -> Candidate {
+        let resources = &mut self.resources;
+        let versions = &mut self.versions;
+        let subscribed = (!kind.is_wildcard()).then(|| subscription(resources, kind));
+        let kind_versions = versions.entry(kind).or_default();
+        if update.replace_all {
+            clear(resources, kind);
+            kind_versions.clear();
+        }
+        for name in &update.removals {
+            remove(resources, kind, name);
+            kind_versions.remove(name);
+        }
+        for (name, version, decoded) in update.upserts {
+            if subscribed.as_ref().is_some_and(|s| !s.contains(&name)) {
+                tracing::debug!(type_url = kind.type_url(), %name, "ignoring a resource not subscribed");
+                continue;
+            }
+            match version {
+                Some(v) => kind_versions.insert(name, v),
+                None => kind_versions.remove(&name),
+            };
+            insert(resources, decoded);
+        }
+        match kind {
+            Kind::Listener => {
+                let keep = rds_names(resources.listeners.values());
+                resources.routes.retain(|name, _| keep.contains(name));
+                prune_versions(versions, Kind::Route, &keep);
+            }
+            Kind::Cluster => {
+                let keep = eds_names(resources.clusters.values());
+                resources.endpoints.retain(|name, _| keep.contains(name));
+                prune_versions(versions, Kind::Endpoint, &keep);
+            }
+            _ => {}
+        }
+        self
+    }
+}
+
+/// The names a named type is subscribed to in `res`, as implied by its roots.
+fn subscription(res: &XdsResources, kind: Kind) -> BTreeSet<String> {
+    match kind {
+        Kind::Route => rds_names(res.listeners.values()),
+        Kind::Endpoint => eds_names(res.clusters.values()),
+        _ => BTreeSet::new(),
+    }
+}
+
 /// Everything the client holds; survives stream loss, so that a reconnect resends versions and
 /// the sink never sees a set emptied because the control plane went away.
 #[derive(Debug, Default)]
@@ -254,11 +310,7 @@ pub(crate) struct Held {
 impl Held {
     /// The names a named type is subscribed to, as implied by the accepted roots.
     pub(crate) fn subscription(&self, kind: Kind) -> BTreeSet<String> {
-        match kind {
-            Kind::Route => rds_names(self.accepted.listeners.values()),
-            Kind::Endpoint => eds_names(self.accepted.clusters.values()),
-            _ => BTreeSet::new(),
-        }
+        subscription(&self.accepted, kind)
     }
 
     /// The per-resource versions of what is held of `kind`, for `initial_resource_versions`.
@@ -266,51 +318,13 @@ impl Held {
         self.versions.get(&kind).cloned().unwrap_or_default()
     }
 
-    /// The candidate set `update` produces. For named types, resources not subscribed are
-    /// ignored (the protocol says the client silently ignores them); when roots change, the
-    /// children no longer referred to are dropped in the same candidate, so the sink sees one
-    /// consistent set and a NACK rolls both back.
+    /// The candidate set `update` produces (see [`Candidate::then`]).
     pub(crate) fn candidate(&self, kind: Kind, update: Update) -> Candidate {
-        let mut resources = self.accepted.clone();
-        let mut versions = self.versions.clone();
-        let subscribed = (!kind.is_wildcard()).then(|| self.subscription(kind));
-        let kind_versions = versions.entry(kind).or_default();
-        if update.replace_all {
-            clear(&mut resources, kind);
-            kind_versions.clear();
-        }
-        for name in &update.removals {
-            remove(&mut resources, kind, name);
-            kind_versions.remove(name);
-        }
-        for (name, version, decoded) in update.upserts {
-            if subscribed.as_ref().is_some_and(|s| !s.contains(&name)) {
-                tracing::debug!(type_url = kind.type_url(), %name, "ignoring a resource not subscribed");
-                continue;
-            }
-            match version {
-                Some(v) => kind_versions.insert(name, v),
-                None => kind_versions.remove(&name),
-            };
-            insert(&mut resources, decoded);
-        }
-        match kind {
-            Kind::Listener => {
-                let keep = rds_names(resources.listeners.values());
-                resources.routes.retain(|name, _| keep.contains(name));
-                prune_versions(&mut versions, Kind::Route, &keep);
-            }
-            Kind::Cluster => {
-                let keep = eds_names(resources.clusters.values());
-                resources.endpoints.retain(|name, _| keep.contains(name));
-                prune_versions(&mut versions, Kind::Endpoint, &keep);
-            }
-            _ => {}
-        }
         Candidate {
-            resources,
-            versions,
+            resources: self.accepted.clone(),
+            versions: self.versions.clone(),
         }
+        .then(kind, update)
     }
 
     pub(crate) fn accept(&mut self, candidate: Candidate) {
