@@ -26,7 +26,7 @@
 //! [`load`] parses and validates; on failure it returns every problem found, each with its path
 //! (`listeners[0].address: …`, `components[2].type: unknown type "state.foo" …`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -313,6 +313,107 @@ pub struct ListenerConfig {
     /// address): its chains are matched on the same original destination.
     #[serde(default)]
     pub chain_of: Option<String>,
+    /// A filter chain's TLS criteria (Envoy's `filter_chain_match` `server_names`,
+    /// `transport_protocol`, `application_protocols`), read from the ClientHello without
+    /// terminating TLS: chains may share an address when their matches differ. Only on a
+    /// filter chain (`chain_of`). See [`ChainMatch`].
+    #[serde(default)]
+    pub chain_match: Option<ChainMatch>,
+    /// How long this listener waits for the first bytes of a connection (the TLS ClientHello)
+    /// when one of its chains has a `chain_match` that needs them (Envoy's
+    /// `listener_filters_timeout`); default 15 s, `0s` = no limit. Connections to
+    /// destinations whose chains have no TLS criteria are not inspected at all.
+    #[serde(default = "default_listener_filters_timeout")]
+    pub listener_filters_timeout: Dur,
+    /// On `listener_filters_timeout`: `true` chooses the chain as for a plain-text
+    /// (`raw_buffer`) connection without SNI or ALPN; `false` (the default, as Envoy) closes
+    /// the connection, counted in
+    /// `mecha_listener_connections_refused_total{listener,reason="listener_filters_timeout"}`.
+    #[serde(default)]
+    pub continue_on_listener_filters_timeout: bool,
+}
+
+/// The TLS criteria of a filter chain, matched against the connection's first bytes as
+/// Envoy's `tls_inspector` reads them, in Envoy's order (after the destination): the server
+/// name (an exact name beats the longest matching `*.suffix` wildcard, which beats chains
+/// without `server_names`), the transport protocol (a chain naming it beats one that does
+/// not), the ALPN protocols (a chain with one the client offers — in the client's order —
+/// beats one without). At each step, when some chains match specifically only those remain;
+/// when none match and none leave the criterion unset, no chain matches and the listener's
+/// own filters serve the connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainMatch {
+    /// SNI values: exact names or `*.suffix` wildcards (`*.example.com` matches
+    /// `a.example.com` and `a.b.example.com`, not `example.com`); compared case-insensitively.
+    /// Empty: any connection, with or without SNI.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// `tls` (the first bytes are a TLS handshake record) or `raw_buffer` (anything else).
+    #[serde(default)]
+    pub transport_protocol: Option<TransportProtocol>,
+    /// ALPN protocols offered in the ClientHello (`h2`, `http/1.1`, `istio-peer-exchange`…);
+    /// any one offered matches. A plain-text connection offers none.
+    #[serde(default)]
+    pub application_protocols: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportProtocol {
+    Tls,
+    RawBuffer,
+}
+
+impl ChainMatch {
+    /// Whether choosing by this match needs the connection's first bytes.
+    pub fn inspects(&self) -> bool {
+        *self != ChainMatch::default()
+    }
+
+    /// Whether some connection matches both `self` and `other` equally well (Envoy refuses
+    /// such chains as duplicates): each criterion is equal, or both lists share a value.
+    pub fn overlaps(&self, other: &ChainMatch) -> bool {
+        fn lists(a: &[String], b: &[String], eq: fn(&str, &str) -> bool) -> bool {
+            (a.is_empty() && b.is_empty()) || a.iter().any(|x| b.iter().any(|y| eq(x, y)))
+        }
+        lists(&self.server_names, &other.server_names, |a, b| {
+            a.eq_ignore_ascii_case(b)
+        }) && self.transport_protocol == other.transport_protocol
+            && lists(
+                &self.application_protocols,
+                &other.application_protocols,
+                |a, b| a == b,
+            )
+    }
+}
+
+/// Why `name` cannot be a `server_names` entry, if it cannot: a host name, or `*.` and one
+/// (Envoy allows no other wildcard form).
+pub fn server_name_problem(name: &str) -> Option<String> {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    if host.is_empty() {
+        return Some(format!("{name:?}: expected a host name or *.suffix"));
+    }
+    if host.contains('*') {
+        return Some(format!(
+            "{name:?}: a wildcard is only allowed as a whole leading label (*.example.com)"
+        ));
+    }
+    if host.starts_with('.')
+        || host.ends_with('.')
+        || host.contains("..")
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Some(format!("{name:?}: not a host name"));
+    }
+    None
+}
+
+fn default_listener_filters_timeout() -> Dur {
+    Dur(Duration::from_secs(15))
 }
 
 fn default_true() -> bool {
@@ -653,7 +754,9 @@ pub fn validate(cfg: &Config) -> Vec<String> {
         }
     }
     let mut names = HashSet::new();
-    let mut virtual_addresses = HashSet::new();
+    // Virtual listeners by (chain owner, address): index and match of each.
+    type Shared<'a> = HashMap<(Option<&'a str>, SocketAddr), Vec<(usize, ChainMatch)>>;
+    let mut virtual_addresses = Shared::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         if l.name.trim().is_empty() {
             errors.push(format!("listeners[{i}].name: must not be empty"));
@@ -683,6 +786,36 @@ pub fn validate(cfg: &Config) -> Vec<String> {
             }
         }
         let listen_addr = l.address.parse::<SocketAddr>().ok();
+        if l.listener_filters_timeout.0 > MAX_LISTENER_TIMEOUT {
+            errors.push(format!(
+                "listeners[{i}].listener_filters_timeout: must be at most {}s (0s: no limit), \
+                 got {:?}",
+                MAX_LISTENER_TIMEOUT.as_secs(),
+                l.listener_filters_timeout.0
+            ));
+        }
+        if let Some(m) = &l.chain_match {
+            if l.chain_of.is_none() {
+                errors.push(format!(
+                    "listeners[{i}].chain_match: only a filter chain (chain_of) is chosen by a \
+                     match"
+                ));
+            }
+            for (j, n) in m.server_names.iter().enumerate() {
+                if let Some(p) = server_name_problem(n) {
+                    errors.push(format!("listeners[{i}].chain_match.server_names[{j}]: {p}"));
+                }
+            }
+            for (j, p) in m.application_protocols.iter().enumerate() {
+                if p.is_empty() || p.len() > 255 {
+                    errors.push(format!(
+                        "listeners[{i}].chain_match.application_protocols[{j}]: an ALPN \
+                         protocol has 1 to 255 bytes, got {}",
+                        p.len()
+                    ));
+                }
+            }
+        }
         if let Some(owner) = &l.chain_of {
             if l.bind_to_port {
                 errors.push(format!(
@@ -716,15 +849,23 @@ pub fn validate(cfg: &Config) -> Vec<String> {
                 }
             }
             Ok(sa) => {
-                if !virtual_addresses.insert((l.chain_of.as_deref(), sa)) {
+                // Chains of one listener may share an address when their matches differ.
+                let m = l.chain_match.clone().unwrap_or_default();
+                let same: &mut Vec<(usize, ChainMatch)> = virtual_addresses
+                    .entry((l.chain_of.as_deref(), sa))
+                    .or_default();
+                if let Some((j, _)) = same.iter().find(|(_, o)| o.overlaps(&m)) {
                     let of = match &l.chain_of {
                         Some(o) => format!("filter chain of {o:?}"),
                         None => "virtual listener".to_owned(),
                     };
                     errors.push(format!(
-                        "listeners[{i}].address: {sa} is used by another {of}"
+                        "listeners[{i}].address: {sa} is used by another {of} (listeners[{j}], \
+                         {:?}) with a chain_match that matches the same connections",
+                        cfg.listeners[*j].name
                     ));
                 }
+                same.push((i, m));
             }
             Err(_) => errors.push(format!(
                 "listeners[{i}].address: expected ip:port, got {:?}",
@@ -1162,5 +1303,119 @@ components:
         assert!(errs[0].contains("xds"), "{errs:?}");
         let errs = load("threads: 1\n").expect_err("nothing to serve");
         assert!(errs.iter().any(|e| e.starts_with("listeners:")), "{errs:?}");
+    }
+
+    #[test]
+    fn chain_matches_are_validated_by_path_and_shared_addresses_need_different_matches() {
+        let base = "clusters:\n  - { name: c, endpoints: [{ address: 127.0.0.1:9 }] }\nlisteners:\n  - name: edge\n    address: 127.0.0.1:1\n    listener_filters_timeout: 2s\n    tcp_proxy: { cluster: c }\n";
+        let chain = |name: &str, m: &str| {
+            format!("  - name: {name}\n    address: 0.0.0.0:1\n    bind_to_port: false\n    chain_of: edge\n    tcp_proxy: {{ cluster: c }}\n    chain_match: {m}\n")
+        };
+        let good = format!(
+            "{base}{}{}{}",
+            chain("a", "{ server_names: [a.example.com] }"),
+            chain(
+                "org",
+                "{ server_names: ['*.example.org'], transport_protocol: tls }"
+            ),
+            chain("raw", "{ transport_protocol: raw_buffer }"),
+        );
+        let cfg = load(&good).expect("chains with different matches share an address");
+        assert_eq!(
+            cfg.listeners[0].listener_filters_timeout.0,
+            Duration::from_secs(2)
+        );
+        assert!(!cfg.listeners[0].continue_on_listener_filters_timeout);
+        assert_eq!(
+            cfg.listeners[2]
+                .chain_match
+                .as_ref()
+                .map(|m| m.transport_protocol),
+            Some(Some(TransportProtocol::Tls))
+        );
+        // The model serializes (for /config_dump) and reads back the same.
+        let text = serde_yaml_ng::to_string(&cfg).expect("serialize");
+        assert!(text.contains("transport_protocol: raw_buffer"), "{text}");
+        assert!(text.contains("listener_filters_timeout: 2s"), "{text}");
+        let again: Config = serde_yaml_ng::from_str(&text).expect("reads back");
+        assert_eq!(again.listeners, cfg.listeners);
+        // Defaults: Envoy's 15 s, closing on timeout.
+        let plain = load(&base.replace("    listener_filters_timeout: 2s\n", "")).expect("valid");
+        assert_eq!(
+            plain.listeners[0].listener_filters_timeout.0,
+            Duration::from_secs(15)
+        );
+
+        let errs = load(&format!(
+            "{base}{}{}",
+            chain(
+                "bad",
+                "{ server_names: ['*', 'a.*.com', '*w.example.com', ok.example.com] }"
+            ),
+            chain("worse", "{ application_protocols: [''] }"),
+        ))
+        .expect_err("bad names");
+        for want in [
+            "listeners[1].chain_match.server_names[0]: \"*\"",
+            "listeners[1].chain_match.server_names[1]: \"a.*.com\": a wildcard is only allowed",
+            "listeners[1].chain_match.server_names[2]: \"*w.example.com\": a wildcard",
+            "listeners[2].chain_match.application_protocols[0]: an ALPN protocol has 1 to 255",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{want}: {errs:?}");
+        }
+        assert_eq!(errs.len(), 4, "{errs:?}");
+
+        let errs = load(&format!(
+            "{base}{}",
+            chain("t", "{ transport_protocol: quic }")
+        ))
+        .expect_err("unknown transport");
+        assert!(
+            errs[0].starts_with("listeners[1].chain_match.transport_protocol: ")
+                && errs[0].contains("unknown variant `quic`, expected `tls` or `raw_buffer`"),
+            "{errs:?}"
+        );
+
+        let errs = load(&base.replace(
+            "    tcp_proxy: { cluster: c }\n",
+            "    tcp_proxy: { cluster: c }\n    chain_match: { server_names: [a.example.com] }\n",
+        ))
+        .expect_err("not a chain");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("listeners[0].chain_match: only a filter chain")),
+            "{errs:?}"
+        );
+
+        // Overlapping matches on one address (a shared name, same other criteria) name both;
+        // so do two chains without a match (as before).
+        let errs = load(&format!(
+            "{base}{}{}{}{}",
+            chain("x", "{ server_names: [a.example.com, b.example.com] }"),
+            chain("y", "{ server_names: [B.example.com] }"),
+            chain(
+                "z",
+                "{ server_names: [b.example.com], application_protocols: [h2] }"
+            ),
+            chain("w", "{}"),
+        ))
+        .expect_err("overlap");
+        assert_eq!(
+            errs,
+            [
+                "listeners[2].address: 0.0.0.0:1 is used by another filter chain of \"edge\" \
+              (listeners[1], \"x\") with a chain_match that matches the same connections"
+            ],
+        );
+        let errs = load(&format!("{base}{}{}", chain("v", "{}"), chain("w", "{}")))
+            .expect_err("two defaults");
+        assert!(errs[0].contains("(listeners[1], \"v\")"), "{errs:?}");
+
+        let errs = load(&base.replace("2s", "2h")).expect_err("too long");
+        assert!(
+            errs[0].starts_with("listeners[0].listener_filters_timeout: must be at most 3600s"),
+            "{errs:?}"
+        );
+        load(&base.replace("2s", "0s")).expect("0: no limit");
     }
 }

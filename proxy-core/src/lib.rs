@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod chains;
 pub mod config;
 pub mod lean;
 pub mod listeners;

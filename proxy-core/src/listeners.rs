@@ -29,6 +29,10 @@
 //!   the chain by the same exact-then-port rule, before any global virtual listener; `L`'s own
 //!   filters are the default chain. `L` may be virtual too: a connection dispatched to it
 //!   by original destination then picks one of `L`'s chains on that destination.
+//! - **Chains by ClientHello.** Chains on one destination may differ by `chain_match` (SNI,
+//!   transport protocol, ALPN): only then is the connection inspected ([`crate::chains`]:
+//!   peeked, or read and rewound into the stream, within `listener_filters_timeout`) and the
+//!   chain picked in Envoy's order; a destination without such chains is not inspected.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -50,9 +54,10 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::config::{Config, FilterConfig, ListenerConfig};
+use crate::chains::{self, GaveUp, Hello};
+use crate::config::{ChainMatch, Config, FilterConfig, ListenerConfig};
 use crate::lean::LeanListener;
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerRefused, Metrics};
 use crate::proxy::{ListenerProxy, ProcessState};
 use crate::snapshot::{ListenerRef, Snapshot};
 use crate::sniff::{H2cSniff, ListenerLimits};
@@ -155,7 +160,26 @@ struct Virtuals {
     /// Reached from any `use_original_dst` listener.
     global: ByAddress,
     /// Filter chains (`chain_of`), by the listener whose connections they serve.
-    chains: HashMap<String, ByAddress>,
+    chains: HashMap<String, Chains>,
+    /// `mecha_listener_connections_refused_total`: connections closed while their ClientHello
+    /// was awaited, by the chains' listener and a `reason`.
+    refused: ListenerRefused,
+}
+
+/// One listener's filter chains.
+struct Chains {
+    /// Chains by destination address (`0.0.0.0:port` for any address at that port); those on
+    /// one address differ by their match.
+    by_address: HashMap<SocketAddr, Vec<Chain>>,
+    /// The listener's `listener_filters_timeout` (zero: no limit).
+    timeout: Duration,
+    /// The listener's `continue_on_listener_filters_timeout`.
+    continue_on_timeout: bool,
+}
+
+struct Chain {
+    criteria: ChainMatch,
+    slot: Arc<Slot>,
 }
 
 struct Running {
@@ -168,6 +192,10 @@ struct Running {
     accepting: Option<watch::Sender<bool>>,
     /// The listener this one is a filter chain of (`chain_of`).
     chain_of: Option<String>,
+    /// Its `chain_match` (empty: none).
+    chain_match: ChainMatch,
+    /// `listener_filters_timeout` and `continue_on_listener_filters_timeout`, for its chains.
+    inspect: (Duration, bool),
 }
 
 /// Sockets bound for an update, not yet accepting: dropped unused if the update is rejected.
@@ -292,9 +320,16 @@ impl ListenerManager {
                     }),
                     accepting: None,
                     chain_of: None,
+                    chain_match: ChainMatch::default(),
+                    inspect: (Duration::ZERO, false),
                 }
             });
             entry.chain_of = l.chain_of.clone();
+            entry.chain_match = l.chain_match.clone().unwrap_or_default();
+            entry.inspect = (
+                l.listener_filters_timeout.0,
+                l.continue_on_listener_filters_timeout,
+            );
             if entry.shape != shape {
                 tracing::info!(listener = %l.name, ?drain,
                     "listener kind or limits changed: new connections get the new settings; \
@@ -338,13 +373,36 @@ impl ListenerManager {
                 self.retire(&name, gone.slot.app.load_full(), drain);
             }
         }
-        let mut virtuals = Virtuals::default();
+        let mut virtuals = Virtuals {
+            refused: self.metrics.listener_connections_refused.clone(),
+            ..Virtuals::default()
+        };
         for r in running.values().filter(|r| r.accepting.is_none()) {
-            let map = match &r.chain_of {
-                Some(owner) => virtuals.chains.entry(owner.clone()).or_default(),
-                None => &mut virtuals.global,
+            let Some(owner) = &r.chain_of else {
+                virtuals.global.insert(r.address, r.slot.clone());
+                continue;
             };
-            map.insert(r.address, r.slot.clone());
+            let (timeout, continue_on_timeout) = running
+                .get(owner)
+                .map_or((Duration::ZERO, false), |o| o.inspect);
+            let chains = virtuals
+                .chains
+                .entry(owner.clone())
+                .or_insert_with(|| Chains {
+                    by_address: HashMap::new(),
+                    timeout,
+                    continue_on_timeout,
+                });
+            chains.by_address.entry(r.address).or_default().push(Chain {
+                criteria: r.chain_match.clone(),
+                slot: r.slot.clone(),
+            });
+        }
+        // Validation refuses overlapping matches; a fixed order keeps any tie stable anyway.
+        for chains in virtuals.chains.values_mut() {
+            for list in chains.by_address.values_mut() {
+                list.sort_by(|a, b| a.slot.name.cmp(&b.slot.name));
+            }
         }
         self.virtuals.store(Arc::new(virtuals));
     }
@@ -552,15 +610,72 @@ fn redirected_to(tcp: &tokio::net::TcpStream) -> Option<SocketAddr> {
     (original != local).then_some(original)
 }
 
-fn virtual_for(virtuals: &ByAddress, dst: SocketAddr) -> Option<Arc<Slot>> {
+/// `dst` with the unspecified address of its family (what a port-only match is keyed by).
+fn any_ip(dst: SocketAddr) -> SocketAddr {
     let wildcard = match dst.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
+    SocketAddr::new(wildcard, dst.port())
+}
+
+fn virtual_for(virtuals: &ByAddress, dst: SocketAddr) -> Option<Arc<Slot>> {
     virtuals
         .get(&dst)
-        .or_else(|| virtuals.get(&SocketAddr::new(wildcard, dst.port())))
+        .or_else(|| virtuals.get(&any_ip(dst)))
         .cloned()
+}
+
+/// What a connection's first bytes said, once read (shared by both chain lookups).
+enum Inspected {
+    Not,
+    Hello(Hello),
+}
+
+/// The chain of `chains` for `dst`: the chains at the exact address, else at `0.0.0.0:port`
+/// (Envoy's destination IP step commits: a more specific address is not left for a wildcard
+/// one), then by their matches, reading the ClientHello first when one of them needs it.
+/// `Err`: the connection is to be closed (why, for the log and the metric's `reason`).
+async fn chain_for(
+    chains: &Chains,
+    dst: SocketAddr,
+    tcp: &tokio::net::TcpStream,
+    consumed: &mut Vec<u8>,
+    inspected: &mut Inspected,
+) -> Result<Option<Arc<Slot>>, &'static str> {
+    let Some(list) = chains
+        .by_address
+        .get(&dst)
+        .or_else(|| chains.by_address.get(&any_ip(dst)))
+    else {
+        return Ok(None);
+    };
+    let criteria: Vec<&ChainMatch> = list.iter().map(|c| &c.criteria).collect();
+    if !criteria.iter().any(|c| c.inspects()) {
+        // The fast path: no TLS criteria, nothing read.
+        return Ok(chains::select(&criteria, &Hello::raw_buffer()).map(|i| list[i].slot.clone()));
+    }
+    if let Inspected::Not = inspected {
+        let read = chains::inspect(tcp, consumed);
+        let hello = if chains.timeout.is_zero() {
+            read.await
+        } else {
+            match tokio::time::timeout(chains.timeout, read).await {
+                Ok(got) => got,
+                Err(_) if chains.continue_on_timeout => Ok(Hello::raw_buffer()),
+                Err(_) => return Err("listener_filters_timeout"),
+            }
+        };
+        *inspected = Inspected::Hello(match hello {
+            Ok(h) => h,
+            Err(GaveUp::Closed) => return Err("closed"),
+            Err(GaveUp::TooLarge) => return Err("client_hello_too_large"),
+        });
+    }
+    let Inspected::Hello(hello) = &*inspected else {
+        return Ok(None);
+    };
+    Ok(chains::select(&criteria, hello).map(|i| list[i].slot.clone()))
 }
 
 /// Counts a connection open on its listener until dropped.
@@ -580,26 +695,52 @@ async fn serve_connection(
 ) {
     let mut app = own.app.load_full();
     let mut slot = own;
-    let v = virtuals.load();
+    // Bytes read off the socket while waiting for a ClientHello: handed back to the stream.
+    let mut consumed = Vec::new();
+    let mut inspected = Inspected::Not;
+    let v = virtuals.load_full();
     let chains = v.chains.get(slot.name.as_str());
     if app.original_dst || chains.is_some() {
         let dst = redirected_to(&tcp);
         // A filter chain of this listener first (matched on where the connection was going:
         // its original destination, else the listener's own address), then — for a
         // use_original_dst listener — any virtual listener for a redirected destination.
-        let target = chains
-            .and_then(|c| virtual_for(c, dst.or_else(|| tcp.local_addr().ok())?))
-            .or_else(|| {
-                let d = dst.filter(|_| app.original_dst)?;
-                let listener = virtual_for(&v.global, d)?;
-                // A virtual listener's own filter chains, on the same destination.
-                Some(
-                    v.chains
-                        .get(listener.name.as_str())
-                        .and_then(|c| virtual_for(c, d))
-                        .unwrap_or(listener),
-                )
-            });
+        // Whose chains were being chosen (for the log and the metric).
+        let mut owner = slot.clone();
+        let mut target = None;
+        let mut chosen = Ok(None);
+        if let (Some(c), Some(d)) = (chains, dst.or_else(|| tcp.local_addr().ok())) {
+            chosen = chain_for(c, d, &tcp, &mut consumed, &mut inspected).await;
+        }
+        if let Ok(None) = chosen {
+            if let Some(d) = dst.filter(|_| app.original_dst) {
+                if let Some(listener) = virtual_for(&v.global, d) {
+                    // A virtual listener's own filter chains, on the same destination.
+                    if let Some(c) = v.chains.get(listener.name.as_str()) {
+                        chosen = chain_for(c, d, &tcp, &mut consumed, &mut inspected).await;
+                        owner = listener.clone();
+                    }
+                    target = Some(listener);
+                }
+            }
+        }
+        match chosen {
+            Ok(Some(chain)) => target = Some(chain),
+            Ok(None) => {}
+            Err(reason) => {
+                tracing::debug!(listener = %owner.name, %peer, reason,
+                    "connection closed while waiting for its ClientHello");
+                if reason != "closed" {
+                    v.refused
+                        .get_or_create(&vec![
+                            ("listener".to_owned(), owner.name.clone()),
+                            ("reason".to_owned(), reason.to_owned()),
+                        ])
+                        .inc();
+                }
+                return;
+            }
+        }
         if let Some(target) = target {
             tracing::trace!(from = %slot.name, to = %target.name, ?dst, "original destination");
             slot = target;
@@ -614,6 +755,10 @@ async fn serve_connection(
     // access log, load balancing by client and the TCP proxy's hash key.
     let _ = tcp.set_nodelay(true);
     let mut l4: L4Stream = tcp.into();
+    if !consumed.is_empty() {
+        // The chain reads the ClientHello as the client sent it.
+        l4.rewind(&consumed);
+    }
     let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
     let _ = digest.peer_addr.set(Some(peer.into()));
     l4.set_socket_digest(digest);

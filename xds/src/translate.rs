@@ -9,15 +9,22 @@
 //! field added to envoy-types fails the build here until somebody decides where it goes.
 //!
 //! # Supported
-//! - **Listener**: `address` (socket address, TCP), `bind_to_port`, `use_original_dst`;
+//! - **Listener**: `address` (socket address, TCP), `bind_to_port`, `use_original_dst`,
+//!   `listener_filters_timeout`, `continue_on_listener_filters_timeout`;
 //!   filter chains: the chain matching everything (else `default_filter_chain`) is the
-//!   listener's own, and each chain whose `filter_chain_match` names destinations becomes a
-//!   virtual listener `chain_of` it (`<listener>/<chain name or filter_chains[i]>`) at
-//!   `0.0.0.0:<destination_port>` or `<ip>:<port>` for single addresses in `prefix_ranges`
-//!   (`0.0.0.0/0` is any; on a listener not redirecting, the port defaults to its own);
-//!   `transport_protocol: raw_buffer`, and HTTP `application_protocols` on an HTTP chain, match
-//!   what such a chain serves anyway; listener filters `original_dst`, `tls_inspector`,
-//!   `http_inspector` (ignored: they feed matches the model makes by address); network filters
+//!   listener's own, and each chain whose `filter_chain_match` names destinations or TLS
+//!   criteria becomes a virtual listener `chain_of` it
+//!   (`<listener>/<chain name or filter_chains[i]>`) at `0.0.0.0:<destination_port>` or
+//!   `<ip>:<port>` for single addresses in `prefix_ranges` (`0.0.0.0/0` is any; on a listener
+//!   not redirecting, the port defaults to its own), with `server_names`,
+//!   `transport_protocol` and — on a chain for TLS (`tls` or `server_names`) — the ClientHello's
+//!   `application_protocols` as its `chain_match` (chains without a `transport_socket`: TLS
+//!   passes through; chains for one destination may differ by these, identical ones are
+//!   refused naming both). `transport_protocol: raw_buffer` is kept only when some chain asks
+//!   for TLS (otherwise every chain serves plain text anyway), and HTTP
+//!   `application_protocols` on a plain-text HTTP chain match what it serves anyway;
+//!   listener filters `original_dst`, `tls_inspector`, `http_inspector` (ignored: the listener
+//!   manager reads destinations and ClientHellos itself); network filters
 //!   `http_connection_manager` (RDS over ADS or an inline `route_config`) and `tcp_proxy`
 //!   (`cluster`), Istio's `istio.metadata_exchange` / `istio.stats` (ignored).
 //! - **HttpConnectionManager**: `http_filters` with the router last; Istio's `istio.alpn`,
@@ -60,9 +67,10 @@
 //!   inner type URL (an Envoy filter's config is chosen by type, not by name).
 //!
 //! # Not supported yet (error "not supported yet")
-//! Filter chains chosen by TLS (`transport_protocol: tls`, `server_names`), by protocol (two
-//! chains for one destination), by source, or by address ranges other than one address or
-//! any; transport sockets (TLS) on listeners and clusters, `LOGICAL_DNS` clusters,
+//! Filter chains chosen by the application protocol of plain-text connections
+//! (`http_inspector`: an HTTP and a TCP chain for one destination), by source, or by address
+//! ranges other than one address or any; chains with TLS criteria but no destination port on
+//! a `use_original_dst` listener; transport sockets (TLS) on listeners and clusters, `LOGICAL_DNS` clusters,
 //! `upstream_bind_config`, cookie / runtime matchers, route hash policies other than the
 //! source IP,
 //! `normalize_path`, `merge_slashes`, `use_remote_address`, gRPC timeout headers

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, health_check, socket_address, Address, AggregatedConfigSource,
     ConfigSource, HeaderValue, HeaderValueOption, HealthCheck, HealthStatus, Http2ProtocolOptions,
-    SocketAddress,
+    SocketAddress, TransportSocket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -41,7 +41,9 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, Struct, UInt32Value};
 use mecha_mesh::config::{HealthCheckKind, LbPolicy, UpstreamProtocol};
 use mecha_proto::config::v1::Component;
-use mecha_proxy_core::config::{Config, FilterConfig, ListenerConfig};
+use mecha_proxy_core::config::{
+    ChainMatch, Config, FilterConfig, ListenerConfig, TransportProtocol,
+};
 use mecha_xds::resources::{ResourceError, XdsResources};
 use mecha_xds::translate::{merge, translate, Translated};
 use prost::{Message, Name};
@@ -1330,12 +1332,19 @@ fn filter_chain_matches_the_model_cannot_serve_are_named() {
     };
     for (case, want) in [
         (
-            m(|m| m.transport_protocol = "tls".to_owned()),
-            "filter_chains[0].filter_chain_match.transport_protocol: tls: not supported yet",
+            m(|m| m.transport_protocol = "quic".to_owned()),
+            "filter_chains[0].filter_chain_match.transport_protocol: \"quic\" is not a transport protocol",
         ),
         (
-            m(|m| m.server_names = vec!["a.example".to_owned()]),
-            "filter_chains[0].filter_chain_match.server_names: not supported yet",
+            m(|m| m.server_names = vec!["a.*.example".to_owned()]),
+            "filter_chains[0].filter_chain_match.server_names[0]: \"a.*.example\": a wildcard is only allowed",
+        ),
+        (
+            Some(FilterChainMatch {
+                server_names: vec!["a.example".to_owned()],
+                ..Default::default()
+            }),
+            "filter_chains[0].filter_chain_match: server_names / transport_protocol without a destination_port on a use_original_dst listener: not supported yet",
         ),
         (
             m(|m| m.source_ports = vec![1234]),
@@ -1386,6 +1395,184 @@ fn filter_chain_matches_the_model_cannot_serve_are_named() {
         t.ignored
     );
     merged(&t);
+}
+
+fn hello_match(names: &[&str], transport: &str, alpn: &[&str]) -> Option<FilterChainMatch> {
+    Some(FilterChainMatch {
+        server_names: names.iter().map(|n| n.to_string()).collect(),
+        transport_protocol: transport.to_owned(),
+        application_protocols: alpn.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn filter_chains_by_client_hello_become_chains_with_a_match() {
+    let hcm = || vec![hcm_filter(&hcm_rds("r", vec![router_filter()]))];
+    let edge = Listener {
+        name: "edge".to_owned(),
+        address: Some(sock("0.0.0.0", 8443)),
+        listener_filters_timeout: secs(3),
+        continue_on_listener_filters_timeout: true,
+        filter_chains: vec![
+            chain(
+                "a",
+                hello_match(&["A.example.com"], "tls", &[]),
+                vec![tcp_filter("ca")],
+            ),
+            // ALPN on a chain for TLS: the ClientHello's, also on a tcp_proxy chain.
+            chain(
+                "",
+                hello_match(&["*.example.org"], "", &["istio-peer-exchange"]),
+                vec![tcp_filter("cb")],
+            ),
+            // HTTP ALPN with `tls`: the ClientHello's too.
+            chain("web", hello_match(&[], "tls", &["h2", "http/1.1"]), hcm()),
+            // Plain text (http_inspector's protocols: the HTTP chain serves them anyway).
+            chain(
+                "plain",
+                hello_match(&[], "raw_buffer", &["http/1.1", "h2c"]),
+                hcm(),
+            ),
+        ],
+        default_filter_chain: Some(chain("fallback", None, vec![tcp_filter("cd")])),
+        ..Default::default()
+    };
+    let res = set(
+        vec![edge],
+        vec![route_config("r", vec![route_to("/", "c1")])],
+        ["ca", "cb", "cd", "c1"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| static_cluster(c, 9001 + i as u32))
+            .collect(),
+    );
+    let t = ok(&res);
+    let by_name: BTreeMap<&str, &ListenerConfig> =
+        t.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
+    assert_eq!(
+        by_name.keys().copied().collect::<Vec<_>>(),
+        [
+            "edge",
+            "edge/a",
+            "edge/filter_chains[1]",
+            "edge/plain",
+            "edge/web"
+        ]
+    );
+    let own = by_name["edge"];
+    assert_eq!(
+        own.tcp_proxy.as_ref().map(|t| t.cluster.as_str()),
+        Some("cd")
+    );
+    assert_eq!(
+        own.listener_filters_timeout.0,
+        std::time::Duration::from_secs(3)
+    );
+    assert!(own.continue_on_listener_filters_timeout);
+    let want = |names: &[&str], t: Option<TransportProtocol>, alpn: &[&str]| ChainMatch {
+        server_names: strings(names),
+        transport_protocol: t,
+        application_protocols: strings(alpn),
+    };
+    for (name, cluster, m) in [
+        (
+            "edge/a",
+            Some("ca"),
+            want(&["a.example.com"], Some(TransportProtocol::Tls), &[]),
+        ),
+        (
+            "edge/filter_chains[1]",
+            Some("cb"),
+            want(&["*.example.org"], None, &["istio-peer-exchange"]),
+        ),
+        (
+            "edge/web",
+            None,
+            want(&[], Some(TransportProtocol::Tls), &["h2", "http/1.1"]),
+        ),
+        (
+            "edge/plain",
+            None,
+            want(&[], Some(TransportProtocol::RawBuffer), &[]),
+        ),
+    ] {
+        let l = by_name[name];
+        assert_eq!(l.address, "0.0.0.0:8443", "{name}: the listener's port");
+        assert_eq!(l.chain_of.as_deref(), Some("edge"), "{name}");
+        assert!(!l.bind_to_port, "{name}");
+        assert_eq!(l.chain_match.as_ref(), Some(&m), "{name}");
+        assert_eq!(
+            l.tcp_proxy.as_ref().map(|t| t.cluster.as_str()),
+            cluster,
+            "{name}"
+        );
+    }
+    // Shared addresses with different matches pass the model's validation.
+    merged(&t);
+}
+
+#[test]
+fn duplicate_and_terminating_tls_chains_are_refused() {
+    let edge = |chains: Vec<FilterChain>| Listener {
+        name: "edge".to_owned(),
+        address: Some(sock("0.0.0.0", 8443)),
+        filter_chains: chains,
+        ..Default::default()
+    };
+    let res = |l: Listener| set(vec![l], vec![], vec![static_cluster("c1", 9001)]);
+    // Identical (or overlapping: one shared name, the rest equal) criteria: Envoy refuses
+    // the listener; the NACK names both chains.
+    let l = edge(vec![
+        chain(
+            "",
+            hello_match(&["a.example.com", "b.example.com"], "tls", &[]),
+            vec![tcp_filter("c1")],
+        ),
+        chain(
+            "",
+            hello_match(&["b.example.com"], "tls", &[]),
+            vec![tcp_filter("c1")],
+        ),
+    ]);
+    assert_error(
+        &res(l),
+        "listener \"edge\": filter_chains[1]: matches 0.0.0.0:8443 as filter_chains[0] does (the same server_names, transport_protocol and application_protocols: Envoy refuses such duplicates)",
+    );
+    // A chain that would terminate TLS is refused as before.
+    let mut terminating = chain(
+        "",
+        hello_match(&["a.example.com"], "tls", &[]),
+        vec![tcp_filter("c1")],
+    );
+    terminating.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: None,
+    });
+    assert_error(
+        &res(edge(vec![terminating])),
+        "listener \"edge\": filter_chains[0].transport_socket: not supported yet (TLS termination on xDS listeners)",
+    );
+    // Without any chain asking for TLS, `raw_buffer` selects nothing: no match, no inspection.
+    let t = ok(&res(edge(vec![chain(
+        "",
+        Some(FilterChainMatch {
+            destination_port: u32v(8443),
+            transport_protocol: "raw_buffer".to_owned(),
+            ..Default::default()
+        }),
+        vec![tcp_filter("c1")],
+    )])));
+    assert_eq!(t.listeners[1].chain_match, None);
+    assert_eq!(
+        t.listeners[0].listener_filters_timeout.0,
+        std::time::Duration::from_secs(15),
+        "Envoy's default"
+    );
 }
 
 #[test]

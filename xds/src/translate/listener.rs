@@ -2,9 +2,11 @@
 //! chains: the one that matches everything (or the default chain) becomes the listener's own
 //! filters, each chain with a destination match a virtual listener `chain_of` it, at the
 //! address(es) it matches (`0.0.0.0:port` for a `destination_port`, `ip:port` for a single
-//! address in `prefix_ranges`).
+//! address in `prefix_ranges`), with its TLS criteria (`server_names`, `transport_protocol`,
+//! ClientHello `application_protocols`) as the virtual listener's `chain_match`: chains on one
+//! destination may differ by those.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use envoy_types::pb::envoy::config::core::v3::{
@@ -21,7 +23,10 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use mecha_mesh::config::{Dur, RouterConfig};
-use mecha_proxy_core::config::{FilterConfig, ListenerConfig, TcpProxyConfig};
+use mecha_proxy_core::config::{
+    server_name_problem, ChainMatch, FilterConfig, ListenerConfig, TcpProxyConfig,
+    TransportProtocol,
+};
 
 use super::filters::{self, Kind};
 use super::{boolv, dur, join, refuse, route, Errs};
@@ -78,8 +83,8 @@ pub(super) fn translate(
         // How a listener drains on removal: Mecha's listener manager drains its own way.
         drain_type: _,
         listener_filters,
-        listener_filters_timeout: _,
-        continue_on_listener_filters_timeout: _,
+        listener_filters_timeout,
+        continue_on_listener_filters_timeout,
         transparent,
         freebind,
         socket_options,
@@ -137,15 +142,28 @@ pub(super) fn translate(
     // model: the listener's own filters serve what no chain matches (a chain matching
     // everything, else `default_filter_chain`), and each chain with a destination becomes a
     // virtual listener with `chain_of: <this listener>` at the address(es) it matches.
-    let mut wildcard: Option<(String, &FilterChain)> = None;
-    let mut specific: Vec<(String, &FilterChain, Vec<SocketAddr>)> = Vec::new();
+    let redirecting = bind && original_dst;
+    let mut matched: Vec<(String, &FilterChain, Dests, ChainMatch)> = Vec::new();
     for (i, fc) in filter_chains.iter().enumerate() {
         let path = format!("filter_chains[{i}]");
-        let Some(dests) = chain_match(e, &path, fc, own_port, bind && original_dst) else {
-            continue;
-        };
+        if let Some((dests, criteria)) = chain_match(e, &path, fc, own_port, redirecting) {
+            matched.push((path, fc, dests, criteria));
+        }
+    }
+    // `raw_buffer` tells plain text from TLS; when no chain asks for TLS, every chain serves
+    // what reaches it as plain text anyway, and the match needs no inspection (none is
+    // made: a server-first protocol is not held up waiting for a ClientHello).
+    let tls_used = matched.iter().any(|(_, _, _, c)| {
+        c.transport_protocol == Some(TransportProtocol::Tls) || !c.server_names.is_empty()
+    });
+    let mut wildcard: Option<(String, &FilterChain)> = None;
+    let mut specific: Vec<(String, &FilterChain, Vec<SocketAddr>, ChainMatch)> = Vec::new();
+    for (path, fc, dests, mut criteria) in matched {
+        if !tls_used {
+            criteria.transport_protocol = None;
+        }
         match dests {
-            Dests::All => match &wildcard {
+            Dests::All if !criteria.inspects() => match &wildcard {
                 Some((other, _)) => e.at(
                     &path,
                     format!(
@@ -154,21 +172,46 @@ pub(super) fn translate(
                 ),
                 None => wildcard = Some((path, fc)),
             },
-            Dests::Some(addrs) => specific.push((path, fc, addrs)),
+            // TLS criteria without a destination: every destination the listener serves.
+            Dests::All => match own_port.filter(|_| !redirecting) {
+                Some(p) => specific.push((
+                    path,
+                    fc,
+                    vec![SocketAddr::new(IpAddr::from([0, 0, 0, 0]), p)],
+                    criteria,
+                )),
+                None => e.at(
+                    &join(&path, "filter_chain_match"),
+                    "server_names / transport_protocol without a destination_port on a \
+                     use_original_dst listener: not supported yet (a chain matches an address \
+                     with its port)",
+                ),
+            },
+            Dests::Some(addrs) => specific.push((path, fc, addrs, criteria)),
         }
     }
-    let mut seen: HashMap<SocketAddr, &str> = HashMap::new();
-    for (path, _, addrs) in &specific {
+    let mut seen: Vec<(SocketAddr, &ChainMatch, &str, &FilterChain)> = Vec::new();
+    for (path, fc, addrs, criteria) in &specific {
         for a in addrs {
-            if let Some(other) = seen.insert(*a, path) {
-                e.at(
-                    path,
-                    format!(
-                        "matches {a} as {other} does (choosing a chain by transport or \
-                         application protocol is not supported yet)"
-                    ),
-                );
+            if let Some((_, _, other, ofc)) = seen
+                .iter()
+                .find(|(b, m, _, _)| b == a && m.overlaps(criteria))
+            {
+                let alpn = |f: &FilterChain| {
+                    f.filter_chain_match
+                        .as_ref()
+                        .map(|m| m.application_protocols.clone())
+                };
+                let why = if alpn(fc) != alpn(ofc) {
+                    "choosing a chain by the application protocol of plain-text connections \
+                     (http_inspector) is not supported yet"
+                } else {
+                    "the same server_names, transport_protocol and application_protocols: \
+                     Envoy refuses such duplicates"
+                };
+                e.at(path, format!("matches {a} as {other} does ({why})"));
             }
+            seen.push((*a, criteria, path, fc));
         }
     }
     let default = match (wildcard, default_filter_chain) {
@@ -200,16 +243,18 @@ pub(super) fn translate(
         .unwrap_or_default();
     let mut chains = Vec::new();
     let mut names = HashSet::new();
-    for (path, fc, addrs) in &specific {
+    for (path, fc, addrs, criteria) in &specific {
         let chain = filter_chain(e, path, fc, ctx, key, ignored);
-        application_protocols(e, path, fc, &chain);
+        if criteria.application_protocols.is_empty() {
+            application_protocols(e, path, fc, &chain);
+        }
         // Chain names are optional and need not be unique in Envoy; the index always is.
         let label = if !fc.name.is_empty() && names.insert(fc.name.as_str()) {
             fc.name.clone()
         } else {
             path.clone()
         };
-        chains.push((label, chain, addrs));
+        chains.push((label, chain, addrs, criteria));
     }
 
     if e.count() != before {
@@ -218,7 +263,7 @@ pub(super) fn translate(
     if let Some(why) = own
         .waiting
         .iter()
-        .chain(chains.iter().filter_map(|(_, c, _)| c.waiting.as_ref()))
+        .chain(chains.iter().filter_map(|(_, c, _, _)| c.waiting.as_ref()))
         .next()
     {
         return Outcome::Warming(why.clone());
@@ -231,8 +276,13 @@ pub(super) fn translate(
     };
     cfg.bind_to_port = bind;
     cfg.use_original_dst = original_dst;
+    // Envoy's default is 15 s, as the model's; 0: no limit, in both.
+    if let Some(t) = dur(e, "listener_filters_timeout", listener_filters_timeout) {
+        cfg.listener_filters_timeout = t;
+    }
+    cfg.continue_on_listener_filters_timeout = *continue_on_listener_filters_timeout;
     let mut out = vec![cfg];
-    for (label, chain, addrs) in chains {
+    for (label, chain, addrs, criteria) in chains {
         for a in addrs {
             let name = if addrs.len() == 1 {
                 format!("{key}/{label}")
@@ -244,6 +294,7 @@ pub(super) fn translate(
             };
             c.bind_to_port = false;
             c.chain_of = Some(key.to_owned());
+            c.chain_match = criteria.inspects().then(|| criteria.clone());
             out.push(c);
         }
     }
@@ -282,10 +333,12 @@ enum Dests {
     Some(Vec<SocketAddr>),
 }
 
-/// The destinations `fc` matches, or `None` (with errors) when its match cannot be served.
-/// Supported: `destination_port`, `prefix_ranges` of single addresses (or `0.0.0.0/0`,
-/// `::/0`: any), `transport_protocol: raw_buffer`, and HTTP `application_protocols` on an
-/// HTTP chain (checked by [`application_protocols`]).
+/// The destinations `fc` matches and its TLS criteria, or `None` (with errors) when its match
+/// cannot be served. Supported: `destination_port`, `prefix_ranges` of single addresses (or
+/// `0.0.0.0/0`, `::/0`: any), `server_names`, `transport_protocol`, and
+/// `application_protocols` — the ClientHello's on a chain for TLS connections (`tls` or
+/// `server_names`), else HTTP ones on an HTTP chain (http_inspector's: checked by
+/// [`application_protocols`]).
 #[allow(deprecated)]
 fn chain_match(
     e: &mut Errs<'_>,
@@ -293,9 +346,9 @@ fn chain_match(
     fc: &FilterChain,
     own_port: Option<u16>,
     redirecting: bool,
-) -> Option<Dests> {
+) -> Option<(Dests, ChainMatch)> {
     let Some(m) = &fc.filter_chain_match else {
-        return Some(Dests::All);
+        return Some((Dests::All, ChainMatch::default()));
     };
     let path = join(path, "filter_chain_match");
     let FilterChainMatch {
@@ -309,8 +362,7 @@ fn chain_match(
         source_ports,
         server_names,
         transport_protocol,
-        // Checked against the chain's terminal filter by `application_protocols`.
-        application_protocols: _,
+        application_protocols,
     } = m;
     let before = e.count();
     refuse!(e, path; address_suffix, suffix_len, direct_source_prefix_ranges,
@@ -318,18 +370,17 @@ fn chain_match(
     if *source_type != 0 {
         e.unsupported(&path, "source_type");
     }
-    if !server_names.is_empty() {
-        e.at(
-            &join(&path, "server_names"),
-            "not supported yet (SNI: TLS on listeners)",
-        );
+    let mut criteria = ChainMatch::default();
+    for (j, n) in server_names.iter().enumerate() {
+        match server_name_problem(n) {
+            Some(p) => e.at(&format!("{path}.server_names[{j}]"), p),
+            None => criteria.server_names.push(n.to_ascii_lowercase()),
+        }
     }
     match transport_protocol.as_str() {
-        "" | "raw_buffer" => {}
-        "tls" => e.at(
-            &join(&path, "transport_protocol"),
-            "tls: not supported yet (TLS on listeners)",
-        ),
+        "" => {}
+        "raw_buffer" => criteria.transport_protocol = Some(TransportProtocol::RawBuffer),
+        "tls" => criteria.transport_protocol = Some(TransportProtocol::Tls),
         other => e.at(
             &join(&path, "transport_protocol"),
             format!("{other:?} is not a transport protocol (raw_buffer or tls)"),
@@ -374,15 +425,33 @@ fn chain_match(
             );
         }
     }
+    // Only a TLS connection has a server name or a ClientHello's ALPN; on a chain for
+    // plain text, application_protocols are http_inspector's (see `application_protocols`).
+    if criteria.transport_protocol == Some(TransportProtocol::Tls)
+        || !criteria.server_names.is_empty()
+    {
+        for (j, p) in application_protocols.iter().enumerate() {
+            if p.is_empty() || p.len() > 255 {
+                e.at(
+                    &format!("{path}.application_protocols[{j}]"),
+                    "an ALPN protocol has 1 to 255 bytes",
+                );
+            }
+        }
+        criteria.application_protocols = application_protocols.clone();
+    }
     if e.count() != before {
         return None;
     }
     if any_ip {
         // A range that matches every address makes the others irrelevant.
-        return Some(match port {
-            Some(p) => Dests::Some(vec![SocketAddr::new(IpAddr::from([0, 0, 0, 0]), p)]),
-            None => Dests::All,
-        });
+        return Some((
+            match port {
+                Some(p) => Dests::Some(vec![SocketAddr::new(IpAddr::from([0, 0, 0, 0]), p)]),
+                None => Dests::All,
+            },
+            criteria,
+        ));
     }
     // Addresses without a port: on a listener that accepts only its own port (or a virtual
     // one, reached only for its port) that port is implied; a redirecting listener sees any.
@@ -397,10 +466,13 @@ fn chain_match(
             return None;
         }
     };
-    Some(Dests::Some(
-        ips.into_iter()
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect(),
+    Some((
+        Dests::Some(
+            ips.into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect(),
+        ),
+        criteria,
     ))
 }
 
