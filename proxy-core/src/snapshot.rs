@@ -463,9 +463,11 @@ impl Snapshot {
         for (i, l) in config.listeners.iter().enumerate() {
             // Its route table is a resource of its own: a route edit changes that one (but the
             // listener's content, which shows its routes, is cut again).
-            let changed = prev
-                .is_none_or(|p| p.listener(&l.name).map(without_routes) != Some(without_routes(l)));
-            let same = prev.and_then(|p| p.listener(&l.name)) == Some(l);
+            let old = prev.and_then(|p| p.listener(&l.name));
+            let same = old == Some(l);
+            // Cloning without the routes only when something differs: a listener holds
+            // thousands of routes, and most updates change neither.
+            let changed = !same && old.map(without_routes) != Some(without_routes(l));
             status(ResourceKind::Listener, &l.name, changed, !same, &|| {
                 section(&source.document, "listeners", i)
             });
@@ -519,22 +521,36 @@ impl Snapshot {
                 .len()
                 .saturating_sub(plan.counts[1] + plan.counts[3]);
             plan.removed_clusters = cluster_plan.removed.clone();
-            let live: std::collections::HashSet<&str> = routes
-                .iter()
-                .flatten()
-                .flat_map(|r| r.router.route_labels())
-                .collect();
-            let mut removed: Vec<String> = p
+            // Only the route tables that were replaced can have lost routes (a carried-over
+            // table is the same `Router`).
+            let replaced: Vec<&Router> = p
                 .routes
                 .iter()
                 .flatten()
-                .flat_map(|r| r.router.route_labels())
-                .filter(|l| !live.contains(l))
-                .map(str::to_owned)
+                .filter(|old| {
+                    !routes
+                        .iter()
+                        .flatten()
+                        .any(|r| Arc::ptr_eq(&r.router, &old.router))
+                })
+                .map(|old| &*old.router)
                 .collect();
-            removed.sort();
-            removed.dedup();
-            plan.removed_routes = removed;
+            if !replaced.is_empty() {
+                let live: std::collections::HashSet<&str> = routes
+                    .iter()
+                    .flatten()
+                    .flat_map(|r| r.router.route_labels())
+                    .collect();
+                let mut removed: Vec<String> = replaced
+                    .iter()
+                    .flat_map(|r| r.route_labels())
+                    .filter(|l| !live.contains(l))
+                    .map(str::to_owned)
+                    .collect();
+                removed.sort();
+                removed.dedup();
+                plan.removed_routes = removed;
+            }
         }
         resources.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
 

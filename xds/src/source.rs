@@ -73,6 +73,7 @@ impl mecha_proxy_core::Feed for XdsFeed {
                 manager: manager.clone(),
                 seq: AtomicU64::new(0),
                 notes,
+                translator: Mutex::new(translate::Translator::default()),
             });
             tokio::spawn(export_metrics(status.clone(), manager.metrics().clone()));
             let Err(e) = ads::run(config, sink, status).await;
@@ -98,12 +99,18 @@ struct Apply {
     seq: AtomicU64,
     /// The notes of the last accepted candidate.
     notes: Arc<Mutex<Notes>>,
+    /// Remembers translations of unchanged resources between candidates (the sink is asked
+    /// one candidate at a time; the lock is never held across an await).
+    translator: Mutex<translate::Translator>,
 }
 
 impl Apply {
     async fn apply(&self, resources: &XdsResources) -> Result<(), Vec<ResourceError>> {
         let started = std::time::Instant::now();
-        let translated = translate::translate(resources)?;
+        let mut translated = match self.translator.lock() {
+            Ok(mut t) => t.translate(resources)?,
+            Err(_) => translate::translate(resources)?,
+        };
         let translated_at = started.elapsed();
         for line in &translated.ignored {
             tracing::debug!("xds: ignored: {line}");
@@ -119,7 +126,11 @@ impl Apply {
                 "xds: resources waiting for what they refer to"
             );
         }
-        let config = translate::merge(&self.bootstrap, &translated).map_err(update_errors)?;
+        let notes = Notes {
+            warming: std::mem::take(&mut translated.warming),
+            ignored: std::mem::take(&mut translated.ignored),
+        };
+        let config = translate::merge(&self.bootstrap, translated).map_err(update_errors)?;
         let merged_at = started.elapsed();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let update = UpdateSource {
@@ -133,10 +144,7 @@ impl Apply {
                 tracing::debug!(?outcome, ?translated_at, ?merged_at,
                     applied_at = ?started.elapsed(), "xds: update applied");
                 if let Ok(mut n) = self.notes.lock() {
-                    *n = Notes {
-                        warming: translated.warming,
-                        ignored: translated.ignored,
-                    };
+                    *n = notes;
                 }
                 Ok(())
             }

@@ -90,15 +90,21 @@ mod route;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Display;
+use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
 use mecha_capabilities::{BuildContext, ComponentSpec};
-use mecha_mesh::config::{ClusterConfig, DirectResponseConfig, Dur, RouteConfig};
+use mecha_mesh::config::{
+    ClusterConfig, DirectResponseConfig, Dur, EndpointConfig, RouteConfig, RouterConfig,
+};
 use mecha_proto::config::v1::Component;
 use mecha_proxy_core::config::{Config, FilterConfig, ListenerConfig};
 
-use crate::resources::{ResourceError, XdsResources};
+use crate::resources::{eds_service_name, ResourceError, XdsResources};
 
 /// What the resource set translates to.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -116,83 +122,214 @@ pub struct Translated {
 }
 
 /// Translates every resource of `res`; returns every error, each naming its resource and
-/// the field path.
+/// the field path. (A [`Translator`] without memory.)
 pub fn translate(res: &XdsResources) -> Result<Translated, Vec<ResourceError>> {
-    let mut errors = Vec::new();
-    let mut out = Translated::default();
+    Translator::default().translate(res)
+}
 
-    for (key, c) in &res.components {
-        let mut e = Errs::new("component", key, &mut errors);
-        if let Some(spec) = component(key, c, &mut e) {
-            out.components.push(spec);
-        }
-    }
+/// Translation that remembers what it translated last time, per resource: an unchanged
+/// cluster, endpoint assignment or route configuration (the same shared message, compared by
+/// pointer) is not translated again. A response carrying one ClusterLoadAssignment then costs
+/// the translation of one assignment and one cluster, not of every resource held: that is
+/// what keeps an endpoint push under a few milliseconds at thousands of clusters.
+///
+/// Only translations without errors are remembered, so a remembered resource contributes no
+/// errors; the entries hold the messages they were made from, so a pointer never outlives its
+/// message and cannot be mistaken for another one. Each call keeps only the entries of the
+/// resources it was given. Listeners are always translated: they copy their routers and
+/// depend on which clusters are absent, and there are few of them.
+#[derive(Default)]
+pub struct Translator {
+    assignments: Memos<AssignmentMemo>,
+    clusters: Memos<ClusterMemo>,
+    routes: Memos<RouteMemo>,
+    /// Counts calls: an entry not used by the current call is dropped at its end.
+    generation: u64,
+}
 
-    // Endpoints first: clusters take theirs from here.
-    let mut assignments = BTreeMap::new();
-    for (key, cla) in &res.endpoints {
-        let mut e = Errs::new("endpoints", key, &mut errors);
-        let before = e.count();
-        let eps = cluster::assignment(cla, "", &mut e, key);
-        if e.count() == before {
-            assignments.insert(key.as_str(), eps);
+/// Memos by resource name (foldhash: names come from the control plane, the map is private to
+/// one client and rebuilt per call, so SipHash's flooding resistance buys nothing here).
+type Memos<T> = HashMap<String, (u64, T), foldhash::fast::RandomState>;
+
+struct AssignmentMemo {
+    assignment: Arc<ClusterLoadAssignment>,
+    endpoints: Vec<EndpointConfig>,
+}
+
+/// A cluster's translation and what it was made from (its endpoints' assignment for EDS).
+struct ClusterMemo {
+    cluster: Arc<Cluster>,
+    assignment: Option<Arc<ClusterLoadAssignment>>,
+    outcome: cluster::Outcome,
+}
+
+struct RouteMemo {
+    config: Arc<RouteConfiguration>,
+    router: RouterConfig,
+    ignored: Vec<String>,
+}
+
+/// The memo of `key` if `valid` says it was made from what is held now, marked as used.
+fn recall<'m, T>(
+    memos: &'m mut Memos<T>,
+    generation: u64,
+    key: &str,
+    valid: impl FnOnce(&T) -> bool,
+) -> Option<&'m T> {
+    match memos.get_mut(key) {
+        Some((seen, memo)) if valid(memo) => {
+            *seen = generation;
+            Some(memo)
         }
+        _ => None,
     }
-    // Clusters left out (warming, or no usable endpoints): what refers to them is handled
-    // as Envoy does (503 for a route, see `merge`; a tcp_proxy listener waits).
-    let mut absent_clusters = HashSet::new();
-    for (key, c) in &res.clusters {
-        let mut e = Errs::new("cluster", key, &mut errors);
-        match cluster::translate(key, c, res, &assignments, &mut e) {
-            cluster::Outcome::Ready(cfg) => out.clusters.push(*cfg),
-            cluster::Outcome::Warming(why) => {
-                absent_clusters.insert(key.clone());
-                out.warming.push(format!("cluster {key:?}: {why}"));
+}
+
+fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+impl Translator {
+    /// As [`translate`], reusing the translations of unchanged resources.
+    pub fn translate(&mut self, res: &XdsResources) -> Result<Translated, Vec<ResourceError>> {
+        self.generation += 1;
+        let generation = self.generation;
+        let mut errors = Vec::new();
+        let mut out = Translated::default();
+
+        for (key, c) in &res.components {
+            let mut e = Errs::new("component", key, &mut errors);
+            if let Some(spec) = component(key, c, &mut e) {
+                out.components.push(spec);
             }
-            cluster::Outcome::Empty(why) => {
-                absent_clusters.insert(key.clone());
-                out.ignored.push(format!("cluster {key:?}: {why}"));
+        }
+
+        // Endpoints first: clusters take theirs from here.
+        for (key, cla) in &res.endpoints {
+            let valid = |m: &AssignmentMemo| Arc::ptr_eq(&m.assignment, cla);
+            if recall(&mut self.assignments, generation, key, valid).is_some() {
+                continue;
             }
-            cluster::Outcome::Failed => {}
+            self.assignments.remove(key);
+            let mut e = Errs::new("endpoints", key, &mut errors);
+            let before = e.count();
+            let endpoints = cluster::assignment(cla, "", &mut e, key);
+            if e.count() == before {
+                let memo = AssignmentMemo {
+                    assignment: cla.clone(),
+                    endpoints,
+                };
+                self.assignments.insert(key.clone(), (generation, memo));
+            }
         }
-    }
+        self.assignments.retain(|_, (seen, _)| *seen == generation);
+        let assignments: BTreeMap<&str, &[EndpointConfig]> = self
+            .assignments
+            .iter()
+            .map(|(k, (_, m))| (k.as_str(), m.endpoints.as_slice()))
+            .collect();
 
-    // Route configurations once each; listeners copy theirs (the model keeps a router per
-    // listener).
-    let mut routers = BTreeMap::new();
-    for (key, rc) in &res.routes {
-        let mut e = Errs::new("route_config", key, &mut errors);
-        let before = e.count();
-        let router = route::translate_config(rc, "", &mut e, &mut out.ignored, key);
-        if rc.name != *key && !rc.name.is_empty() {
-            e.at(
-                "name",
-                format!("{:?} differs from the resource name", rc.name),
-            );
+        // Clusters left out (warming, or no usable endpoints): what refers to them is handled
+        // as Envoy does (503 for a route, see `merge`; a tcp_proxy listener waits).
+        let mut absent_clusters = HashSet::new();
+        for (key, c) in &res.clusters {
+            let assignment = eds_service_name(c).and_then(|s| res.endpoints.get(s));
+            let valid = |m: &ClusterMemo| {
+                Arc::ptr_eq(&m.cluster, c) && same(m.assignment.as_ref(), assignment)
+            };
+            let outcome = match recall(&mut self.clusters, generation, key, valid) {
+                Some(memo) => memo.outcome.clone(),
+                None => {
+                    let mut e = Errs::new("cluster", key, &mut errors);
+                    let before = e.count();
+                    let outcome = cluster::translate(key, c, res, &assignments, &mut e);
+                    if e.count() == before && !matches!(outcome, cluster::Outcome::Failed) {
+                        let memo = ClusterMemo {
+                            cluster: c.clone(),
+                            assignment: assignment.cloned(),
+                            outcome: outcome.clone(),
+                        };
+                        self.clusters.insert(key.clone(), (generation, memo));
+                    }
+                    outcome
+                }
+            };
+            match outcome {
+                cluster::Outcome::Ready(cfg) => out.clusters.push(*cfg),
+                cluster::Outcome::Warming(why) => {
+                    absent_clusters.insert(key.clone());
+                    out.warming.push(format!("cluster {key:?}: {why}"));
+                }
+                cluster::Outcome::Empty(why) => {
+                    absent_clusters.insert(key.clone());
+                    out.ignored.push(format!("cluster {key:?}: {why}"));
+                }
+                cluster::Outcome::Failed => {}
+            }
         }
-        if e.count() == before {
-            routers.insert(key.as_str(), router);
-        }
-    }
+        self.clusters.retain(|_, (seen, _)| *seen == generation);
 
-    let ctx = listener::Context {
-        res,
-        routers: &routers,
-        absent_clusters: &absent_clusters,
-    };
-    for (key, l) in &res.listeners {
-        let mut e = Errs::new("listener", key, &mut errors);
-        match listener::translate(key, l, &ctx, &mut e, &mut out.ignored) {
-            listener::Outcome::Ready(cfgs) => out.listeners.extend(cfgs),
-            listener::Outcome::Warming(why) => out.warming.push(format!("listener {key:?}: {why}")),
-            listener::Outcome::Failed => {}
+        // Route configurations once each; listeners copy theirs (the model keeps a router per
+        // listener).
+        for (key, rc) in &res.routes {
+            let valid = |m: &RouteMemo| Arc::ptr_eq(&m.config, rc);
+            if let Some(memo) = recall(&mut self.routes, generation, key, valid) {
+                out.ignored.extend(memo.ignored.iter().cloned());
+                continue;
+            }
+            self.routes.remove(key);
+            let mut e = Errs::new("route_config", key, &mut errors);
+            let before = e.count();
+            let mut ignored = Vec::new();
+            let router = route::translate_config(rc, "", &mut e, &mut ignored, key);
+            if rc.name != *key && !rc.name.is_empty() {
+                e.at(
+                    "name",
+                    format!("{:?} differs from the resource name", rc.name),
+                );
+            }
+            out.ignored.extend(ignored.iter().cloned());
+            if e.count() == before {
+                let memo = RouteMemo {
+                    config: rc.clone(),
+                    router,
+                    ignored,
+                };
+                self.routes.insert(key.clone(), (generation, memo));
+            }
         }
-    }
+        self.routes.retain(|_, (seen, _)| *seen == generation);
+        let routers: BTreeMap<&str, &RouterConfig> = self
+            .routes
+            .iter()
+            .map(|(k, (_, m))| (k.as_str(), &m.router))
+            .collect();
 
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
+        let ctx = listener::Context {
+            res,
+            routers: &routers,
+            absent_clusters: &absent_clusters,
+        };
+        for (key, l) in &res.listeners {
+            let mut e = Errs::new("listener", key, &mut errors);
+            match listener::translate(key, l, &ctx, &mut e, &mut out.ignored) {
+                listener::Outcome::Ready(cfgs) => out.listeners.extend(cfgs),
+                listener::Outcome::Warming(why) => {
+                    out.warming.push(format!("listener {key:?}: {why}"))
+                }
+                listener::Outcome::Failed => {}
+            }
+        }
+
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -201,7 +338,7 @@ pub fn translate(res: &XdsResources) -> Result<Translated, Vec<ResourceError>> {
 /// listeners to clusters that are not in the result answer 503 (Envoy's default
 /// `cluster_not_found_response_code`); a weighted split or a tcp_proxy naming one is an error.
 /// The result is checked by building it (`Snapshot::build`), as a file is.
-pub fn merge(bootstrap: &Config, t: &Translated) -> Result<Config, Vec<String>> {
+pub fn merge(bootstrap: &Config, t: Translated) -> Result<Config, Vec<String>> {
     let mut errors = Vec::new();
     let mut cfg = bootstrap.clone();
     let static_listeners: HashMap<&str, usize> = bootstrap
@@ -249,10 +386,10 @@ pub fn merge(bootstrap: &Config, t: &Translated) -> Result<Config, Vec<String>> 
             ));
         }
     }
-    cfg.clusters.extend(t.clusters.iter().cloned());
-    cfg.components.extend(t.components.iter().cloned());
+    cfg.clusters.extend(t.clusters);
+    cfg.components.extend(t.components);
     let known: HashSet<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
-    let mut listeners = t.listeners.clone();
+    let mut listeners = t.listeners;
     for l in &mut listeners {
         if let Some(tp) = &l.tcp_proxy {
             if !known.contains(tp.cluster.as_str()) {

@@ -6,6 +6,7 @@
 #![allow(deprecated)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds, cluster, CircuitBreakers, Cluster, OutlierDetection,
@@ -45,7 +46,7 @@ use mecha_proxy_core::config::{
     ChainMatch, Config, FilterConfig, ListenerConfig, TransportProtocol,
 };
 use mecha_xds::resources::{ResourceError, XdsResources};
-use mecha_xds::translate::{merge, translate, Translated};
+use mecha_xds::translate::{merge, translate, Translated, Translator};
 use prost::{Message, Name};
 
 // === builders ===
@@ -254,9 +255,18 @@ fn set(
     clusters: Vec<Cluster>,
 ) -> XdsResources {
     XdsResources {
-        listeners: listeners.into_iter().map(|l| (l.name.clone(), l)).collect(),
-        routes: routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
-        clusters: clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
+        listeners: listeners
+            .into_iter()
+            .map(|l| (l.name.clone(), Arc::new(l)))
+            .collect(),
+        routes: routes
+            .into_iter()
+            .map(|r| (r.name.clone(), Arc::new(r)))
+            .collect(),
+        clusters: clusters
+            .into_iter()
+            .map(|c| (c.name.clone(), Arc::new(c)))
+            .collect(),
         endpoints: BTreeMap::new(),
         components: BTreeMap::new(),
     }
@@ -270,7 +280,7 @@ fn bootstrap() -> Config {
 /// Merges with the bootstrap, then validates and builds the config as `mecha validate` does
 /// for a file.
 fn merged(t: &Translated) -> Config {
-    let cfg = merge(&bootstrap(), t).expect("merges");
+    let cfg = merge(&bootstrap(), t.clone()).expect("merges");
     let errors = mecha_proxy_core::config::validate(&cfg);
     assert!(errors.is_empty(), "validate: {errors:?}");
     let metrics = mecha_proxy_core::metrics::Metrics::new();
@@ -369,6 +379,96 @@ fn lds_rds_and_inline_route_configs_translate_and_build() {
     assert_eq!(c1.connect_timeout.0, std::time::Duration::from_secs(2));
     let cfg = merged(&t);
     assert_eq!(cfg.listeners.len(), 2);
+}
+
+/// A translator that remembers must give exactly what translating from scratch gives, step
+/// after step, and follow every change: a new assignment, a removed one, a changed cluster, a
+/// broken route configuration (whose errors are never remembered away) and its repair.
+#[test]
+fn a_translator_reuses_unchanged_resources_and_follows_changes() {
+    let mut res = set(
+        vec![listener(
+            "l1",
+            18081,
+            vec![hcm_filter(&hcm_rds("r1", vec![router_filter()]))],
+        )],
+        vec![route_config(
+            "r1",
+            vec![route_to("/a", "a"), route_to("/b", "b")],
+        )],
+        vec![eds_cluster("a"), eds_cluster("b")],
+    );
+    for (name, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2")] {
+        let eps = vec![lb_endpoint(ip, 80, None, HealthStatus::Healthy)];
+        res.endpoints
+            .insert(name.to_owned(), Arc::new(cla(name, eps)));
+    }
+    let mut tr = Translator::default();
+    let step = |tr: &mut Translator, res: &XdsResources| {
+        let remembered = tr.translate(res);
+        assert_eq!(
+            remembered,
+            translate(res),
+            "the translator differs from a fresh one"
+        );
+        remembered
+    };
+    let endpoint_of = |t: &Translated, c: &str| -> Option<String> {
+        let c = t.clusters.iter().find(|x| x.name == c)?;
+        Some(c.endpoints[0].address.clone())
+    };
+
+    let t = step(&mut tr, &res).expect("translates");
+    assert_eq!(endpoint_of(&t, "a").as_deref(), Some("10.0.0.1:80"));
+    let t = step(&mut tr, &res).expect("translates again, from memory");
+    assert_eq!(endpoint_of(&t, "b").as_deref(), Some("10.0.0.2:80"));
+
+    // A new assignment for `a` (what an endpoint push delivers): `a` follows, `b` is kept.
+    let eps = vec![lb_endpoint("10.0.0.9", 80, None, HealthStatus::Healthy)];
+    res.endpoints
+        .insert("a".to_owned(), Arc::new(cla("a", eps)));
+    let t = step(&mut tr, &res).expect("translates");
+    assert_eq!(endpoint_of(&t, "a").as_deref(), Some("10.0.0.9:80"));
+    assert_eq!(endpoint_of(&t, "b").as_deref(), Some("10.0.0.2:80"));
+
+    // `b` loses its assignment: it warms, and its route answers 503 after the merge.
+    res.endpoints.remove("b");
+    let t = step(&mut tr, &res).expect("translates");
+    assert_eq!(endpoint_of(&t, "b"), None);
+    assert!(
+        t.warming.iter().any(|w| w.contains("cluster \"b\"")),
+        "{:?}",
+        t.warming
+    );
+
+    // A changed cluster with the same assignment.
+    let mut a = eds_cluster("a");
+    a.lb_policy = cluster::LbPolicy::Random as i32;
+    res.clusters.insert("a".to_owned(), Arc::new(a));
+    let t = step(&mut tr, &res).expect("translates");
+    let a = t
+        .clusters
+        .iter()
+        .find(|c| c.name == "a")
+        .expect("cluster a");
+    assert_eq!(a.lb_policy, mecha_mesh::config::LbPolicy::Random);
+
+    // A broken route configuration errs every time it is translated, and its repair applies.
+    let good = res.routes.get("r1").cloned().expect("r1");
+    let mut bad = RouteConfiguration::clone(&good);
+    bad.name = "other".to_owned();
+    res.routes.insert("r1".to_owned(), Arc::new(bad));
+    for _ in 0..2 {
+        let errors = step(&mut tr, &res).expect_err("a misnamed route configuration");
+        assert!(
+            errors.iter().any(|e| e.message.contains("differs")),
+            "{errors:?}"
+        );
+    }
+    res.routes.insert("r1".to_owned(), good);
+    let t = step(&mut tr, &res).expect("translates after the repair");
+    let routes = &router_of(&t.listeners[0]).virtual_hosts[0].routes;
+    assert_eq!(routes[0].cluster.as_deref(), Some("a"));
 }
 
 #[test]
@@ -485,7 +585,7 @@ fn eds_cluster_takes_weights_and_leaves_out_unhealthy_endpoints() {
     let mut res = set(vec![], vec![], vec![eds_cluster("svc")]);
     res.endpoints.insert(
         "svc".to_owned(),
-        cla(
+        Arc::new(cla(
             "svc",
             vec![
                 lb_endpoint("10.0.0.1", 80, Some(3), HealthStatus::Healthy),
@@ -494,10 +594,10 @@ fn eds_cluster_takes_weights_and_leaves_out_unhealthy_endpoints() {
                 lb_endpoint("10.0.0.4", 80, None, HealthStatus::Timeout),
                 lb_endpoint("10.0.0.5", 80, None, HealthStatus::Unknown),
             ],
-        ),
+        )),
     );
     // A failover priority: kept, with its priority, and health status applies there too.
-    if let Some(a) = res.endpoints.get_mut("svc") {
+    if let Some(a) = res.endpoints.get_mut("svc").map(Arc::make_mut) {
         a.endpoints.push(LocalityLbEndpoints {
             priority: 1,
             lb_endpoints: vec![
@@ -538,7 +638,7 @@ fn eds_priorities_become_endpoint_priorities() {
     };
     res.endpoints.insert(
         "svc".to_owned(),
-        ClusterLoadAssignment {
+        Arc::new(ClusterLoadAssignment {
             cluster_name: "svc".to_owned(),
             endpoints: vec![
                 level(2, "10.0.2.1"),
@@ -546,7 +646,7 @@ fn eds_priorities_become_endpoint_priorities() {
                 level(1, "10.0.1.1"),
             ],
             ..Default::default()
-        },
+        }),
     );
     let t = ok(&res);
     let eps: Vec<(&str, u32)> = t.clusters[0]
@@ -561,21 +661,21 @@ fn eds_priorities_become_endpoint_priorities() {
     // Only failover endpoints (priority 0 empty) are fine too: they are the best level.
     res.endpoints.insert(
         "svc".to_owned(),
-        ClusterLoadAssignment {
+        Arc::new(ClusterLoadAssignment {
             cluster_name: "svc".to_owned(),
             endpoints: vec![level(1, "10.0.1.1")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(ok(&res).clusters[0].endpoints[0].priority, 1);
     // Beyond 127 the assignment is NACKed naming the field.
     res.endpoints.insert(
         "svc".to_owned(),
-        ClusterLoadAssignment {
+        Arc::new(ClusterLoadAssignment {
             cluster_name: "svc".to_owned(),
             endpoints: vec![level(0, "10.0.0.1"), level(128, "10.0.9.1")],
             ..Default::default()
-        },
+        }),
     );
     let errors = errors_of(&res);
     assert!(
@@ -595,10 +695,10 @@ fn eds_service_name_names_the_assignment() {
     let mut res = set(vec![], vec![], vec![c]);
     res.endpoints.insert(
         "svc-eds".to_owned(),
-        cla(
+        Arc::new(cla(
             "svc-eds",
             vec![lb_endpoint("10.0.0.1", 80, None, HealthStatus::Healthy)],
-        ),
+        )),
     );
     let t = ok(&res);
     assert_eq!(t.clusters[0].name, "outbound|80||svc");
@@ -1710,11 +1810,11 @@ fn components_are_mapped_and_validated() {
     let mut res = XdsResources::default();
     res.components.insert(
         "statestore".to_owned(),
-        Component {
+        Arc::new(Component {
             name: "statestore".to_owned(),
             r#type: "state.memory".to_owned(),
             metadata: [("keyPrefix".to_owned(), "none".to_owned())].into(),
-        },
+        }),
     );
     let t = ok(&res);
     assert_eq!(t.components[0].name, "statestore");
@@ -1722,11 +1822,11 @@ fn components_are_mapped_and_validated() {
     assert_eq!(t.components[0].meta_str("keyPrefix"), Some("none"));
     res.components.insert(
         "bad".to_owned(),
-        Component {
+        Arc::new(Component {
             name: "bad".to_owned(),
             r#type: "state.foo".to_owned(),
             metadata: Default::default(),
-        },
+        }),
     );
     assert_error(&res, "component \"bad\": type: unknown type \"state.foo\"");
 }
@@ -1739,7 +1839,7 @@ fn merge_refuses_names_taken_by_the_bootstrap() {
     .expect("bootstrap");
     boot.admin.address = None;
     let t = ok(&set(vec![], vec![], vec![static_cluster("c1", 9001)]));
-    let errs = merge(&boot, &t).expect_err("clash");
+    let errs = merge(&boot, t).expect_err("clash");
     assert!(
         errs[0].contains("cluster \"c1\" from xDS") && errs[0].contains("static clusters[0]"),
         "{errs:?}"

@@ -4,8 +4,8 @@
 //! listeners and clusters point to.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
@@ -18,8 +18,8 @@ use mecha_proto::config::v1::Component;
 use prost::Message;
 
 use crate::resources::{
-    ResourceError, XdsResources, CLUSTER_TYPE, COMPONENT_TYPE, ENDPOINT_TYPE, LISTENER_TYPE,
-    ROUTE_TYPE,
+    eds_service_name, ResourceError, XdsResources, CLUSTER_TYPE, COMPONENT_TYPE, ENDPOINT_TYPE,
+    LISTENER_TYPE, ROUTE_TYPE,
 };
 
 /// The `typed_config` type URL of the HTTP connection manager network filter: the only place a
@@ -251,7 +251,32 @@ impl Candidate {
     pub(crate) fn then(mut self, kind: Kind, update: Update) -> Candidate {
         let resources = &mut self.resources;
         let versions = &mut self.versions;
-        let subscribed = (!kind.is_wildcard()).then(|| subscription(resources, kind));
+        // Which upserts are subscribed, decided before anything changes (borrowed names: an
+        // endpoint push must not copy the names of every cluster held).
+        let unsubscribed: Vec<bool> = match kind {
+            Kind::Endpoint => {
+                let names: std::collections::HashSet<&str> = resources
+                    .clusters
+                    .values()
+                    .filter_map(|c| eds_service_name(c))
+                    .collect();
+                let subscribed = |n: &str| names.contains(n);
+                update
+                    .upserts
+                    .iter()
+                    .map(|(n, _, _)| !subscribed(n))
+                    .collect()
+            }
+            Kind::Route => {
+                let names = subscription(resources, kind);
+                update
+                    .upserts
+                    .iter()
+                    .map(|(n, _, _)| !names.contains(n))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let kind_versions = versions.entry(kind).or_default();
         if update.replace_all {
             clear(resources, kind);
@@ -261,8 +286,8 @@ impl Candidate {
             remove(resources, kind, name);
             kind_versions.remove(name);
         }
-        for (name, version, decoded) in update.upserts {
-            if subscribed.as_ref().is_some_and(|s| !s.contains(&name)) {
+        for (i, (name, version, decoded)) in update.upserts.into_iter().enumerate() {
+            if unsubscribed.get(i).copied().unwrap_or(false) {
                 tracing::debug!(type_url = kind.type_url(), %name, "ignoring a resource not subscribed");
                 continue;
             }
@@ -274,12 +299,12 @@ impl Candidate {
         }
         match kind {
             Kind::Listener => {
-                let keep = rds_names(resources.listeners.values());
+                let keep = rds_names(resources.listeners.values().map(|l| &**l));
                 resources.routes.retain(|name, _| keep.contains(name));
                 prune_versions(versions, Kind::Route, &keep);
             }
             Kind::Cluster => {
-                let keep = eds_names(resources.clusters.values());
+                let keep = eds_names(resources.clusters.values().map(|c| &**c));
                 resources.endpoints.retain(|name, _| keep.contains(name));
                 prune_versions(versions, Kind::Endpoint, &keep);
             }
@@ -292,8 +317,8 @@ impl Candidate {
 /// The names a named type is subscribed to in `res`, as implied by its roots.
 fn subscription(res: &XdsResources, kind: Kind) -> BTreeSet<String> {
     match kind {
-        Kind::Route => rds_names(res.listeners.values()),
-        Kind::Endpoint => eds_names(res.clusters.values()),
+        Kind::Route => rds_names(res.listeners.values().map(|l| &**l)),
+        Kind::Endpoint => eds_names(res.clusters.values().map(|c| &**c)),
         _ => BTreeSet::new(),
     }
 }
@@ -376,19 +401,19 @@ fn remove(res: &mut XdsResources, kind: Kind, name: &str) {
 fn insert(res: &mut XdsResources, decoded: Decoded) {
     match decoded {
         Decoded::Listener(r) => {
-            res.listeners.insert(r.name.clone(), r);
+            res.listeners.insert(r.name.clone(), Arc::new(r));
         }
         Decoded::Route(r) => {
-            res.routes.insert(r.name.clone(), r);
+            res.routes.insert(r.name.clone(), Arc::new(r));
         }
         Decoded::Cluster(r) => {
-            res.clusters.insert(r.name.clone(), r);
+            res.clusters.insert(r.name.clone(), Arc::new(r));
         }
         Decoded::Endpoint(r) => {
-            res.endpoints.insert(r.cluster_name.clone(), r);
+            res.endpoints.insert(r.cluster_name.clone(), Arc::new(r));
         }
         Decoded::Component(r) => {
-            res.components.insert(r.name.clone(), r);
+            res.components.insert(r.name.clone(), Arc::new(r));
         }
     }
 }
@@ -426,24 +451,17 @@ pub(crate) fn rds_names<'a>(listeners: impl Iterator<Item = &'a Listener>) -> BT
 /// For each EDS cluster, `eds_cluster_config.service_name`, or else the cluster's name.
 pub(crate) fn eds_names<'a>(clusters: impl Iterator<Item = &'a Cluster>) -> BTreeSet<String> {
     clusters
-        .filter(|c| {
-            c.cluster_discovery_type == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
-        })
-        .map(|c| {
-            c.eds_cluster_config
-                .as_ref()
-                .map(|e| e.service_name.as_str())
-                .filter(|s| !s.is_empty())
-                .unwrap_or(&c.name)
-                .to_owned()
-        })
+        .filter_map(eds_service_name)
+        .map(str::to_owned)
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+    };
     use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds;
 

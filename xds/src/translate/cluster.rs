@@ -25,6 +25,7 @@ use super::listener::{config_source_is_ads, socket_address};
 use super::{dur, filters, join, refuse, u32v, Errs};
 use crate::resources::XdsResources;
 
+#[derive(Clone)]
 pub(super) enum Outcome {
     Ready(Box<ClusterConfig>),
     /// Its endpoints have not arrived.
@@ -42,7 +43,7 @@ pub(super) fn translate(
     key: &str,
     c: &Cluster,
     res: &XdsResources,
-    assignments: &BTreeMap<&str, Vec<EndpointConfig>>,
+    assignments: &BTreeMap<&str, &[EndpointConfig]>,
     e: &mut Errs<'_>,
 ) -> Outcome {
     let before = e.count();
@@ -208,7 +209,7 @@ pub(super) fn translate(
                 }
             }
             match assignments.get(service.as_str()) {
-                Some(eps) => Some(eps.clone()),
+                Some(eps) => Some(eps.to_vec()),
                 // Its errors are reported under the endpoints resource.
                 None if res.endpoints.contains_key(&service) => return Outcome::Failed,
                 None => {

@@ -35,7 +35,7 @@ use crate::resources::XdsResources;
 pub(super) struct Context<'a> {
     pub res: &'a XdsResources,
     /// Translated route configurations (the ones without errors), by name.
-    pub routers: &'a BTreeMap<&'a str, RouterConfig>,
+    pub routers: &'a BTreeMap<&'a str, &'a RouterConfig>,
     /// Clusters of `res` that were left out (warming, or no usable endpoints).
     pub absent_clusters: &'a HashSet<String>,
 }
@@ -921,7 +921,7 @@ fn rds_router(
         return None;
     }
     match ctx.routers.get(route_config_name.as_str()) {
-        Some(r) => Some(r.clone()),
+        Some(r) => Some(RouterConfig::clone(r)),
         // Its errors are reported under the route configuration.
         None if ctx.res.routes.contains_key(route_config_name) => None,
         None => {
