@@ -74,6 +74,17 @@ pub fn build_clusters(
     plan_clusters(cfgs, metrics, None).map(|p| p.clusters)
 }
 
+/// Checks a cluster whose endpoint list alone changed: it is adopted in place
+/// ([`Cluster::set_endpoints`]), not rebuilt, so it is checked here as [`Cluster::build`]
+/// would check it. The errors are relative to the cluster (`endpoints[0].address: …`).
+pub fn check_adopted_endpoints(c: &config::ClusterConfig) -> Vec<String> {
+    let mut errs = bounds::cluster(c);
+    if let Err(e) = cluster::check_endpoints(c) {
+        errs.extend(e);
+    }
+    errs
+}
+
 /// Builds the clusters of a config update against the running ones (`prev`), carrying over
 /// unchanged clusters as the same objects. Changes nothing that runs: endpoint-only changes
 /// are applied by the caller once the whole update is accepted.
@@ -97,11 +108,7 @@ pub fn plan_clusters(
         let (cluster, change) = match old {
             Some(o) if o.serves(c) => (Ok(o.clone()), ClusterChange::Kept),
             Some(o) if o.differs_in_endpoints_only(c) => {
-                // Not rebuilt, so checked here as `Cluster::build` would.
-                let mut errs = bounds::cluster(c);
-                if let Err(e) = cluster::check_endpoints(c) {
-                    errs.extend(e);
-                }
+                let errs = check_adopted_endpoints(c);
                 let ok = if errs.is_empty() {
                     Ok(o.clone())
                 } else {

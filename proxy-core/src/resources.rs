@@ -3,8 +3,10 @@
 //!
 //! One update at a time:
 //! 1. parse and check the text; build the next [`Snapshot`] against the running one
-//!    ([`Snapshot::build`]: unchanged resources carried over, no I/O). Any error rejects the
-//!    whole update: nothing changes, and `/config_dump` shows the errors.
+//!    ([`Snapshot::build`]: unchanged resources carried over, no I/O; an update that changes
+//!    only endpoint lists, as an EDS push does, skips the build: [`Snapshot::with_endpoints`]).
+//!    Any error rejects the whole update: nothing changes, and `/config_dump` shows the
+//!    errors.
 //! 2. carry out the [`UpdatePlan`](crate::snapshot::UpdatePlan) that must precede publishing:
 //!    clusters whose endpoint list alone changed adopt it in place; new clusters with DNS
 //!    names resolve them (bounded by [`WARM_TIMEOUT`]), so they never serve empty;
@@ -212,7 +214,11 @@ impl ResourceManager {
             errors = needs_restart(&current.config, &cfg, self.platform_roots);
         }
         let validated = started.elapsed();
-        let built = Snapshot::build(cfg, &self.metrics, Some(current), &update);
+        // An update that only moves endpoints (an EDS push) is not rebuilt.
+        let built = match current.endpoint_changes(&cfg) {
+            Some(changed) => current.with_endpoints(cfg, &changed, &update),
+            None => Snapshot::build(cfg, &self.metrics, Some(current), &update),
+        };
         let snapshot_built = started.elapsed();
         let (next, plan) = match built {
             Ok(built) if errors.is_empty() => built,

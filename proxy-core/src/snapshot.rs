@@ -202,8 +202,9 @@ fn default_invocation_retry() -> RetryPolicyConfig {
 }
 
 /// One router filter's compiled table and the config it came from.
+#[derive(Clone)]
 struct RouteResource {
-    config: RouterConfig,
+    config: Arc<RouterConfig>,
     router: Arc<Router>,
 }
 
@@ -320,12 +321,9 @@ impl Snapshot {
                 };
                 let old = prev
                     .and_then(|p| p.route_for(&listener.name))
-                    .filter(|old| old.config == *rc && refs_unchanged(&old.router, &clusters));
+                    .filter(|old| *old.config == *rc && refs_unchanged(&old.router, &clusters));
                 if let Some(old) = old {
-                    route = Some(RouteResource {
-                        config: rc.clone(),
-                        router: old.router.clone(),
-                    });
+                    route = Some(old.clone());
                     continue;
                 }
                 let resolve = |name: &str| match clusters.get(name) {
@@ -341,7 +339,7 @@ impl Snapshot {
                     Ok(table) => {
                         let router = Router::new(table, &metrics.mesh, rc.access_log);
                         route = Some(RouteResource {
-                            config: rc.clone(),
+                            config: Arc::new(rc.clone()),
                             router: Arc::new(router),
                         });
                     }
@@ -572,6 +570,121 @@ impl Snapshot {
         ))
     }
 
+    /// Which clusters of `next` differ from this Snapshot's config in their endpoint lists
+    /// only, when nothing else differs (what an EDS push or an endpoint edit does): their
+    /// indexes in `next.clusters`, for [`Snapshot::with_endpoints`]. `None` when anything
+    /// else changes, or nothing does: the update is built in full.
+    pub fn endpoint_changes(&self, next: &Config) -> Option<Vec<usize>> {
+        // Destructured without `..`: a field added to Config must be decided on here.
+        let Config {
+            threads,
+            app,
+            admin,
+            shutdown,
+            listeners,
+            components,
+            clusters,
+            apps,
+            invocation,
+            xds,
+        } = next;
+        let cur = &*self.config;
+        let same = *threads == cur.threads
+            && *app == cur.app
+            && *admin == cur.admin
+            && *shutdown == cur.shutdown
+            && *components == cur.components
+            && *apps == cur.apps
+            && *invocation == cur.invocation
+            && *xds == cur.xds
+            && clusters.len() == cur.clusters.len()
+            && *listeners == cur.listeners;
+        if !same {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for (i, (old, new)) in cur.clusters.iter().zip(clusters).enumerate() {
+            if old == new {
+                continue;
+            }
+            let running = self.clusters.get(&new.name)?;
+            if old.name != new.name || !running.differs_in_endpoints_only(new) {
+                return None;
+            }
+            changed.push(i);
+        }
+        (!changed.is_empty()).then_some(changed)
+    }
+
+    /// The next Snapshot for an update [`Snapshot::endpoint_changes`] found to change only the
+    /// endpoint lists of the clusters at `changed`: everything else is carried over as it is
+    /// (the same clusters, route tables, filters, components), and the plan adopts the new
+    /// lists in place, as [`Snapshot::build`] would plan them, without rebuilding the rest.
+    /// At thousands of clusters this is what keeps an endpoint push cheap. The lists are
+    /// checked as `build` checks them.
+    pub fn with_endpoints(
+        &self,
+        next: Config,
+        changed: &[usize],
+        source: &UpdateSource,
+    ) -> Result<(Self, UpdatePlan), Vec<String>> {
+        let mut errors = Vec::new();
+        let mut plan = UpdatePlan::default();
+        let now = SystemTime::now();
+        let mut resources = self.resources.clone();
+        for &i in changed {
+            let Some(c) = next.clusters.get(i) else {
+                continue;
+            };
+            let errs = mecha_mesh::check_adopted_endpoints(c);
+            if !errs.is_empty() {
+                errors.extend(errs.into_iter().map(|e| format!("clusters[{i}].{e}")));
+                continue;
+            }
+            let Some(cluster) = self.clusters.get(&c.name) else {
+                errors.push(format!("clusters[{i}]: {:?} is not running", c.name));
+                continue;
+            };
+            plan.endpoint_updates
+                .push((cluster.clone(), c.endpoints.clone()));
+            let key = (ResourceKind::Cluster, c.name.as_str());
+            if let Ok(at) = resources.binary_search_by(|r| (r.kind, r.name.as_str()).cmp(&key)) {
+                let r = &mut resources[at];
+                r.version = source.version.clone();
+                r.last_updated = now;
+                r.content = match &source.document {
+                    None => Content::Typed,
+                    Some(_) => Content::Said(Arc::new(section(&source.document, "clusters", i))),
+                };
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        plan.counts = [
+            0,
+            changed.len(),
+            0,
+            self.resources.len().saturating_sub(changed.len()),
+        ];
+        Ok((
+            Self {
+                config: Arc::new(next),
+                version: source.version.clone(),
+                source: source.source.clone(),
+                registry: self.registry.clone(),
+                clusters: self.clusters.clone(),
+                chains: self.chains.clone(),
+                lean: self.lean.clone(),
+                tcp: self.tcp.clone(),
+                routes: self.routes.clone(),
+                resources,
+                invoker: self.invoker.clone(),
+            },
+            plan,
+        ))
+    }
+
     fn listener(&self, name: &str) -> Option<&ListenerConfig> {
         self.config.listeners.iter().find(|l| l.name == name)
     }
@@ -794,6 +907,104 @@ mod tests {
         let listener = section(&source.document, "listeners", 0);
         assert_eq!(listener["filters"][0]["api_token"], "[redacted]");
         assert!(!listener.to_string().contains("t0k"));
+    }
+
+    fn endpoints_text(a: &str, b_ep: &str, b_policy: &str) -> String {
+        format!(
+            "listeners:\n  - name: out\n    address: 127.0.0.1:0\n    filters:\n      - type: router\n        \
+             virtual_hosts:\n          - name: all\n            domains: [\"*\"]\n            routes:\n              \
+             - {{ match: {{ prefix: /a }}, cluster: a }}\n              - {{ match: {{ prefix: / }}, cluster: b }}\n\
+             clusters:\n  - name: a\n    endpoints: [{{ address: \"{a}\" }}]\n  - name: b\n    \
+             lb_policy: {b_policy}\n    endpoints: [{{ address: \"{b_ep}\" }}]\n"
+        )
+    }
+
+    fn snapshot_of(
+        text: &str,
+        metrics: &Metrics,
+        prev: Option<&Snapshot>,
+    ) -> (Snapshot, UpdatePlan) {
+        let cfg = crate::config::parse(text).expect("parses");
+        Snapshot::build(cfg, metrics, prev, &UpdateSource::yaml("test", text)).expect("builds")
+    }
+
+    /// The shortcut for endpoint-only updates must give what a full build gives: the same
+    /// config, resource versions, counts and endpoint adoptions, with every other resource
+    /// carried over; and it must not be taken for any other change.
+    #[test]
+    fn an_endpoint_only_update_equals_a_full_build() {
+        let metrics = Metrics::new();
+        let first_text = endpoints_text("127.0.0.1:9001", "127.0.0.1:9002", "round_robin");
+        let (first, _) = snapshot_of(&first_text, &metrics, None);
+
+        let next_text = endpoints_text("127.0.0.1:9001", "127.0.0.1:9003", "round_robin");
+        let next = crate::config::parse(&next_text).expect("parses");
+        let source = UpdateSource::yaml("test", &next_text);
+        let changed = first
+            .endpoint_changes(&next)
+            .expect("an endpoint-only change");
+        assert_eq!(changed, [1]);
+        let (fast, fast_plan) = first
+            .with_endpoints(next.clone(), &changed, &source)
+            .expect("applies");
+        let (full, full_plan) =
+            Snapshot::build(next, &metrics, Some(&first), &source).expect("builds");
+
+        assert_eq!(*fast.config, *full.config);
+        assert_eq!(fast.version, full.version);
+        let statuses = |s: &Snapshot| -> Vec<(ResourceKind, String, String)> {
+            s.resources
+                .iter()
+                .map(|r| (r.kind, r.name.clone(), r.version.clone()))
+                .collect()
+        };
+        assert_eq!(statuses(&fast), statuses(&full));
+        assert_eq!(fast_plan.counts, full_plan.counts);
+        let adoptions = |p: &UpdatePlan| -> Vec<(String, Vec<EndpointConfig>)> {
+            p.endpoint_updates
+                .iter()
+                .map(|(c, l)| (c.name.clone(), l.clone()))
+                .collect()
+        };
+        assert_eq!(adoptions(&fast_plan), adoptions(&full_plan));
+        assert!(fast_plan.warm.is_empty() && full_plan.warm.is_empty());
+        for s in [&fast, &full] {
+            let (a, b) = (&first.routes[0], &s.routes[0]);
+            let same = matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(&a.router, &b.router));
+            assert!(same, "the route table is carried over");
+            assert!(Arc::ptr_eq(&first.clusters["b"], &s.clusters["b"]));
+        }
+        // The changed cluster shows its new content in /config_dump.
+        let b = fast
+            .resources
+            .iter()
+            .find(|r| r.kind == ResourceKind::Cluster && r.name == "b")
+            .expect("cluster b");
+        assert!(fast.content(b).to_string().contains("127.0.0.1:9003"));
+
+        // Anything else is built in full: another field of a cluster, a listener, nothing.
+        let policy = endpoints_text("127.0.0.1:9001", "127.0.0.1:9003", "random");
+        let policy = crate::config::parse(&policy).expect("parses");
+        assert_eq!(first.endpoint_changes(&policy), None);
+        let mut listener = crate::config::parse(&next_text).expect("parses");
+        listener.listeners[0].name = "renamed".to_owned();
+        assert_eq!(first.endpoint_changes(&listener), None);
+        let same = crate::config::parse(&first_text).expect("parses");
+        assert_eq!(first.endpoint_changes(&same), None);
+        // A bad list is refused naming the cluster, as a build refuses it.
+        let bad_text = endpoints_text("127.0.0.1:9001", "127.0.0.1:99999", "round_robin");
+        let bad = crate::config::parse(&bad_text).expect("parses");
+        let changed = first
+            .endpoint_changes(&bad)
+            .expect("an endpoint-only change");
+        let errors = first
+            .with_endpoints(bad, &changed, &UpdateSource::yaml("test", &bad_text))
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(
+            errors.iter().any(|e| e.starts_with("clusters[1].")),
+            "{errors:?}"
+        );
     }
 
     #[test]
