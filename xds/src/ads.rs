@@ -600,7 +600,7 @@ mod tests {
                         name: (*n).to_owned(),
                         ..Cluster::default()
                     };
-                    ((*n).to_owned(), None, Decoded::Cluster(c))
+                    ((*n).to_owned(), None, Decoded::Cluster(c.into()))
                 })
                 .collect(),
             removals: Vec::new(),
@@ -624,7 +624,7 @@ mod tests {
         };
         Ok(Update {
             replace_all: true,
-            upserts: vec![(name.to_owned(), None, Decoded::Component(c))],
+            upserts: vec![(name.to_owned(), None, Decoded::Component(c.into()))],
             removals: Vec::new(),
         })
     }

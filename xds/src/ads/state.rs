@@ -82,16 +82,16 @@ impl Kind {
     }
 }
 
-/// One decoded resource (short-lived: held while a response is checked, so the size
-/// difference between variants costs nothing worth a box).
+/// One decoded resource, shared from the start: a batch of responses is checked together and,
+/// if refused, again one by one, so its updates are copied; and the held set keeps the same
+/// allocation.
 #[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Decoded {
-    Listener(Listener),
-    Route(RouteConfiguration),
-    Cluster(Cluster),
-    Endpoint(ClusterLoadAssignment),
-    Component(Component),
+    Listener(Arc<Listener>),
+    Route(Arc<RouteConfiguration>),
+    Cluster(Arc<Cluster>),
+    Endpoint(Arc<ClusterLoadAssignment>),
+    Component(Arc<Component>),
 }
 
 impl Decoded {
@@ -119,11 +119,13 @@ pub(crate) fn decode(kind: Kind, any: &Any) -> Result<Decoded, String> {
     }
     let bytes = any.value.as_slice();
     let decoded = match kind {
-        Kind::Listener => Listener::decode(bytes).map(Decoded::Listener),
-        Kind::Route => RouteConfiguration::decode(bytes).map(Decoded::Route),
-        Kind::Cluster => Cluster::decode(bytes).map(Decoded::Cluster),
-        Kind::Endpoint => ClusterLoadAssignment::decode(bytes).map(Decoded::Endpoint),
-        Kind::Component => Component::decode(bytes).map(Decoded::Component),
+        Kind::Listener => Listener::decode(bytes).map(|r| Decoded::Listener(Arc::new(r))),
+        Kind::Route => RouteConfiguration::decode(bytes).map(|r| Decoded::Route(Arc::new(r))),
+        Kind::Cluster => Cluster::decode(bytes).map(|r| Decoded::Cluster(Arc::new(r))),
+        Kind::Endpoint => {
+            ClusterLoadAssignment::decode(bytes).map(|r| Decoded::Endpoint(Arc::new(r)))
+        }
+        Kind::Component => Component::decode(bytes).map(|r| Decoded::Component(Arc::new(r))),
     };
     decoded.map_err(|e| format!("cannot be decoded as {}: {e}", kind.type_url()))
 }
@@ -401,19 +403,19 @@ fn remove(res: &mut XdsResources, kind: Kind, name: &str) {
 fn insert(res: &mut XdsResources, decoded: Decoded) {
     match decoded {
         Decoded::Listener(r) => {
-            res.listeners.insert(r.name.clone(), Arc::new(r));
+            res.listeners.insert(r.name.clone(), r);
         }
         Decoded::Route(r) => {
-            res.routes.insert(r.name.clone(), Arc::new(r));
+            res.routes.insert(r.name.clone(), r);
         }
         Decoded::Cluster(r) => {
-            res.clusters.insert(r.name.clone(), Arc::new(r));
+            res.clusters.insert(r.name.clone(), r);
         }
         Decoded::Endpoint(r) => {
-            res.endpoints.insert(r.cluster_name.clone(), Arc::new(r));
+            res.endpoints.insert(r.cluster_name.clone(), r);
         }
         Decoded::Component(r) => {
-            res.components.insert(r.name.clone(), Arc::new(r));
+            res.components.insert(r.name.clone(), r);
         }
     }
 }
