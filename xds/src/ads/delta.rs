@@ -129,10 +129,10 @@ impl Stream {
                         .collect();
                     (names.iter().cloned().collect(), Vec::new(), initial)
                 }
-                Some(old) if *old == names => return,
+                Some(old) if old == names => return,
                 Some(old) => (
                     names.difference(old).cloned().collect(),
-                    old.difference(&names).cloned().collect(),
+                    old.difference(names).cloned().collect(),
                     Default::default(),
                 ),
             };
@@ -142,7 +142,7 @@ impl Stream {
             initial_resource_versions: initial,
             ..self.request(kind)
         };
-        self.subscribed.insert(kind, names);
+        self.subscribed.insert(kind, names.clone());
         self.send(request);
     }
 

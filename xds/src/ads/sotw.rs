@@ -113,7 +113,7 @@ impl Stream {
     fn resubscribe(&mut self, client: &Client, kind: Kind) {
         let names = client.held.subscription(kind);
         let state = self.types.entry(kind).or_default();
-        if (!state.sent && names.is_empty()) || (state.sent && state.names == names) {
+        if (!state.sent && names.is_empty()) || (state.sent && state.names == *names) {
             return;
         }
         self.send(client, kind, None);
@@ -134,7 +134,9 @@ impl Stream {
             ..DiscoveryRequest::default()
         };
         state.sent = true;
-        state.names = names;
+        if state.names != *names {
+            state.names = names.clone();
+        }
         // A closed channel means the stream is gone; its end is reported by the inbound side.
         let _ = self.tx.send(request);
     }

@@ -257,17 +257,27 @@ impl Candidate {
         // endpoint push must not copy the names of every cluster held).
         let unsubscribed: Vec<bool> = match kind {
             Kind::Endpoint => {
-                let names: std::collections::HashSet<&str> = resources
-                    .clusters
-                    .values()
-                    .filter_map(|c| eds_service_name(c))
-                    .collect();
-                let subscribed = |n: &str| names.contains(n);
-                update
-                    .upserts
-                    .iter()
-                    .map(|(n, _, _)| !subscribed(n))
-                    .collect()
+                // Most clusters name their endpoints after themselves: look those up, and check
+                // only the names not found that way against every cluster's service name.
+                let direct = |n: &str| {
+                    resources
+                        .clusters
+                        .get(n)
+                        .is_some_and(|c| eds_service_name(c) == Some(n))
+                };
+                let mut unsubscribed: Vec<bool> =
+                    update.upserts.iter().map(|(n, _, _)| !direct(n)).collect();
+                if unsubscribed.iter().any(|u| *u) {
+                    let names: std::collections::HashSet<&str> = resources
+                        .clusters
+                        .values()
+                        .filter_map(|c| eds_service_name(c))
+                        .collect();
+                    for (u, (n, _, _)) in unsubscribed.iter_mut().zip(&update.upserts) {
+                        *u = *u && !names.contains(n.as_str());
+                    }
+                }
+                unsubscribed
             }
             Kind::Route => {
                 let names = subscription(resources, kind);
@@ -332,12 +342,24 @@ pub(crate) struct Held {
     pub(crate) accepted: XdsResources,
     /// Per-resource versions (delta `Resource.version`), for `initial_resource_versions`.
     pub(crate) versions: BTreeMap<Kind, BTreeMap<String, String>>,
+    /// The RDS and EDS names the accepted roots imply, kept with them: every ACK of an
+    /// endpoint push sends the EDS names, and recomputing them from thousands of clusters per
+    /// response cost more than the push.
+    routes_subscribed: BTreeSet<String>,
+    endpoints_subscribed: BTreeSet<String>,
 }
+
+/// The subscription of a type that has none (wildcard types).
+static NO_NAMES: BTreeSet<String> = BTreeSet::new();
 
 impl Held {
     /// The names a named type is subscribed to, as implied by the accepted roots.
-    pub(crate) fn subscription(&self, kind: Kind) -> BTreeSet<String> {
-        subscription(&self.accepted, kind)
+    pub(crate) fn subscription(&self, kind: Kind) -> &BTreeSet<String> {
+        match kind {
+            Kind::Route => &self.routes_subscribed,
+            Kind::Endpoint => &self.endpoints_subscribed,
+            _ => &NO_NAMES,
+        }
     }
 
     /// The per-resource versions of what is held of `kind`, for `initial_resource_versions`.
@@ -355,9 +377,27 @@ impl Held {
     }
 
     pub(crate) fn accept(&mut self, candidate: Candidate) {
+        let listeners_changed =
+            !same_entries(&self.accepted.listeners, &candidate.resources.listeners);
+        let clusters_changed =
+            !same_entries(&self.accepted.clusters, &candidate.resources.clusters);
         self.accepted = candidate.resources;
         self.versions = candidate.versions;
+        if listeners_changed {
+            self.routes_subscribed = subscription(&self.accepted, Kind::Route);
+        }
+        if clusters_changed {
+            self.endpoints_subscribed = subscription(&self.accepted, Kind::Endpoint);
+        }
     }
+}
+
+/// Whether two resource maps hold the same shared messages under the same names.
+fn same_entries<T>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| Arc::ptr_eq(va, vb) && ka == kb)
 }
 
 fn prune_versions(
@@ -551,6 +591,62 @@ mod tests {
         assert_eq!(errors[1].name, "#2 of the response");
     }
 
+    /// EDS names come from the accepted clusters (their service name, else their own name);
+    /// an assignment named otherwise is ignored, and the subscription follows each accepted
+    /// cluster set.
+    #[test]
+    fn endpoints_are_kept_only_for_subscribed_names() {
+        let mut held = Held::default();
+        let mut b = UpdateBuilder::new(true);
+        for (i, c) in [eds_cluster("x", "svc-x"), eds_cluster("y", "")]
+            .iter()
+            .enumerate()
+        {
+            b.add(Kind::Cluster, i, None, None, Some(&any(CLUSTER_TYPE, c)));
+        }
+        let c = held.candidate(Kind::Cluster, b.finish().expect("valid"));
+        held.accept(c);
+        assert_eq!(
+            *held.subscription(Kind::Endpoint),
+            BTreeSet::from(["svc-x".to_owned(), "y".to_owned()])
+        );
+        let mut b = UpdateBuilder::new(false);
+        for (i, name) in ["svc-x", "y", "x", "zzz"].iter().enumerate() {
+            let cla = ClusterLoadAssignment {
+                cluster_name: (*name).to_owned(),
+                ..ClusterLoadAssignment::default()
+            };
+            b.add(
+                Kind::Endpoint,
+                i,
+                None,
+                None,
+                Some(&any(ENDPOINT_TYPE, &cla)),
+            );
+        }
+        let c = held.candidate(Kind::Endpoint, b.finish().expect("valid"));
+        assert_eq!(
+            c.resources.endpoints.keys().collect::<Vec<_>>(),
+            ["svc-x", "y"]
+        );
+        held.accept(c);
+
+        // y goes: its endpoints go with it, and so does its name from the subscription.
+        let mut b = UpdateBuilder::new(true);
+        let x = eds_cluster("x", "svc-x");
+        b.add(Kind::Cluster, 0, None, None, Some(&any(CLUSTER_TYPE, &x)));
+        let c = held.candidate(Kind::Cluster, b.finish().expect("valid"));
+        held.accept(c);
+        assert_eq!(
+            *held.subscription(Kind::Endpoint),
+            BTreeSet::from(["svc-x".to_owned()])
+        );
+        assert_eq!(
+            held.accepted.endpoints.keys().collect::<Vec<_>>(),
+            ["svc-x"]
+        );
+    }
+
     #[test]
     fn removing_a_root_drops_its_children_in_the_same_candidate() {
         let mut held = Held::default();
@@ -565,7 +661,7 @@ mod tests {
         let c = held.candidate(Kind::Listener, b.finish().expect("valid"));
         held.accept(c);
         assert_eq!(
-            held.subscription(Kind::Route),
+            *held.subscription(Kind::Route),
             BTreeSet::from(["r1".to_owned()])
         );
 
