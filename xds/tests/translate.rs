@@ -267,8 +267,8 @@ fn set(
             .into_iter()
             .map(|c| (c.name.clone(), Arc::new(c)))
             .collect(),
-        endpoints: BTreeMap::new(),
-        components: BTreeMap::new(),
+        endpoints: Default::default(),
+        components: Default::default(),
     }
 }
 

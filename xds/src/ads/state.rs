@@ -18,8 +18,8 @@ use mecha_proto::config::v1::Component;
 use prost::Message;
 
 use crate::resources::{
-    eds_service_name, ResourceError, XdsResources, CLUSTER_TYPE, COMPONENT_TYPE, ENDPOINT_TYPE,
-    LISTENER_TYPE, ROUTE_TYPE,
+    eds_service_name, ResourceError, Shared, XdsResources, CLUSTER_TYPE, COMPONENT_TYPE,
+    ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
 };
 
 /// The `typed_config` type URL of the HTTP connection manager network filter: the only place a
@@ -312,12 +312,17 @@ impl Candidate {
         match kind {
             Kind::Listener => {
                 let keep = rds_names(resources.listeners.values().map(|l| &**l));
-                resources.routes.retain(|name, _| keep.contains(name));
+                // Only when something goes: changing the map copies it.
+                if resources.routes.keys().any(|n| !keep.contains(n)) {
+                    resources.routes.retain(|name, _| keep.contains(name));
+                }
                 prune_versions(versions, Kind::Route, &keep);
             }
             Kind::Cluster => {
                 let keep = eds_names(resources.clusters.values().map(|c| &**c));
-                resources.endpoints.retain(|name, _| keep.contains(name));
+                if resources.endpoints.keys().any(|n| !keep.contains(n)) {
+                    resources.endpoints.retain(|name, _| keep.contains(name));
+                }
                 prune_versions(versions, Kind::Endpoint, &keep);
             }
             _ => {}
@@ -393,11 +398,12 @@ impl Held {
 }
 
 /// Whether two resource maps hold the same shared messages under the same names.
-fn same_entries<T>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((ka, va), (kb, vb))| Arc::ptr_eq(va, vb) && ka == kb)
+fn same_entries<T>(a: &Shared<T>, b: &Shared<T>) -> bool {
+    a.same_as(b)
+        || a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|((ka, va), (kb, vb))| Arc::ptr_eq(va, vb) && ka == kb)
 }
 
 fn prune_versions(
@@ -629,6 +635,11 @@ mod tests {
             c.resources.endpoints.keys().collect::<Vec<_>>(),
             ["svc-x", "y"]
         );
+        // The candidate copied only the map it changed; the held set is untouched until
+        // accepted.
+        assert!(c.resources.clusters.same_as(&held.accepted.clusters));
+        assert!(!c.resources.endpoints.same_as(&held.accepted.endpoints));
+        assert!(held.accepted.endpoints.is_empty());
         held.accept(c);
 
         // y goes: its endpoints go with it, and so does its name from the subscription.
