@@ -158,9 +158,9 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     back
 }
 
-#[tokio::test]
-async fn tcp_chains_are_chosen_by_the_client_hello_and_get_it_unchanged() {
-    let (mut a, mut b, mut c, mut d) = (
+/// The four upstreams A–D (each answers its letter) and the sidecar on CONFIG routing to them.
+async fn start() -> (Mesh, [Upstream; 4]) {
+    let (a, b, c, d) = (
         Upstream::start("A").await,
         Upstream::start("B").await,
         Upstream::start("C").await,
@@ -170,7 +170,12 @@ async fn tcp_chains_are_chosen_by_the_client_hello_and_get_it_unchanged() {
         CONFIG,
         &[("a", a.addr), ("b", b.addr), ("c", c.addr), ("d", d.addr)],
     );
-    let mesh = Mesh::start(&config).await;
+    (Mesh::start(&config).await, [a, b, c, d])
+}
+
+#[tokio::test]
+async fn tcp_chains_are_chosen_by_the_client_hello_and_get_it_unchanged() {
+    let (mesh, [mut a, mut b, mut c, mut d]) = start().await;
     let edge = mesh.addr("edge");
 
     // An exact server name: A gets the ClientHello byte for byte.
@@ -214,17 +219,7 @@ async fn tcp_chains_are_chosen_by_the_client_hello_and_get_it_unchanged() {
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_timeout_or_served_as_plain_text() {
-    let (a, b, mut c, d) = (
-        Upstream::start("A").await,
-        Upstream::start("B").await,
-        Upstream::start("C").await,
-        Upstream::start("D").await,
-    );
-    let config = subst(
-        CONFIG,
-        &[("a", a.addr), ("b", b.addr), ("c", c.addr), ("d", d.addr)],
-    );
-    let mesh = Mesh::start(&config).await;
+    let (mesh, [_a, _b, mut c, _d]) = start().await;
 
     // `edge` closes it (no upstream tag comes back), and counts why.
     let mut silent = TcpStream::connect(mesh.addr("edge"))
